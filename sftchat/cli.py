@@ -1,0 +1,197 @@
+"""The `sftchat` command line: argument parsing and error reporting, nothing else.
+
+Each subcommand is handled in `sftchat.commands`; this module builds the parser (GUIDE §3 is
+the exact surface), resolves settings and turns every user-caused failure into one line on
+stderr with a non-zero exit code (a traceback only with `--debug`).
+
+Global options (`--workspace`, `--model`, `--device`, `--no-quantize`, `--template`,
+`--debug`) are accepted before or after the subcommand. Importing this module imports no
+torch or transformers: `data` and `adapters` commands answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from sftchat import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Add the global options. On subparsers their defaults are suppressed, so a value given
+    before the subcommand is not overwritten by the subparser's default."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    group = parser.add_argument_group("global options")
+    group.add_argument("--workspace", metavar="DIR", **default,
+                       help="workspace folder (env SFTCHAT_HOME; default: current directory)")
+    group.add_argument("--model", metavar="ID|PATH", **default,
+                       help="Hugging Face id, local folder, or 'builtin' (env SFTCHAT_MODEL)")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), **default,
+                       help="where the model runs (env SFTCHAT_DEVICE; default auto)")
+    group.add_argument("--no-quantize", action="store_true", **default,
+                       help="load without 4-bit quantization (env SFTCHAT_NO_QUANTIZE=1)")
+    group.add_argument("--template", choices=("alpaca", "chatml", "tokenizer"), **default,
+                       help="prompt template (env SFTCHAT_TEMPLATE; default alpaca)")
+    group.add_argument("--debug", action="store_true", **default,
+                       help="show tracebacks for errors")
+
+
+def _add_data_parsers(sub, common) -> None:
+    data = sub.add_parser("data", parents=[common], help="the curated dataset")
+    dsub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    add = dsub.add_parser("add", parents=[common], help="add an example; prints its id")
+    add.add_argument("--instruction", required=True, help="the instruction ('-' reads stdin)")
+    add.add_argument("--response", required=True, help="the response ('-' reads stdin)")
+    add.add_argument("--input", default="", help="optional extra context")
+
+    listing = dsub.add_parser("list", parents=[common], help="list examples")
+    listing.add_argument("--json", action="store_true", help="a JSON list of full examples")
+    listing.add_argument("--search", metavar="TEXT", help="only examples containing TEXT")
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N examples")
+
+    show = dsub.add_parser("show", parents=[common], help="show one example")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+    edit = dsub.add_parser("edit", parents=[common], help="change fields of an example")
+    edit.add_argument("id", type=int)
+    edit.add_argument("--instruction", help="new instruction ('-' reads stdin)")
+    edit.add_argument("--response", help="new response ('-' reads stdin)")
+    edit.add_argument("--input", help="new input ('' clears it)")
+
+    rm = dsub.add_parser("rm", parents=[common], help="delete an example")
+    rm.add_argument("id", type=int)
+
+    stats = dsub.add_parser("stats", parents=[common], help="dataset statistics")
+    stats.add_argument("--json", action="store_true")
+
+    imp = dsub.add_parser("import", parents=[common], help="import Alpaca JSON or JSONL")
+    imp.add_argument("file")
+    imp.add_argument("--format", default="auto", choices=("auto", "alpaca", "jsonl"))
+
+    exp = dsub.add_parser("export", parents=[common], help="export to Alpaca JSON or JSONL")
+    exp.add_argument("file")
+    exp.add_argument("--format", choices=("alpaca", "jsonl"),
+                     help="default: from the file extension (.jsonl -> jsonl, else alpaca)")
+
+
+def _add_train_parser(sub, common) -> None:
+    train = sub.add_parser(
+        "train", parents=[common], help="QLoRA-train an adapter on the dataset",
+        description="Train a LoRA adapter on a snapshot of the curated dataset and publish it "
+                    "as adapters/NAME. Unset values come from sftchat.toml [training], else "
+                    "from defaults suited to the model (a preset for the built-in model).")
+    train.add_argument("--name", help="adapter name (default: sft-DATE-TIME)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--rank", type=int, help="LoRA rank")
+    train.add_argument("--alpha", type=int, help="LoRA alpha")
+    train.add_argument("--dropout", type=float, help="LoRA dropout")
+    train.add_argument("--batch-size", type=int, help="examples per micro-batch")
+    train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    train.add_argument("--max-length", type=int, help="max tokens per example")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--from", dest="from_adapter", metavar="ADAPTER",
+                       help="continue training from this adapter")
+    train.add_argument("--json", action="store_true",
+                       help="one JSON event per line on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+
+    parser = argparse.ArgumentParser(
+        prog="sftchat",
+        description="Chat with a base model, curate its answers, QLoRA-train, hot-swap.",
+    )
+    parser.add_argument("--version", action="version", version=f"sftchat {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("chat", parents=[common], help="the chat app (the default)")
+
+    ask = sub.add_parser("ask", parents=[common], help="one-shot: print only the response")
+    ask.add_argument("prompt")
+    ask.add_argument("--input", default="", help="optional extra context for the prompt")
+    ask.add_argument("--adapter", default="none", metavar="NAME|latest|none",
+                     help="adapter to answer with (default: none, the base model)")
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument("--temperature", type=float, help="0 means greedy")
+    ask.add_argument("--top-p", type=float)
+    ask.add_argument("--seed", type=int)
+
+    _add_data_parsers(sub, common)
+    _add_train_parser(sub, common)
+
+    adapters = sub.add_parser("adapters", parents=[common], help="published adapters")
+    asub = adapters.add_subparsers(dest="adapters_command", metavar="COMMAND", required=True)
+    alist = asub.add_parser("list", parents=[common], help="list adapters")
+    alist.add_argument("--json", action="store_true")
+    ashow = asub.add_parser("show", parents=[common], help="show an adapter's metadata")
+    ashow.add_argument("name")
+    arm = asub.add_parser("rm", parents=[common], help="delete an adapter")
+    arm.add_argument("name")
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is meant for the user (imported lazily where heavy)."""
+    from sftchat.adapters import AdapterError
+    from sftchat.config import ConfigError
+    from sftchat.dataset.formats import FormatError
+    from sftchat.dataset.store import StoreError
+    from sftchat.prompts import ExampleTooLongError, TemplateError
+
+    errors: list[type[BaseException]] = [AdapterError, ConfigError, FormatError, StoreError,
+                                         TemplateError, ExampleTooLongError]
+    if "sftchat.models.loader" in sys.modules:
+        errors.append(sys.modules["sftchat.models.loader"].ModelLoadError)
+    if "sftchat.training.trainer" in sys.modules:
+        errors.append(sys.modules["sftchat.training.trainer"].TrainingError)
+    from sftchat.commands import CommandError
+
+    errors.append(CommandError)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        from sftchat import commands
+
+        return commands.dispatch(args, parser)
+    except KeyboardInterrupt:
+        print("sftchat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error worth a message.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; others too
+        if debug:
+            raise
+        if isinstance(exc, _user_errors()):
+            print(f"sftchat: error: {exc}", file=sys.stderr)
+        else:
+            print(f"sftchat: error: {type(exc).__name__}: {exc} "
+                  "(this is a bug; rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

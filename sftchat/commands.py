@@ -1,0 +1,255 @@
+"""Handlers of the `sftchat` subcommands: each reads its arguments, calls one layer, prints.
+
+`data` and `adapters` handlers import only the store and the adapter registry (no torch);
+`ask` and `train` import the engine and trainer lazily. Output meant for programs (`--json`,
+`ask`'s answer, `data add`'s id) goes to stdout; progress and notices go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from sftchat import adapters as adapter_registry
+from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
+from sftchat.config import validate_training
+
+# C0/C1 control characters other than newline and tab, and ANSI escape sequences: never
+# written raw to a terminal, where they could move the cursor, retitle it or worse.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|"
+                      r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class CommandError(Exception):
+    """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
+
+
+def sanitize_for_terminal(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        workspace=getattr(args, "workspace", None),
+        model=getattr(args, "model", None),
+        device=getattr(args, "device", None),
+        no_quantize=getattr(args, "no_quantize", False),
+        template=getattr(args, "template", None),
+    )
+
+
+def _text_arg(value: str | None) -> str | None:
+    """'-' means: read the value from stdin (handy for multi-line text)."""
+    if value == "-":
+        return sys.stdin.read().rstrip("\n")
+    return value
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _store(settings: Settings):
+    from sftchat.dataset.store import ExampleStore
+
+    return ExampleStore(settings.data_dir)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from sftchat.dataset import formats
+
+    settings = _settings(args)
+    command = args.data_command
+    with _store(settings) as store:
+        if command == "add":
+            example_id = store.add(_text_arg(args.instruction), _text_arg(args.response),
+                                   input=args.input, source="cli")
+            print(example_id)
+        elif command == "list":
+            examples = store.iter_examples(search=args.search, limit=args.limit)
+            if args.json:
+                _write_json_list(example.to_dict() for example in examples)
+            else:
+                for example in examples:
+                    print(f"{example.id:>6}  {_one_line(example.instruction, 50):<50}  "
+                          f"{_one_line(example.response, 60)}")
+        elif command == "show":
+            example = store.get(args.id)
+            if args.json:
+                print(json.dumps(example.to_dict(), ensure_ascii=False, indent=2))
+            else:
+                _print_example(example)
+        elif command == "edit":
+            if args.instruction is None and args.response is None and args.input is None:
+                raise CommandError(
+                    "nothing to change: give --instruction, --response and/or --input")
+            example = store.update(args.id, instruction=_text_arg(args.instruction),
+                                   response=_text_arg(args.response), input=args.input)
+            print(example.id)
+        elif command == "rm":
+            store.delete(args.id)
+            print(f"removed example {args.id}", file=sys.stderr)
+        elif command == "stats":
+            stats = store.stats()
+            if args.json:
+                print(json.dumps(stats, ensure_ascii=False, indent=2))
+            else:
+                for key, value in stats.items():
+                    print(f"{key:<22} {value}")
+        elif command == "import":
+            records = formats.read_records(args.file, args.format)
+            source = f"import:{args.file}"
+            ids = store.add_many((r["instruction"], r["input"], r["response"], None, source)
+                                 for r in records)
+            print(f"imported {len(ids)} examples (ids {ids[0]}–{ids[-1]})", file=sys.stderr)
+        elif command == "export":
+            fmt = formats.export_format_for(args.file, args.format)
+            count = formats.write_records(
+                args.file, (example.to_record() for example in store.iter_examples()), fmt)
+            print(f"exported {count} examples to {args.file} ({fmt})", file=sys.stderr)
+    return 0
+
+
+def _write_json_list(items) -> None:
+    """Stream a JSON list without building it in memory (50,000 examples stay instant)."""
+    out = sys.stdout
+    out.write("[")
+    for index, item in enumerate(items):
+        out.write(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False))
+    out.write("\n]\n")
+
+
+def _print_example(example) -> None:
+    print(f"id:        {example.id}")
+    print(f"source:    {example.source}")
+    print("instruction:\n" + example.instruction)
+    if example.input:
+        print("input:\n" + example.input)
+    print("response:\n" + example.response)
+    if example.original_response is not None and example.original_response != example.response:
+        print("original model answer:\n" + example.original_response)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    folder = settings.adapters_dir
+    if args.adapters_command == "list":
+        found = adapter_registry.list_adapters(folder)
+        if args.json:
+            print(json.dumps([info.summary() for info in found], ensure_ascii=False, indent=2))
+        elif not found:
+            print("no adapters yet; train one with `sftchat train`", file=sys.stderr)
+        for info in found if not args.json else []:
+            row = info.summary()
+            loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
+            print(f"{row['name']:<28} {row['created'][:19]:<19}  {row['examples']:>5} ex  "
+                  f"loss {loss:<8} {row['base_model']}")
+    elif args.adapters_command == "show":
+        info = adapter_registry.resolve(folder, args.name)
+        print(json.dumps({"name": info.name, "path": str(info.path), **info.meta},
+                         ensure_ascii=False, indent=2))
+    elif args.adapters_command == "rm":
+        adapter_registry.remove(folder, args.name)
+        print(f"removed adapter {args.name}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- ask
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from sftchat.engine import ChatEngine
+
+    settings = _settings(args)
+    overrides = {key: value for key, value in (
+        ("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
+        ("top_p", args.top_p), ("seed", args.seed)) if value is not None}
+    generation: GenerationSettings = validate_generation(
+        replace(settings.generation, **overrides), "ask")
+    # Resolve the adapter name before the (slow) model load, so a typo fails at once.
+    adapter_registry.resolve(settings.adapters_dir, args.adapter)
+    engine = ChatEngine.from_settings(settings)
+    engine.use_adapter(args.adapter)
+    answer = engine.generate(args.prompt, input=args.input, settings=generation)
+    if answer.notice:
+        print(f"sftchat: {answer.notice}", file=sys.stderr)
+    to_terminal = sys.stdout.isatty()
+    for piece in answer:
+        sys.stdout.write(sanitize_for_terminal(piece) if to_terminal else piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _training_settings(args: argparse.Namespace, settings: Settings):
+    names = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "batch_size",
+             "grad_accum", "max_length", "seed")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return validate_training(replace(settings.training, **overrides), "train")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sftchat.training.events import json_emitter, make_event, text_emitter
+    from sftchat.training.trainer import TrainingCancelled, TrainingError, run_training
+
+    settings = _settings(args)
+    training = _training_settings(args, settings)
+    emit = json_emitter() if args.json else text_emitter()
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        stop.set()
+        # A second signal stops at once; the next run cleans up what is left.
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        run_training(settings, training, emit, name=args.name,
+                     from_adapter=args.from_adapter, stop=stop)
+    except TrainingCancelled as exc:
+        if args.json:
+            emit(make_event("cancelled", message=str(exc)))
+        print(f"sftchat: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:
+        if args.json:
+            from sftchat.cli import _user_errors
+
+            user_error = isinstance(exc, (TrainingError, *_user_errors()))
+            message = str(exc) if user_error else f"{type(exc).__name__}: {exc}"
+            emit(make_event("failed", message=message))
+        raise
+    return 0
+
+
+EXIT_CANCELLED = 130
+
+
+def cmd_chat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    command = args.command or "chat"
+    if command == "chat":
+        return cmd_chat(args, parser)
+    handler = {"data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
+               "train": cmd_train}[command]
+    return handler(args)

@@ -1,0 +1,245 @@
+"""Settings: the workspace's `sftchat.toml`, environment variables and flags, validated.
+
+Precedence for every setting: command-line flag, then environment variable, then
+`sftchat.toml`, then the default (GUIDE §3). Training defaults depend on the model: real
+0.5B–8B models get QLoRA-paper-style defaults, the built-in tiny model gets a preset under
+which it really learns a dozen short examples on a CPU.
+
+`sftchat.toml` looks like::
+
+    model = "Qwen/Qwen2.5-0.5B"     # hub id, local folder, or "builtin"
+    device = "auto"                 # auto | cpu | cuda
+    quantize = true                 # 4-bit NF4 through bitsandbytes
+    template = "alpaca"             # alpaca | chatml | tokenizer
+    trust_remote_code = false
+
+    [generation]
+    max_new_tokens = 256
+    temperature = 0.7
+    top_p = 0.9
+
+    [training]
+    epochs = 3
+    lr = 2e-4
+    rank = 64
+
+This module imports nothing heavy: the `data` and `adapters` commands use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from sftchat.prompts import TEMPLATES
+
+CONFIG_FILE = "sftchat.toml"
+BUILTIN_MODEL = "builtin"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value (in the toml file, the environment or a flag)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256   # upper bound on the length of one answer, in tokens
+    temperature: float = 0.7    # 0 means greedy decoding
+    top_p: float = 0.9          # nucleus sampling mass (ignored when greedy)
+    seed: int | None = None     # fixes sampling for reproducible answers
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """QLoRA hyperparameters. Defaults follow the QLoRA paper for 0.5B–8B models."""
+
+    epochs: int = 3                 # passes over the dataset
+    max_steps: int | None = None    # optimizer steps; overrides epochs when set
+    lr: float = 2e-4                # peak learning rate (AdamW)
+    rank: int = 64                  # LoRA rank r
+    alpha: int = 16                 # LoRA alpha (the update is scaled by alpha / r)
+    dropout: float = 0.05           # LoRA dropout
+    batch_size: int = 4             # examples per micro-batch
+    grad_accum: int = 4             # micro-batches per optimizer step
+    max_length: int = 1024          # tokens per example; the prompt side is cut beyond it
+    warmup_ratio: float = 0.03      # share of steps with a linear learning-rate warm-up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3      # gradient clipping (QLoRA paper)
+    seed: int = 42
+    gradient_checkpointing: str = "auto"  # auto (on for CUDA) | on | off
+
+
+# The built-in tiny model learns a dozen short answers exactly in about 150 full-batch steps
+# at a high learning rate (measured; GUIDE §9). These apply unless the user sets a value.
+BUILTIN_TRAINING = {
+    "epochs": 150, "lr": 4e-3, "rank": 16, "alpha": 32, "dropout": 0.0, "batch_size": 16,
+    "grad_accum": 1, "max_length": 512, "warmup_ratio": 0.05, "max_grad_norm": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+    model: str = BUILTIN_MODEL
+    device: str = "auto"
+    quantize: bool = True
+    template: str = "alpaca"
+    trust_remote_code: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workspace / "data"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.workspace / "adapters"
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.model == BUILTIN_MODEL
+
+
+def _check_type(where: str, name: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{where}: {name} must be {expected.__name__}, not {value!r}"
+        )
+    return value
+
+
+def _section(where: str, cls: type, table: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(
+                f"{where}: unknown setting {name!r}; known: {', '.join(sorted(known))}"
+            )
+        annotation = str(known[name].type)
+        expected = float if "float" in annotation else int if "int" in annotation else str
+        out[name] = _check_type(where, name, value, expected)
+    return out
+
+
+def validate_training(settings: TrainingSettings, where: str = "training") -> TrainingSettings:
+    positive = ("epochs", "lr", "rank", "alpha", "batch_size", "grad_accum", "max_length")
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{where}: {name} must be positive, not {getattr(settings, name)}")
+    if settings.max_steps is not None and settings.max_steps <= 0:
+        raise ConfigError(f"{where}: max_steps must be positive, not {settings.max_steps}")
+    if not 0 <= settings.dropout < 1:
+        raise ConfigError(f"{where}: dropout must be in [0, 1), not {settings.dropout}")
+    if not 0 <= settings.warmup_ratio < 1:
+        raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), not {settings.warmup_ratio}")
+    if settings.gradient_checkpointing not in ("auto", "on", "off"):
+        raise ConfigError(f"{where}: gradient_checkpointing must be auto, on or off")
+    if settings.max_length < 64:
+        raise ConfigError(f"{where}: max_length must be at least 64, not {settings.max_length}")
+    return settings
+
+
+def validate_generation(settings: GenerationSettings, where: str = "generation"):
+    if settings.max_new_tokens <= 0:
+        raise ConfigError(f"{where}: max_new_tokens must be positive")
+    if settings.temperature < 0:
+        raise ConfigError(f"{where}: temperature must be 0 (greedy) or more")
+    if not 0 < settings.top_p <= 1:
+        raise ConfigError(f"{where}: top_p must be in (0, 1]")
+    return settings
+
+
+def read_toml(workspace: Path) -> dict[str, Any]:
+    path = workspace / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete the file") from exc
+
+
+def _env_bool(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"environment variable {name} must be 1 or 0, not {value!r}")
+
+
+def resolve_workspace(flag: str | None) -> Path:
+    raw = flag or os.environ.get("SFTCHAT_HOME") or "."
+    return Path(raw).expanduser().resolve()
+
+
+def load_settings(
+    workspace: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    no_quantize: bool = False,
+    template: str | None = None,
+) -> Settings:
+    """Resolve every setting: flag, then environment, then sftchat.toml, then default."""
+    root = resolve_workspace(workspace)
+    toml = read_toml(root)
+    where = str(root / CONFIG_FILE)
+    top_level = {"model": str, "device": str, "quantize": bool, "template": str,
+                 "trust_remote_code": bool}
+    for key in toml:
+        if key not in top_level and key not in ("generation", "training"):
+            raise ConfigError(
+                f"{where}: unknown setting {key!r}; known: "
+                f"{', '.join(sorted([*top_level, 'generation', 'training']))}"
+            )
+    file_values = {k: _check_type(where, k, toml[k], t) for k, t in top_level.items() if k in toml}
+
+    env_quantize = _env_bool("SFTCHAT_NO_QUANTIZE")
+    chosen_model = model or os.environ.get("SFTCHAT_MODEL") or file_values.get("model")
+    chosen_model = chosen_model or BUILTIN_MODEL
+    chosen_device = device or os.environ.get("SFTCHAT_DEVICE") or file_values.get("device")
+    chosen_device = chosen_device or "auto"
+    if chosen_device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {chosen_device!r}")
+    if no_quantize:
+        quantize = False
+    elif env_quantize is not None:
+        quantize = not env_quantize
+    else:
+        quantize = file_values.get("quantize", True)
+    chosen_template = template or os.environ.get("SFTCHAT_TEMPLATE")
+    chosen_template = chosen_template or file_values.get("template") or "alpaca"
+    if chosen_template not in TEMPLATES:
+        raise ConfigError(
+            f"template must be one of {', '.join(TEMPLATES)}, not {chosen_template!r}"
+        )
+
+    generation = GenerationSettings(
+        **_section(f"{where} [generation]", GenerationSettings, toml.get("generation", {}))
+    )
+    training = TrainingSettings()
+    if chosen_model == BUILTIN_MODEL:
+        training = replace(training, **BUILTIN_TRAINING)
+    training = replace(
+        training, **_section(f"{where} [training]", TrainingSettings, toml.get("training", {}))
+    )
+    return Settings(
+        workspace=root,
+        model=chosen_model,
+        device=chosen_device,
+        quantize=quantize,
+        template=chosen_template,
+        trust_remote_code=file_values.get("trust_remote_code", False),
+        generation=validate_generation(generation, f"{where} [generation]"),
+        training=validate_training(training, f"{where} [training]"),
+    )

@@ -1,0 +1,272 @@
+"""The curated dataset: examples in SQLite (WAL mode) under `WORKSPACE/data/`.
+
+Each example has an integer id, instruction, optional input, response, the model's original
+answer when it came from a chat, a source ("cli", "chat", "import:FILE") and timestamps.
+
+Why SQLite: a committed transaction survives a kill -9 of the writer the next instant, and
+WAL mode lets the chat app, the CLI and a training snapshot read and write concurrently.
+`synchronous=FULL` keeps commits durable even across power loss; `busy_timeout` makes a
+second writer wait for the lock instead of failing with "database is locked".
+
+The schema version lives in `PRAGMA user_version`; `MIGRATIONS[n]` upgrades version n to
+n + 1 inside one transaction. This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+DB_NAME = "examples.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the examples table.
+    """
+    CREATE TABLE examples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instruction TEXT NOT NULL,
+        input TEXT NOT NULL DEFAULT '',
+        response TEXT NOT NULL,
+        original_response TEXT,
+        source TEXT NOT NULL DEFAULT 'cli',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX examples_created ON examples(created_at);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """A dataset operation failed in a way the user can fix (message says how)."""
+
+
+class ExampleNotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Example:
+    id: int
+    instruction: str
+    input: str
+    response: str
+    original_response: str | None
+    source: str
+    created_at: float
+    updated_at: float
+
+    def to_record(self) -> dict:
+        """The training/export view: Alpaca field names plus provenance."""
+        return {"id": self.id, "instruction": self.instruction, "input": self.input,
+                "output": self.response}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_COLUMNS = ("id, instruction, input, response, original_response, source, "
+            "created_at, updated_at")
+
+
+def validate_fields(instruction: str, response: str) -> None:
+    if not instruction or not instruction.strip():
+        raise StoreError("the instruction is empty; give the example an instruction")
+    if not response or not response.strip():
+        raise StoreError("the response is empty; give the example a response")
+
+
+class ExampleStore:
+    """Open (creating or migrating if needed) the store of a workspace's `data/` folder."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open the dataset {self.path}: {exc}; "
+                "restore it from a backup or move it aside to start a new one"
+            ) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ExampleStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this sftchat "
+                f"understands ({SCHEMA_VERSION}); upgrade sftchat"
+            )
+        while version < SCHEMA_VERSION:
+            # BEGIN IMMEDIATE takes the write lock, so two processes never migrate at once;
+            # the version is re-read under the lock.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    version += 1
+                    self._db.execute(f"PRAGMA user_version={version}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    # ------------------------------------------------------------------ writes
+
+    def add(self, instruction: str, response: str, input: str = "",
+            original_response: str | None = None, source: str = "cli") -> int:
+        """Insert one example and return its id once the commit is durable."""
+        return self.add_many([(instruction, input, response, original_response, source)])[0]
+
+    def add_many(self, rows: Iterable[tuple[str, str, str, str | None, str]]) -> list[int]:
+        """Insert (instruction, input, response, original_response, source) rows atomically:
+        all of them or, on any invalid row, none."""
+        now = time.time()
+        ids = []
+        with self._transaction():
+            for instruction, input_text, response, original, source in rows:
+                validate_fields(instruction, response)
+                cursor = self._db.execute(
+                    "INSERT INTO examples (instruction, input, response, original_response, "
+                    "source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (instruction, input_text or "", response, original, source, now, now),
+                )
+                ids.append(cursor.lastrowid)
+        return ids
+
+    def update(self, example_id: int, instruction: str | None = None,
+               response: str | None = None, input: str | None = None) -> Example:
+        with self._transaction():
+            current = self.get(example_id)
+            instruction = current.instruction if instruction is None else instruction
+            response = current.response if response is None else response
+            input_text = current.input if input is None else input
+            validate_fields(instruction, response)
+            self._db.execute(
+                "UPDATE examples SET instruction=?, input=?, response=?, updated_at=? "
+                "WHERE id=?", (instruction, input_text, response, time.time(), example_id),
+            )
+        return self.get(example_id)
+
+    def delete(self, example_id: int) -> None:
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM examples WHERE id=?", (example_id,))
+            if cursor.rowcount == 0:
+                raise ExampleNotFound(self._not_found(example_id))
+
+    def _transaction(self, read_only: bool = False) -> "_Transaction":
+        return _Transaction(self._db, read_only)
+
+    # ------------------------------------------------------------------ reads
+
+    def _not_found(self, example_id: int) -> str:
+        return f"no example with id {example_id}; `sftchat data list` shows the ids"
+
+    def get(self, example_id: int) -> Example:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM examples WHERE id=?", (example_id,)
+        ).fetchone()
+        if row is None:
+            raise ExampleNotFound(self._not_found(example_id))
+        return Example(*row)
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+
+    def iter_examples(self, search: str | None = None, limit: int | None = None,
+                      offset: int = 0) -> Iterator[Example]:
+        """Examples in id order; `search` matches instruction, input or response text."""
+        sql = f"SELECT {_COLUMNS} FROM examples"
+        params: list = []
+        if search:
+            sql += (" WHERE instr(lower(instruction), lower(?)) OR instr(lower(input), lower(?))"
+                    " OR instr(lower(response), lower(?))")
+            params += [search] * 3
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        for row in self._db.execute(sql, params):
+            yield Example(*row)
+
+    def snapshot(self) -> list[Example]:
+        """Every example, read in one transaction: a consistent view for a training run."""
+        with self._transaction(read_only=True):
+            return list(self.iter_examples())
+
+    def stats(self) -> dict:
+        row = self._db.execute(
+            "SELECT COUNT(*), SUM(length(instruction)), SUM(length(input)), "
+            "SUM(length(response)), SUM(original_response IS NOT NULL "
+            "AND original_response != response), MIN(created_at), MAX(updated_at) "
+            "FROM examples"
+        ).fetchone()
+        count = row[0]
+        sources = dict(self._db.execute(
+            "SELECT source, COUNT(*) FROM examples GROUP BY source ORDER BY source"
+        ).fetchall())
+        return {
+            "examples": count,
+            "with_input": self._db.execute(
+                "SELECT COUNT(*) FROM examples WHERE input != ''").fetchone()[0],
+            "edited_from_chat": row[4] or 0,
+            "avg_instruction_chars": round((row[1] or 0) / count, 1) if count else 0,
+            "avg_response_chars": round((row[3] or 0) / count, 1) if count else 0,
+            "sources": sources,
+            "first_created": row[5],
+            "last_updated": row[6],
+            "schema_version": self.schema_version,
+        }
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error). `read_only` uses a deferred BEGIN,
+    which in WAL mode gives a consistent snapshot without blocking writers."""
+
+    def __init__(self, db: sqlite3.Connection, read_only: bool = False) -> None:
+        self._db = db
+        self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
+    def __enter__(self):
+        self._db.execute(self._begin)
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def snapshot_hash(records: Iterable[dict]) -> str:
+    """sha256 of the training records, in order: identifies exactly what an adapter saw."""
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

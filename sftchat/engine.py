@@ -1,0 +1,352 @@
+"""ChatEngine: streaming, cancellable generation and LoRA adapter hot-swap on one loaded base.
+
+The engine owns one base model for the life of the process. Adapters load into it with PEFT
+(`PeftModel.from_pretrained` for the first, `load_adapter` for the next) and switch with
+`set_adapter`; "no adapter" runs under `disable_adapter()`. The base weights are never
+reloaded, which is what makes a swap take milliseconds instead of a full model load.
+
+`generate()` returns a `Generation`: iterate it for text pieces as they are produced.
+Generation runs `model.generate` in a thread and hands tokens over through a queue; it stops
+at the template's end token, at a stop string (the model starting a new `### Instruction:`),
+at `max_new_tokens`, or when the `cancel` event is set — from any thread. An adapter switch
+waits for a running generation to finish: swaps happen between turns, never mid-answer.
+
+No Textual here: the TUI talks to this class; tests and the CLI use it directly.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from sftchat import adapters as adapter_registry
+from sftchat.adapters import AdapterError, AdapterInfo
+from sftchat.config import GenerationSettings, Settings
+from sftchat.models.loader import LoadedModel, load_model
+from sftchat.prompts import Turn, encode_prompt, stop_strings, stop_token_ids
+
+# The prompt always keeps at least this share of the context, even for long answers.
+MIN_PROMPT_SHARE = 0.5
+
+
+@dataclass
+class SwapResult:
+    name: str | None     # the adapter now answering; None is the base model
+    loaded: bool         # True when its weights were read from disk just now
+    seconds: float
+
+
+@dataclass
+class Generation:
+    """One answer being generated. Iterate for text pieces; read the totals afterwards."""
+
+    pieces: Iterator[str]
+    notice: str | None = None          # set when the prompt had to be truncated
+    adapter: str | None = None         # which adapter answered
+    text: str = ""
+    finish_reason: str = ""            # "eos" | "stop" | "length" | "cancelled"
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+    first_token_seconds: float | None = None
+    seconds: float = 0.0
+    _started: float = field(default_factory=time.perf_counter)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+    def collect(self) -> str:
+        for _ in self.pieces:
+            pass
+        return self.text
+
+
+class _TokenQueue:
+    """A transformers streamer that forwards generated token ids to a queue.
+
+    `generate()` calls `put` first with the prompt (skipped here), then once per new token.
+    """
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.queue.put(self._END)
+
+    def fail(self, exc: BaseException) -> None:
+        self.queue.put(exc)
+
+
+class ChatEngine:
+    """A loaded base model, its adapters, and generation through the one prompt template."""
+
+    def __init__(self, loaded: LoadedModel, template: str, adapters_dir: Path | None = None,
+                 generation: GenerationSettings | None = None) -> None:
+        self.loaded = loaded
+        self.template = template
+        self.adapters_dir = adapters_dir
+        self.generation = generation or GenerationSettings()
+        self._peft = None
+        self._active: str | None = None
+        self._loaded_adapters: dict[str, tuple[str, str]] = {}  # name -> (peft key, stamp)
+        self._lock = threading.RLock()
+        self._stop_ids = stop_token_ids(template, loaded.tokenizer)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChatEngine":
+        loaded = load_model(settings.model, settings.device, settings.quantize,
+                            settings.trust_remote_code)
+        return cls(loaded, settings.template, settings.adapters_dir, settings.generation)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def model(self):
+        return self._peft if self._peft is not None else self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loaded_adapters)
+
+    # ------------------------------------------------------------------ adapters
+
+    def _check_base(self, info: AdapterInfo) -> None:
+        expected = info.meta.get("base_model", {})
+        mine = self.loaded.identity
+        if expected and expected.get("fingerprint") != mine["fingerprint"]:
+            raise AdapterError(
+                f"adapter {info.name!r} was trained on base model {expected.get('model')!r}, "
+                f"not on the loaded {mine['model']!r}; start sftchat with "
+                f"--model {expected.get('model')} to use it"
+            )
+        if not (info.path / "adapter_model.safetensors").is_file():
+            raise AdapterError(
+                f"adapter {info.name!r} has no adapter_model.safetensors; sftchat loads "
+                "adapters from safetensors only"
+            )
+
+    def load_adapter(self, info: AdapterInfo) -> bool:
+        """Load `info` into the base model unless already loaded; True if read from disk."""
+        from peft import PeftModel
+
+        stamp = f"{info.created_at}:{(info.path / 'adapter_model.safetensors').stat().st_mtime}"
+        with self._lock:
+            current = self._loaded_adapters.get(info.name)
+            if current and current[1] == stamp:
+                return False
+            self._check_base(info)
+            if current:  # same name, new folder (removed and retrained): replace it
+                self._peft.delete_adapter(current[0])
+                del self._loaded_adapters[info.name]
+            # PEFT keys adapters in a ModuleDict, where "." is not allowed.
+            key = f"a{len(self._loaded_adapters)}_" + "".join(
+                c if c.isalnum() else "_" for c in info.name)
+            while self._peft is not None and key in self._peft.peft_config:
+                key += "_"
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        self.loaded.model, str(info.path), adapter_name=key, is_trainable=False)
+                    self._peft.eval()
+                else:
+                    self._peft.load_adapter(str(info.path), adapter_name=key, is_trainable=False)
+            except Exception as exc:  # noqa: BLE001 - becomes one clear message
+                raise AdapterError(
+                    f"adapter {info.name!r} could not be loaded ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be corrupted "
+                    f"or made for another model: remove it with `sftchat adapters rm {info.name}`"
+                ) from exc
+            self._loaded_adapters[info.name] = (key, stamp)
+            return True
+
+    def use_adapter(self, name: str | None) -> SwapResult:
+        """Make `name` ("latest", "none"/None, or an adapter name) answer from the next turn.
+
+        Waits for a running generation to finish first, so a swap never lands mid-answer.
+        """
+        started = time.perf_counter()
+        if self.adapters_dir is None and name not in (None, "none"):
+            raise AdapterError("this engine has no adapters folder")
+        info = adapter_registry.resolve(self.adapters_dir, name) if self.adapters_dir else None
+        with self._lock:
+            if info is None:
+                self._active = None
+                return SwapResult(None, False, time.perf_counter() - started)
+            loaded = self.load_adapter(info)
+            self._peft.set_adapter(self._loaded_adapters[info.name][0])
+            self._active = info.name
+        return SwapResult(info.name, loaded, time.perf_counter() - started)
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget a loaded adapter (e.g. after `adapters rm`); the base answers if it was active."""
+        with self._lock:
+            entry = self._loaded_adapters.pop(name, None)
+            if entry is None:
+                return
+            if self._active == name:
+                self._active = None
+            if self._loaded_adapters:
+                if self._peft.active_adapter == entry[0]:
+                    # PEFT refuses to delete the adapter it considers active.
+                    self._peft.set_adapter(next(iter(self._loaded_adapters.values()))[0])
+                self._peft.delete_adapter(entry[0])
+            # PEFT cannot delete its only adapter: its weights stay, unused, until the next
+            # adapter loads; nothing is active, so generation runs with adapters disabled.
+
+    # ------------------------------------------------------------------ generation
+
+    def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        context = self.loaded.context_length
+        return max(context - max_new_tokens, int(context * MIN_PROMPT_SHARE))
+
+    def generate(self, instruction: str, history: Sequence[Turn] = (), input: str = "",
+                 settings: GenerationSettings | None = None,
+                 cancel: threading.Event | None = None) -> Generation:
+        """Start answering `instruction` after `history`; iterate the result for text."""
+        settings = settings or self.generation
+        cancel = cancel or threading.Event()
+        prompt = encode_prompt(self.tokenizer, self.template, instruction, input, history,
+                               max_tokens=self.max_prompt_tokens(settings.max_new_tokens))
+        generation = Generation(pieces=iter(()), notice=prompt.notice(),
+                                adapter=self._active, prompt_tokens=len(prompt.ids))
+        generation.pieces = self._stream(generation, prompt.ids, settings, cancel)
+        return generation
+
+    def _generate_kwargs(self, prompt_ids: list[int], settings: GenerationSettings,
+                         cancel: threading.Event, streamer: _TokenQueue) -> dict:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
+
+        device = self.model.device
+        kwargs = dict(
+            input_ids=torch.tensor([prompt_ids], device=device),
+            attention_mask=torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device),
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=self._stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+        )
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                          top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _run(self, kwargs: dict, settings: GenerationSettings, streamer: _TokenQueue) -> None:
+        import torch
+
+        try:
+            with self._lock, torch.inference_mode():
+                if settings.seed is not None:
+                    torch.manual_seed(settings.seed)
+                if self._peft is not None and self._active is None:
+                    with self._peft.disable_adapter():
+                        self.model.generate(**kwargs)
+                else:
+                    self.model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            streamer.fail(exc)
+        else:
+            streamer.end()
+
+    def _stream(self, generation: Generation, prompt_ids: list[int],
+                settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
+        streamer = _TokenQueue()
+        kwargs = self._generate_kwargs(prompt_ids, settings, cancel, streamer)
+        worker = threading.Thread(target=self._run, args=(kwargs, settings, streamer),
+                                  name="sftchat-generate", daemon=True)
+        stops = stop_strings(self.template)
+        token_ids: list[int] = []
+        emitted = 0
+        generation.finish_reason = "length"
+        worker.start()
+        try:
+            while True:
+                item = streamer.queue.get()
+                if item is _TokenQueue._END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if generation.first_token_seconds is None:
+                    generation.first_token_seconds = time.perf_counter() - generation._started
+                if item and item[-1] in self._stop_ids:
+                    generation.finish_reason = "eos"
+                    item = item[:-1]
+                token_ids.extend(item)
+                generation.new_tokens = len(token_ids) + (generation.finish_reason == "eos")
+                text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+                text, hit = _cut_at_stop(text, stops)
+                if hit:
+                    generation.finish_reason = "stop"
+                    cancel.set()
+                safe = len(text) if hit else _safe_length(text, stops)
+                if safe > emitted:
+                    yield text[emitted:safe]
+                    emitted = safe
+                generation.text = text
+                if hit:
+                    break
+            if cancel.is_set() and generation.finish_reason not in ("stop", "eos"):
+                generation.finish_reason = "cancelled"
+            if emitted < len(generation.text):
+                final = generation.text.rstrip("\ufffd")
+                if len(final) > emitted:
+                    yield final[emitted:]
+                generation.text = final
+        finally:
+            cancel.set()
+            worker.join()
+            generation.text = generation.text.rstrip("\ufffd")
+            generation.seconds = time.perf_counter() - generation._started
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string (and the blank line leading to it)."""
+    cut = min((index for index in (text.find(stop) for stop in stops) if index >= 0),
+              default=-1)
+    if cut < 0:
+        return text, False
+    return text[:cut].rstrip("\n"), True
+
+
+def _safe_length(text: str, stops: Sequence[str]) -> int:
+    """How much of `text` can be shown now: hold back an incomplete UTF-8 character and any
+    tail that might be the start of a stop string (or the newlines before one)."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:size]):
+                end -= size
+                break
+    while end and text[end - 1] == "\n":
+        end -= 1
+    return end

@@ -1,0 +1,194 @@
+"""Model loading: a Hugging Face id, a local folder or `builtin`, in 4-bit NF4 or unquantized.
+
+`load_model(spec, device, quantize)` returns a `LoadedModel` with the model, its tokenizer and
+its identity (what an adapter records as its base and is checked against before it loads).
+The built-in model is only a local folder to this code: it loads exactly like a hub model.
+
+4-bit loading follows QLoRA: NF4 weights, double quantization, bfloat16 compute — on CUDA and
+on CPU alike (bitsandbytes' CPU backend runs NF4 forward and backward). Weights load from
+safetensors only, and `trust_remote_code` stays off unless the caller turns it on.
+Every failure a user can cause becomes one `ModelLoadError` sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftchat.config import BUILTIN_MODEL
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says which model, why, and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    spec: str              # what the user asked for: "builtin", a hub id or a folder
+    path: str              # the folder or hub id transformers loaded from
+    identity: dict         # {"model", "revision", "fingerprint"}: see model_identity()
+    device: str            # "cpu" or "cuda"
+    quantized: bool
+    compute_dtype: str     # "bfloat16", "float32", ...
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    def describe(self) -> str:
+        quant = "4-bit NF4" if self.quantized else self.compute_dtype
+        return f"{self.spec} ({quant}, {self.device})"
+
+
+def quiet_libraries() -> None:
+    """Silence progress bars and notices that would garble a CLI's output or a TUI.
+
+    bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing; the
+    built-in kernel it falls back to is fine, and the hub is not reachable anyway.
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # Deprecation notices from inside transformers/peft are for their developers, not ours.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft)\.")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            "--device cuda was asked for but no CUDA GPU is available to PyTorch; "
+            "use --device cpu (or auto)"
+        )
+    return device
+
+
+def resolve_model_path(spec: str) -> str:
+    """The folder or hub id to load: builds the built-in model on first use."""
+    if spec == BUILTIN_MODEL:
+        from sftchat.models.builtin import ensure_builtin_model
+
+        return str(ensure_builtin_model())
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {spec!r} does not exist; check the path")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{spec!r} is not a model folder (no config.json); point --model at a folder "
+                "saved with save_pretrained, or at a Hugging Face id"
+            )
+        return str(path.resolve())
+    return spec
+
+
+def model_identity(spec: str, path: str, config: Any) -> dict:
+    """What makes a base model *this* base model, cheap to compute for an 8B checkpoint.
+
+    For a hub model the commit hash pins it; for every model the fingerprint covers the
+    architecture (config minus volatile fields) and the weight files' names and sizes.
+    """
+    config_dict = config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "_commit_hash",
+                     "quantization_config", "torch_dtype", "dtype", "use_cache"):
+        config_dict.pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode())
+    folder = Path(path)
+    if folder.is_dir():
+        for weight in sorted(folder.glob("*.safetensors")):
+            digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
+    revision = getattr(config, "_commit_hash", None)
+    return {"model": spec, "revision": revision, "fingerprint": digest.hexdigest()}
+
+
+def _explain(spec: str, exc: Exception) -> ModelLoadError:
+    text = str(exc)
+    if isinstance(exc, ImportError) and "bitsandbytes" in text:
+        return ModelLoadError(
+            f"cannot load {spec!r} in 4-bit: bitsandbytes is not usable here ({text}); "
+            "install bitsandbytes or pass --no-quantize"
+        )
+    if "Unrecognized configuration class" in text or "does not recognize this architecture" \
+            in text or isinstance(exc, KeyError):
+        return ModelLoadError(
+            f"model {spec!r} has an architecture this transformers cannot load as a causal "
+            "language model; pick a causal LM (Llama, Qwen, Mistral, Gemma, Phi, ...) or "
+            "upgrade transformers"
+        )
+    if "safetensors" in text.lower() or "use_safetensors" in text:
+        return ModelLoadError(
+            f"model {spec!r} has no safetensors weights; sftchat loads only safetensors "
+            "(pickle files can run code): convert the checkpoint with save_pretrained"
+        )
+    if isinstance(exc, OSError):
+        return ModelLoadError(
+            f"cannot find model {spec!r}: it is not a local folder, not in the Hugging Face "
+            "cache, and could not be downloaded (no network?); check the name, or download "
+            "it first with `hf download` where there is network"
+        )
+    return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else exc}")
+
+
+def load_model(spec: str, device: str = "auto", quantize: bool = True,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load tokenizer and causal LM; raises `ModelLoadError` with a user-facing message."""
+    quiet_libraries()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    path = resolve_model_path(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if quantize:
+        compute_dtype = torch.bfloat16
+        try:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute_dtype,
+            )
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise _explain(spec, exc) from exc
+        kwargs["dtype"] = compute_dtype
+    else:
+        compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        kwargs["dtype"] = compute_dtype
+    kwargs["device_map"] = {"": 0} if device == "cuda" else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear sentence
+        raise _explain(spec, exc) from exc
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        # Padding is only ever masked out, so any existing token will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, spec=spec, path=path,
+        identity=model_identity(spec, path, model.config), device=device,
+        quantized=quantize, compute_dtype=str(compute_dtype).removeprefix("torch."),
+    )

@@ -1,0 +1,101 @@
+"""Training events: what `sftchat train --json` prints, one JSON object per line on stdout.
+
+Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order they come:
+
+- `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device
+- `step`:     step, total_steps, epoch (fractional), loss, lr, grad_norm, tokens_per_s
+              (real, non-padding tokens), elapsed_s, eta_s
+- `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
+- `finished`: name, adapter (path), final_loss, steps, train_seconds
+- `cancelled`: message (SIGINT/SIGTERM; nothing was published)
+- `failed`:   message (one sentence: what went wrong and what to do; nothing was published)
+
+The TUI reads these from the trainer subprocess; `parse_event` is the reading side. Nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Callable, TextIO
+
+EVENT_KINDS = ("started", "step", "epoch", "finished", "cancelled", "failed")
+Emit = Callable[[dict], None]
+
+
+def make_event(kind: str, **fields) -> dict:
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown training event {kind!r}")
+    return {"event": kind, "time": round(time.time(), 3), **fields}
+
+
+def json_emitter(stream: TextIO | None = None) -> Emit:
+    """Write each event as one JSON line and flush, so a reading process sees it at once."""
+    out = stream or sys.stdout
+
+    def emit(event: dict) -> None:
+        out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        out.flush()
+
+    return emit
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def describe(event: dict) -> str | None:
+    """A one-line human rendering of an event (None for events not worth a line)."""
+    kind = event["event"]
+    if kind == "started":
+        return (f"training {event['name']} on {event['examples']} examples: "
+                f"{event['total_steps']} steps on {event['device']}")
+    if kind == "step":
+        return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
+                f"loss {event['loss']:.4f}  lr {event['lr']:.2e}  "
+                f"{event['tokens_per_s']:,.0f} tok/s  ETA {_duration(event['eta_s'])}")
+    if kind == "finished":
+        return (f"published {event['adapter']} (final loss {event['final_loss']:.4f}, "
+                f"{event['steps']} steps in {_duration(event['train_seconds'])})")
+    if kind in ("cancelled", "failed"):
+        return event["message"]
+    return None
+
+
+def text_emitter(stream: TextIO | None = None, every: int = 10) -> Emit:
+    """Human progress on stderr: the start, every `every`-th step, the last step, the end."""
+    out = stream or sys.stderr
+
+    def emit(event: dict) -> None:
+        if event["event"] == "step":
+            if event["step"] % every and event["step"] != event["total_steps"] \
+                    and event["step"] != 1:
+                return
+        if event["event"] in ("cancelled", "failed", "epoch"):
+            return  # the CLI reports these itself (as its error line)
+        line = describe(event)
+        if line:
+            out.write(line + "\n")
+            out.flush()
+
+    return emit
+
+
+def parse_event(line: str) -> dict | None:
+    """Parse one line of `train --json` output; None for anything that is not an event."""
+    try:
+        event = json.loads(line)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if isinstance(event, dict) and event.get("event") in EVENT_KINDS:
+        return event
+    return None

@@ -1,0 +1,286 @@
+"""The QLoRA trainer: setup -> train -> save, on a frozen snapshot of the curated dataset.
+
+`run_training(...)` is what `sftchat train` calls (the TUI runs that command as a subprocess,
+which isolates crashes and GPU memory and makes cancel a signal):
+
+1. setup: snapshot the dataset in one read transaction, write it to a hidden staging folder,
+   load the base in 4-bit NF4, wrap it with LoRA on all linear layers (or continue from an
+   existing adapter), tokenize every example through `sftchat.prompts` (the same template as
+   inference) with the prompt masked out.
+2. train: AdamW on the LoRA weights; gradient accumulation; the loss is the summed masked
+   cross-entropy divided by the number of learned tokens in the optimizer step; linear
+   warm-up then cosine decay; gradient clipping; a fixed seed. A `step` event per step.
+3. save: PEFT files (safetensors), `sftchat.json`, `train.jsonl`; then one atomic rename
+   publishes `adapters/NAME/`. Any failure or cancel deletes the staging folder instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import shutil
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from sftchat import __version__
+from sftchat import adapters as adapter_registry
+from sftchat.adapters import AdapterError
+from sftchat.config import Settings, TrainingSettings
+from sftchat.dataset.store import ExampleStore, snapshot_hash
+from sftchat.prompts import ExampleTooLongError, encode_example
+from sftchat.training.batching import (
+    collate, count_learned, masked_loss_sum, plan_steps,
+)
+from sftchat.training.events import Emit, make_event
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or failed; the message is one user-facing sentence."""
+
+
+class TrainingCancelled(TrainingError):
+    pass
+
+
+def default_adapter_name(adapters_dir: Path) -> str:
+    base = "sft-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name, suffix = base, 2
+    while (adapters_dir / name).exists():
+        name, suffix = f"{base}-{suffix}", suffix + 1
+    return name
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _snapshot(settings: Settings, staging: Path) -> list[dict]:
+    with ExampleStore(settings.data_dir) as store:
+        examples = store.snapshot()
+    if not examples:
+        raise TrainingError(
+            "the dataset is empty: add examples first (`sftchat data add` or "
+            "`sftchat data import FILE`), then train"
+        )
+    records = [example.to_record() for example in examples]
+    with open(staging / adapter_registry.SNAPSHOT_FILE, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return records
+
+
+def _encode_all(records: list[dict], tokenizer, template: str, max_length: int):
+    encoded = []
+    for record in records:
+        try:
+            encoded.append(encode_example(tokenizer, template, record, max_length))
+        except ExampleTooLongError as exc:
+            raise TrainingError(f"example {record['id']}: {exc}") from exc
+    return encoded
+
+
+def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool:
+    if training.gradient_checkpointing == "auto":
+        return device == "cuda"  # on CPU memory is plentiful and recomputation is slow
+    return training.gradient_checkpointing == "on"
+
+
+def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    model = loaded.model
+    checkpointing = _use_gradient_checkpointing(training, loaded.device)
+    if loaded.quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if from_adapter is not None:
+        return PeftModel.from_pretrained(model, str(from_adapter.path), is_trainable=True)
+    config = LoraConfig(
+        r=training.rank, lora_alpha=training.alpha, lora_dropout=training.dropout,
+        target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:  # `step` = optimizer steps taken so far
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
+                emit: Emit, stop: threading.Event) -> dict:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+    total = len(plans)
+    warmup = min(total - 1, round(training.warmup_ratio * total)) if total > 1 else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+    steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    tokens_seen = 0
+    started = time.perf_counter()
+    model.train()
+    for index, plan in enumerate(plans, start=1):
+        step_examples = [encoded[i] for batch in plan.micro_batches for i in batch]
+        learned = count_learned(step_examples)
+        step_loss = 0.0
+        for batch in plan.micro_batches:
+            if stop.is_set():
+                raise TrainingCancelled("training cancelled; nothing was published")
+            input_ids, attention, labels = collate([encoded[i] for i in batch], pad_id, device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+            loss = masked_loss_sum(logits, labels) / learned
+            loss.backward()
+            step_loss += loss.item()
+            tokens_seen += int(attention.sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        epoch_losses.append(step_loss)
+        elapsed = time.perf_counter() - started
+        emit(make_event(
+            "step", step=index, total_steps=total,
+            epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
+            loss=round(step_loss, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
+            tokens_per_s=round(tokens_seen / elapsed, 1), elapsed_s=round(elapsed, 3),
+            eta_s=round(elapsed / index * (total - index), 1),
+        ))
+        if index == total or plans[index].epoch != plan.epoch:
+            emit(make_event("epoch", epoch=plan.epoch + 1,
+                            loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
+            epoch_losses = []
+    model.eval()
+    elapsed = time.perf_counter() - started
+    return {
+        "steps": total, "warmup_steps": warmup, "final_loss": losses[-1],
+        "loss_curve": [round(loss, 6) for loss in losses],
+        "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
+        "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
+    }
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _write_meta(staging: Path, *, name, loaded, settings: Settings, training, model,
+                records, encoded, metrics, from_adapter, started_at) -> dict:
+    lora = model.peft_config["default"]
+    meta = {
+        "format": 1,
+        "name": name,
+        "sftchat_version": __version__,
+        "base_model": loaded.identity,
+        "quantization": {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
+                         "compute_dtype": loaded.compute_dtype} if loaded.quantized else None,
+        "device": loaded.device,
+        "template": settings.template,
+        "hyperparameters": asdict(training),
+        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                 "target_modules": sorted(lora.target_modules or [])},
+        "from_adapter": from_adapter.name if from_adapter else None,
+        "dataset": {
+            "snapshot_sha256": snapshot_hash(records),
+            "examples": len(records),
+            "example_ids": [record["id"] for record in records],
+            "learned_tokens": count_learned(encoded),
+            "truncated_prompts": sum(1 for example in encoded if example.prompt.truncated),
+        },
+        "metrics": metrics,
+        "started_at": started_at,
+        "finished_at": _now_iso(),
+    }
+    (staging / adapter_registry.META_FILE).write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return meta
+
+
+def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
+                 name: str | None = None, from_adapter: str | None = None,
+                 stop: threading.Event | None = None) -> Path:
+    """Train on the current dataset and publish `adapters/NAME`; return its path.
+
+    Raises `TrainingError` (or `TrainingCancelled` when `stop` is set) with nothing published.
+    """
+    stop = stop or threading.Event()
+    adapters_dir = settings.adapters_dir
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    adapter_registry.clean_leftovers(adapters_dir)
+    name = adapter_registry.check_name(name) if name else default_adapter_name(adapters_dir)
+    if (adapters_dir / name).exists():
+        raise AdapterError(
+            f"an adapter named {name!r} already exists; pick another --name or remove it "
+            f"with `sftchat adapters rm {name}`"
+        )
+    source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
+    staging = adapter_registry.staging_dir(adapters_dir, name)
+    staging.mkdir()
+    started_at = _now_iso()
+    try:
+        records = _snapshot(settings, staging)
+        from sftchat.models.loader import load_model
+        import torch
+
+        torch.manual_seed(training.seed)
+        loaded = load_model(settings.model, settings.device, settings.quantize,
+                            settings.trust_remote_code)
+        if source is not None:
+            expected = source.meta.get("base_model", {}).get("fingerprint")
+            if expected and expected != loaded.identity["fingerprint"]:
+                raise AdapterError(
+                    f"--from {source.name}: that adapter was trained on another base model "
+                    f"({source.meta['base_model'].get('model')!r})"
+                )
+        encoded = _encode_all(records, loaded.tokenizer, settings.template,
+                              training.max_length)
+        plans = plan_steps(len(encoded), training.batch_size, training.grad_accum,
+                           training.epochs, training.max_steps, training.seed)
+        emit(make_event(
+            "started", name=name, base_model=settings.model, examples=len(records),
+            total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=training.batch_size,
+            grad_accum=training.grad_accum, device=loaded.device,
+        ))
+        model = _wrap_with_lora(loaded, training, source)
+        try:
+            metrics = _train_loop(model, encoded, plans, training,
+                                  loaded.tokenizer.pad_token_id, loaded.model.device, emit, stop)
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(
+                f"CUDA ran out of memory at batch size {training.batch_size} and max length "
+                f"{training.max_length}; retry with a smaller --batch-size (raise grad_accum "
+                "to keep the effective batch) or a smaller --max-length"
+            ) from exc
+        if stop.is_set():
+            raise TrainingCancelled("training cancelled; nothing was published")
+        model.save_pretrained(str(staging), safe_serialization=True)
+        _write_meta(staging, name=name, loaded=loaded, settings=settings, training=training,
+                    model=model, records=records, encoded=encoded, metrics=metrics,
+                    from_adapter=source, started_at=started_at)
+        target = adapter_registry.publish(staging, adapters_dir, name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    emit(make_event("finished", name=name, adapter=str(target),
+                    final_loss=metrics["final_loss"], steps=metrics["steps"],
+                    train_seconds=metrics["train_seconds"]))
+    return target
