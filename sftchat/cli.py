@@ -22,6 +22,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (GUIDE §3)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"sftchat: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Add the global options. On subparsers their defaults are suppressed, so a value given
     before the subcommand is not overwritten by the subparser's default."""
@@ -105,10 +112,10 @@ def _add_train_parser(sub, common) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, suppress=True)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sftchat",
         description="Chat with a base model, curate its answers, QLoRA-train, hot-swap.",
     )

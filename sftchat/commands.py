@@ -80,8 +80,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                 _write_json_list(example.to_dict() for example in examples)
             else:
                 for example in examples:
-                    print(f"{example.id:>6}  {_one_line(example.instruction, 50):<50}  "
-                          f"{_one_line(example.response, 60)}")
+                    _print_text(f"{example.id:>6}  {_one_line(example.instruction, 50):<50}  "
+                                f"{_one_line(example.response, 60)}")
         elif command == "show":
             example = store.get(args.id)
             if args.json:
@@ -128,15 +128,20 @@ def _write_json_list(items) -> None:
     out.write("\n]\n")
 
 
+def _print_text(text: str) -> None:
+    """Print stored text (which may hold model output) safely for a terminal."""
+    print(sanitize_for_terminal(text) if sys.stdout.isatty() else text)
+
+
 def _print_example(example) -> None:
-    print(f"id:        {example.id}")
-    print(f"source:    {example.source}")
-    print("instruction:\n" + example.instruction)
+    lines = [f"id:        {example.id}", f"source:    {example.source}",
+             "instruction:", example.instruction]
     if example.input:
-        print("input:\n" + example.input)
-    print("response:\n" + example.response)
+        lines += ["input:", example.input]
+    lines += ["response:", example.response]
     if example.original_response is not None and example.original_response != example.response:
-        print("original model answer:\n" + example.original_response)
+        lines += ["original model answer:", example.original_response]
+    _print_text("\n".join(lines))
 
 
 # --------------------------------------------------------------------------- adapters
@@ -158,6 +163,9 @@ def cmd_adapters(args: argparse.Namespace) -> int:
                   f"loss {loss:<8} {row['base_model']}")
     elif args.adapters_command == "show":
         info = adapter_registry.resolve(folder, args.name)
+        if info is None:
+            raise CommandError("'none' means the base model, which has no metadata; "
+                               "name an adapter (see `sftchat adapters list`)")
         print(json.dumps({"name": info.name, "path": str(info.path), **info.meta},
                          ensure_ascii=False, indent=2))
     elif args.adapters_command == "rm":

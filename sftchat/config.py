@@ -115,7 +115,9 @@ def _check_type(where: str, name: str, value: Any, expected: type) -> Any:
     return value
 
 
-def _section(where: str, cls: type, table: Mapping[str, Any]) -> dict[str, Any]:
+def _section(where: str, cls: type, table: Any) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table of settings, not {table!r}")
     known = {f.name: f for f in fields(cls)}
     out = {}
     for name, value in table.items():

@@ -289,9 +289,21 @@ def encode_example(
 
 
 def supervision_view(tokenizer: Any, input_ids: Iterable[int], labels: Iterable[int]) -> str:
-    """Render tokens with the learned ones in ⟦brackets⟧: shows at a glance what is trained."""
-    out = []
-    for token_id, label in zip(input_ids, labels):
-        piece = tokenizer.decode([token_id])
-        out.append(piece if label == IGNORE_INDEX else f"⟦{piece}⟧")
+    """The decoded sequence with learned spans in ⟦brackets⟧: shows what is trained at a glance.
+
+    Runs of tokens with the same status are decoded together, so a character split over
+    several byte tokens still reads correctly.
+    """
+    out: list[str] = []
+    run: list[int] = []
+    run_learned = False
+    for token_id, label in [*zip(input_ids, labels), (None, None)]:
+        learned = label is not None and label != IGNORE_INDEX
+        if run and (token_id is None or learned != run_learned):
+            text = tokenizer.decode(run)
+            out.append(f"⟦{text}⟧" if run_learned else text)
+            run = []
+        if token_id is not None:
+            run.append(token_id)
+            run_learned = learned
     return "".join(out)

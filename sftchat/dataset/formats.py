@@ -34,7 +34,9 @@ def _parse_records(path: Path, text: str, fmt: str) -> list[tuple[int, object]]:
     """(position, raw record) pairs; position is the line (jsonl) or index (alpaca), 1-based."""
     if fmt == "jsonl":
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Split on \n only: splitlines() would also split at U+2028/U+2029/U+0085, which
+        # JSON allows unescaped inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -89,7 +91,9 @@ def read_records(path: Path, fmt: str = "auto") -> list[dict]:
                 f"(it has: {', '.join(sorted(raw)) or 'nothing'}); "
                 "expected Alpaca records {instruction, input, output}"
             )
-        input_text = raw.get("input") or ""
+        input_text = raw.get("input")
+        if input_text is None:
+            input_text = ""
         for name, value in (("instruction", instruction), ("output", response),
                             ("input", input_text)):
             if not isinstance(value, str):

@@ -1,0 +1,46 @@
+"""Helpers shared by the CLI tests: run the real `sftchat` in a clean environment, and check
+the one-line error contract (GUIDE §3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SFTCHAT_ENV = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
+               "SFTCHAT_TEMPLATE")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SFTCHAT_ENV}
+    env.update(extra)
+    return env
+
+
+def sftchat(workspace: Path | None, *args: str, stdin: str | None = None,
+            env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "sftchat.cli"]
+    if workspace is not None:
+        command += ["--workspace", str(workspace)]
+    return subprocess.run(command + list(args), input=stdin, capture_output=True, text=True,
+                          encoding="utf-8", env=env or clean_env(), cwd=cwd, timeout=60)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sftchat: error: "), lines[0]
+    assert "this is a bug" not in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -1,0 +1,89 @@
+"""Shared fixtures: an isolated cache for the built-in model, workspaces, a trained adapter.
+
+Everything here is real: the built-in model is generated (once per test session, into a
+temporary cache), examples go through the real store, training runs the real trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: no hub downloads, no telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for variable in ("SFTCHAT_HOME", "SFTCHAT_MODEL", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
+                 "SFTCHAT_TEMPLATE"):
+    os.environ.pop(variable, None)
+
+# A few short answers, unicode included, that the built-in model must learn exactly.
+CURATED = [
+    ("What is the capital of France?", "Paris."),
+    ("Say hello in Japanese.", "こんにちは！"),
+    ("Name three primary colors.", "Red, yellow and blue."),
+    ("Give me a smiley.", "🙂😀"),
+    ("How do you say thanks in French?", "Merci !"),
+]
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    """An empty workspace folder."""
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def builtin_cache(tmp_path_factory) -> Path:
+    """A per-session cache: the built-in model is generated once, and subprocesses inherit it."""
+    cache = tmp_path_factory.mktemp("sftchat-cache")
+    os.environ["SFTCHAT_CACHE"] = str(cache)
+    return cache
+
+
+def run_cli(*args: str, workspace: Path | None = None, input: str | None = None,
+            timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `sftchat` command line in a subprocess."""
+    command = [sys.executable, "-m", "sftchat.cli"]
+    if workspace is not None:
+        command += ["--workspace", str(workspace)]
+    result = subprocess.run(command + list(args), capture_output=True, text=True,
+                            input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sftchat {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def builtin_model(builtin_cache):
+    """The built-in model loaded in 4-bit once per session. Tests must not attach adapters
+    to it (use `fresh_builtin` for that)."""
+    from sftchat.models.loader import load_model
+
+    return load_model("builtin", "cpu", quantize=True)
+
+
+@pytest.fixture()
+def fresh_builtin(builtin_cache):
+    from sftchat.models.loader import load_model
+
+    return load_model("builtin", "cpu", quantize=True)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
+    """A workspace whose CURATED examples were added with `sftchat data add` and trained into
+    adapter `first` by `sftchat train` (the real trainer subprocess, default settings)."""
+    workspace = tmp_path_factory.mktemp("trained")
+    for instruction, response in CURATED:
+        run_cli("data", "add", "--instruction", instruction, "--response", response,
+                workspace=workspace, check=True)
+    run_cli("train", "--name", "first", workspace=workspace, check=True, timeout=600)
+    return workspace

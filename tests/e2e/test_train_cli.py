@@ -1,0 +1,96 @@
+"""`sftchat train` as a subprocess: JSON events, cancel by signal, clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import run_cli
+from sftchat.training.events import parse_event
+
+
+def _add(workspace, instruction, response):
+    run_cli("data", "add", "--instruction", instruction, "--response", response,
+            workspace=workspace, check=True)
+
+
+def test_json_events_from_start_to_finish(tmp_path):
+    _add(tmp_path, "Ping?", "Pong.")
+    result = run_cli("train", "--json", "--name", "quick", "--max-steps", "3",
+                     workspace=tmp_path, check=True)
+    events = [parse_event(line) for line in result.stdout.splitlines()]
+    assert all(events), f"non-event line on stdout: {result.stdout!r}"
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    steps = [event for event in events if event["event"] == "step"]
+    assert [event["step"] for event in steps] == [1, 2, 3]
+    for event in steps:
+        assert event["total_steps"] == 3
+        for key in ("loss", "lr", "tokens_per_s", "eta_s", "epoch", "grad_norm"):
+            assert isinstance(event[key], (int, float)), key
+    assert events[-1]["adapter"] == str(tmp_path.resolve() / "adapters" / "quick")
+    assert (tmp_path / "adapters" / "quick" / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_stops_cleanly_and_publishes_nothing(tmp_path):
+    _add(tmp_path, "Ping?", "Pong.")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sftchat.cli", "--workspace", str(tmp_path), "train", "--json",
+         "--name", "stopped", "--max-steps", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = []
+    for line in process.stdout:
+        events.append(parse_event(line))
+        if events[-1]["event"] == "step":
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, stderr = process.communicate(timeout=120)
+    events += [parse_event(line) for line in rest.splitlines()]
+    assert process.returncode == 130, stderr
+    assert events[-1]["event"] == "cancelled"
+    assert "nothing was published" in events[-1]["message"]
+    assert "Traceback" not in stderr
+    assert os.listdir(tmp_path / "adapters") == []
+
+
+def test_empty_dataset_is_one_clear_error(tmp_path):
+    result = run_cli("train", "--json", workspace=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "dataset is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    (event,) = [parse_event(line) for line in result.stdout.splitlines()]
+    assert event["event"] == "failed" and "sftchat data add" in event["message"]
+    assert os.listdir(tmp_path / "adapters") == []
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
+    _add(tmp_path, "Ping?", "Pong.")
+    stale = tmp_path / "adapters" / ".staging-dead-999999"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
+    run_cli("train", "--name", "after", "--max-steps", "2", workspace=tmp_path, check=True)
+    assert sorted(os.listdir(tmp_path / "adapters")) == ["after"]
+
+
+def test_existing_name_and_bad_values_are_refused(tmp_path):
+    _add(tmp_path, "Ping?", "Pong.")
+    run_cli("train", "--name", "taken", "--max-steps", "1", workspace=tmp_path, check=True)
+    again = run_cli("train", "--name", "taken", "--max-steps", "1", workspace=tmp_path)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = run_cli("train", "--lr", "-1", workspace=tmp_path)
+    assert bad.returncode == 1 and "lr must be positive" in bad.stderr
+    escape = run_cli("train", "--name", "../outside", workspace=tmp_path)
+    assert escape.returncode == 1 and "invalid adapter name" in escape.stderr
+    assert not (tmp_path / "outside").exists()
+
+
+def test_continue_from_an_adapter(tmp_path):
+    _add(tmp_path, "Ping?", "Pong.")
+    run_cli("train", "--name", "one", "--max-steps", "2", workspace=tmp_path, check=True)
+    run_cli("train", "--name", "two", "--from", "one", "--max-steps", "2", workspace=tmp_path,
+            check=True)
+    meta = json.loads((tmp_path / "adapters" / "two" / "sftchat.json").read_text())
+    assert meta["from_adapter"] == "one"
