@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import threading
@@ -18,19 +17,10 @@ from dataclasses import replace
 from sftchat import adapters as adapter_registry
 from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
 from sftchat.config import validate_training
-
-# C0/C1 control characters other than newline and tab, and ANSI escape sequences: never
-# written raw to a terminal, where they could move the cursor, retitle it or worse.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|"
-                      r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
+from sftchat.text import one_line, strip_control
 
 class CommandError(Exception):
     """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
-
-
-def sanitize_for_terminal(text: str) -> str:
-    return _CONTROL.sub("", text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -48,11 +38,6 @@ def _text_arg(value: str | None) -> str | None:
     if value == "-":
         return sys.stdin.read().rstrip("\n")
     return value
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 # --------------------------------------------------------------------------- data
@@ -80,8 +65,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                 _write_json_list(example.to_dict() for example in examples)
             else:
                 for example in examples:
-                    _print_text(f"{example.id:>6}  {_one_line(example.instruction, 50):<50}  "
-                                f"{_one_line(example.response, 60)}")
+                    _print_text(f"{example.id:>6}  {one_line(example.instruction, 50):<50}  "
+                                f"{one_line(example.response, 60)}")
         elif command == "show":
             example = store.get(args.id)
             if args.json:
@@ -130,7 +115,7 @@ def _write_json_list(items) -> None:
 
 def _print_text(text: str) -> None:
     """Print stored text (which may hold model output) safely for a terminal."""
-    print(sanitize_for_terminal(text) if sys.stdout.isatty() else text)
+    print(strip_control(text) if sys.stdout.isatty() else text)
 
 
 def _print_example(example) -> None:
@@ -195,7 +180,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(f"sftchat: {answer.notice}", file=sys.stderr)
     to_terminal = sys.stdout.isatty()
     for piece in answer:
-        sys.stdout.write(sanitize_for_terminal(piece) if to_terminal else piece)
+        sys.stdout.write(strip_control(piece) if to_terminal else piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -249,15 +234,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 EXIT_CANCELLED = 130
 
 
-def cmd_chat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
+def cmd_chat(args: argparse.Namespace) -> int:
+    from sftchat.tui.app import create_app
+
+    settings = _settings(args)
+    create_app(settings).run()
     return 0
 
 
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = args.command or "chat"
-    if command == "chat":
-        return cmd_chat(args, parser)
-    handler = {"data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
+    handler = {"chat": cmd_chat, "data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
                "train": cmd_train}[command]
     return handler(args)

@@ -164,6 +164,7 @@ class ChatEngine:
             while self._peft is not None and key in self._peft.peft_config:
                 key += "_"
             try:
+                _check_safetensors(info.path / "adapter_model.safetensors")
                 if self._peft is None:
                     self._peft = PeftModel.from_pretrained(
                         self.loaded.model, str(info.path), adapter_name=key, is_trainable=False)
@@ -171,6 +172,7 @@ class ChatEngine:
                 else:
                     self._peft.load_adapter(str(info.path), adapter_name=key, is_trainable=False)
             except Exception as exc:  # noqa: BLE001 - becomes one clear message
+                self._undo_failed_load(key)
                 raise AdapterError(
                     f"adapter {info.name!r} could not be loaded ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be corrupted "
@@ -178,6 +180,27 @@ class ChatEngine:
                 ) from exc
             self._loaded_adapters[info.name] = (key, stamp)
             return True
+
+    def _undo_failed_load(self, key: str) -> None:
+        """Leave the model as it was before a failed load: PEFT injects LoRA layers before it
+        reads the weights, so a bad file would otherwise leave them behind."""
+        if self._peft is not None:
+            if key in self._peft.peft_config:
+                try:
+                    self._peft.delete_adapter(key)
+                except Exception:  # noqa: BLE001 - best effort; the adapter stays unused
+                    pass
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        model = self.loaded.model
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer) and hasattr(module, "base_layer"):
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, module.base_layer)
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):
+            if attribute in model.__dict__:
+                delattr(model, attribute)
 
     def use_adapter(self, name: str | None) -> SwapResult:
         """Make `name` ("latest", "none"/None, or an adapter name) answer from the next turn.
@@ -325,6 +348,16 @@ class ChatEngine:
             worker.join()
             generation.text = generation.text.rstrip("\ufffd")
             generation.seconds = time.perf_counter() - generation._started
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read every tensor of a safetensors file: a corrupted file fails here, before PEFT
+    touches the model."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            handle.get_tensor(key)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -150,6 +150,23 @@ def _explain(spec: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else exc}")
 
 
+def _check_architecture(spec: str, path: str, trust_remote_code: bool) -> None:
+    """Refuse a non-causal-LM architecture up front, from its config alone: cheap, and
+    transformers' own failure for it imports every model module first (a minute on CPU)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if getattr(config, "auto_map", None) and trust_remote_code:
+        return  # custom code decides
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"model {spec!r} has architecture {config.model_type!r}, which is not a causal "
+            "language model that transformers can load; pick a causal LM (Llama, Qwen, "
+            "Mistral, Gemma, Phi, ...)"
+        )
+
+
 def load_model(spec: str, device: str = "auto", quantize: bool = True,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load tokenizer and causal LM; raises `ModelLoadError` with a user-facing message."""
@@ -179,8 +196,11 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
         kwargs["dtype"] = compute_dtype
     kwargs["device_map"] = {"": 0} if device == "cuda" else "cpu"
     try:
+        _check_architecture(spec, path, trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear sentence
         raise _explain(spec, exc) from exc
     model.eval()
