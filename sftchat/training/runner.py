@@ -116,6 +116,17 @@ class TrainerProcess:
             self.cancel_requested = True
             self.process.send_signal(signal.SIGTERM)
 
+    async def stop(self, timeout: float) -> None:
+        """Cancel and wait for the process to exit; kill it if it takes over `timeout` s."""
+        if self.process is None:
+            return
+        self.cancel()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.kill()
+            await self.process.wait()
+
     def kill(self) -> None:
         if self.running:
             self.cancel_requested = True

@@ -1,0 +1,380 @@
+"""The chat screen: conversation, prompt, status line and training panel.
+
+Long work never runs on the event loop: the model loads and answers are generated in thread
+workers that only post messages; training runs in a subprocess (`TrainerProcess`) whose
+events arrive as messages. The engine lock guarantees an adapter swap never lands in the
+middle of an answer; the screen also defers an automatic swap until the answer completes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from textual import on, work
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from sftchat.prompts import Turn
+from sftchat.tui.messages import (
+    AdapterSwapFailed, AdapterSwapped, ModelLoaded, ModelLoadFailed, ResponseChunkReceived,
+    ResponseCompleted, ResponseFailed, TrainingEnded, TrainingProgressed,
+)
+from sftchat.tui.screens.curate import CurateModal, CurateResult
+from sftchat.tui.widgets.chat_log import ChatLog
+from sftchat.tui.widgets.prompt_input import PromptInput
+from sftchat.tui.widgets.status_line import StatusLine
+from sftchat.tui.widgets.training_panel import TrainingPanel
+
+
+@dataclass
+class Exchange:
+    """The last finished question and answer (what ctrl+s curates)."""
+
+    question: str
+    answer: str
+
+
+SLASH_COMMANDS = {
+    "/help": "show commands and keys",
+    "/save": "save the last answer to the dataset",
+    "/train": "train an adapter in the background",
+    "/cancel": "stop the running training",
+    "/adapter": "NAME|latest|none — answer with that adapter",
+    "/adapters": "list adapters and switch",
+    "/data": "browse the dataset",
+    "/retry": "regenerate the last answer",
+    "/new": "start a new conversation",
+    "/quit": "quit",
+}
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save answer", priority=True),
+        Binding("ctrl+t", "train", "Train", priority=True),
+        Binding("ctrl+b", "cancel_training", "Stop training", priority=True),
+        Binding("escape", "stop", "Stop answer"),
+        Binding("ctrl+r", "retry", "Retry", priority=True),
+        Binding("ctrl+n", "new_chat", "New chat", priority=True),
+        Binding("f2", "dataset", "Dataset"),
+        Binding("f3", "adapters", "Adapters"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns: list[Turn] = []
+        self.last_exchange: Exchange | None = None
+        self.pending: list[str] = []          # prompts typed before the model was ready
+        self.pending_swap: str | None = None  # adapter to swap in once the answer completes
+        self._turn_counter = 0
+        self._active_turn: tuple[int, str] | None = None
+        self._cancel = threading.Event()
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self):
+        yield StatusLine(id="status")
+        yield ChatLog(id="chat-log")
+        panel = TrainingPanel(id="training-panel")
+        panel.display = False
+        yield panel
+        yield PromptInput(id="prompt", placeholder="Ask something — Enter sends, "
+                                                   "/help lists commands")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(PromptInput).focus()
+        self.refresh_dataset_size()
+        self.load_model()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_dataset_size()
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def log_view(self) -> ChatLog:
+        return self.query_one(ChatLog)
+
+    @property
+    def generating(self) -> bool:
+        return self._active_turn is not None
+
+    def refresh_dataset_size(self) -> None:
+        self.status.examples = self.app.store.count()
+
+    # ------------------------------------------------------------------ model
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def load_model(self) -> None:
+        try:
+            engine = self.app.load_engine()
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+            self.post_message(ModelLoadFailed(str(exc)))
+            return
+        self.post_message(ModelLoaded(engine.loaded.describe()))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.status.model = message.description
+        pending, self.pending = self.pending, []
+        if pending:
+            self.start_answer("\n\n".join(pending), show_user=False)
+
+    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.status.model = "model failed to load"
+        self.log_view.add_notice(f"Could not load the model: {message.error}")
+        self.notify(message.error, title="Model", severity="error", markup=False,
+                    timeout=15)
+
+    # ------------------------------------------------------------------ chat
+
+    @on(PromptInput.Submitted)
+    def on_prompt_submitted(self, message: PromptInput.Submitted) -> None:
+        text = message.text.strip()
+        if text.startswith("/"):
+            self.run_slash_command(text)
+            return
+        if self.app.engine is None:
+            self.log_view.add_user(text)
+            self.pending.append(text)
+            self.notify("The model is still loading; your message is queued.", markup=False)
+            return
+        if self.generating:
+            self.notify("Still answering — press Esc to stop it first.", markup=False)
+            self.query_one(PromptInput).text = message.text
+            return
+        self.start_answer(text)
+
+    def start_answer(self, question: str, show_user: bool = True) -> None:
+        if show_user:
+            self.log_view.add_user(question)
+        self._turn_counter += 1
+        turn_id = self._turn_counter
+        self._active_turn = (turn_id, question)
+        self._cancel = threading.Event()
+        self.log_view.add_assistant(turn_id)
+        self.status.generating = True
+        self.generate(turn_id, question, list(self.turns), self._cancel)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def generate(self, turn_id: int, question: str, history: list[Turn],
+                 cancel: threading.Event) -> None:
+        try:
+            generation = self.app.engine.generate(question, history=history, cancel=cancel)
+            for piece in generation:
+                self.post_message(ResponseChunkReceived(turn_id, piece))
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+            self.post_message(ResponseFailed(turn_id, f"{type(exc).__name__}: {exc}"))
+            return
+        self.post_message(ResponseCompleted(
+            turn_id, generation.text, generation.finish_reason, generation.adapter,
+            generation.new_tokens, generation.seconds, generation.notice))
+
+    def _answer_widget(self, turn_id: int):
+        answer = self.log_view.last_assistant()
+        return answer if answer is not None and answer.turn_id == turn_id else None
+
+    async def on_response_chunk_received(self, message: ResponseChunkReceived) -> None:
+        answer = self._answer_widget(message.turn_id)
+        if answer is not None:
+            await answer.append(message.text)
+            self.log_view.scroll_end(animate=False)
+
+    async def on_response_completed(self, message: ResponseCompleted) -> None:
+        answer = self._answer_widget(message.turn_id)
+        who = message.adapter or "base model"
+        meta = f"{who} · {message.tokens} tokens · {message.seconds:.1f} s"
+        if message.finish_reason == "cancelled":
+            meta += " · stopped"
+        elif message.finish_reason == "length":
+            meta += " · hit max tokens"
+        if answer is not None:
+            await answer.finish(message.text, meta)
+        if message.notice:
+            self.log_view.add_notice(message.notice)
+        if self._active_turn and self._active_turn[0] == message.turn_id:
+            question = self._active_turn[1]
+            self.turns.append(Turn(question, message.text))
+            self.last_exchange = Exchange(question, message.text)
+        self._answer_finished()
+
+    def on_response_failed(self, message: ResponseFailed) -> None:
+        self.log_view.add_notice(f"Generation failed: {message.error}")
+        self.notify(message.error, title="Generation failed", severity="error", markup=False)
+        self._answer_finished()
+
+    def _answer_finished(self) -> None:
+        self._active_turn = None
+        self.status.generating = False
+        self.log_view.scroll_end(animate=False)
+        if self.pending_swap is not None:
+            name, self.pending_swap = self.pending_swap, None
+            self.swap_adapter(name, automatic=True)
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self._cancel.set()
+
+    def action_retry(self) -> None:
+        if self.generating or not self.turns:
+            self.notify("Nothing to regenerate yet.", markup=False)
+            return
+        last = self.turns.pop()
+        self.start_answer(last.instruction, show_user=False)
+
+    def action_new_chat(self) -> None:
+        if self.generating:
+            self._cancel.set()
+        self.turns.clear()
+        self.last_exchange = None
+        self.log_view.remove_children()
+        self.notify("New conversation.", markup=False)
+
+    # ------------------------------------------------------------------ curate
+
+    def action_save(self) -> None:
+        if self.last_exchange is None:
+            self.notify("No answer to save yet: ask something first.", markup=False)
+            return
+        exchange = self.last_exchange
+        self.app.push_screen(CurateModal(exchange.question, exchange.answer),
+                             lambda result: self._saved(exchange, result))
+
+    def _saved(self, exchange: Exchange, result: CurateResult | None) -> None:
+        if result is None:
+            return
+        try:
+            example_id = self.app.store.add(result.instruction, result.response,
+                                            original_response=exchange.answer, source="chat")
+        except Exception as exc:  # noqa: BLE001 - a store error is shown, nothing is lost
+            self.notify(str(exc), title="Not saved", severity="error", markup=False)
+            return
+        # The corrected answer replaces the model's in the conversation's context too.
+        for index in range(len(self.turns) - 1, -1, -1):
+            if self.turns[index].instruction == exchange.question \
+                    and self.turns[index].response == exchange.answer:
+                self.turns[index] = Turn(result.instruction, result.response)
+                break
+        self.refresh_dataset_size()
+        self.notify(f"Saved example #{example_id} — the dataset has "
+                    f"{self.status.examples} examples.", markup=False)
+
+    # ------------------------------------------------------------------ training
+
+    def action_train(self) -> None:
+        self.app.start_training()
+
+    def action_cancel_training(self) -> None:
+        if not self.app.cancel_training():
+            self.notify("No training is running.", markup=False)
+
+    def on_training_progressed(self, message: TrainingProgressed) -> None:
+        event = message.event
+        panel = self.query_one(TrainingPanel)
+        if event["event"] == "started":
+            panel.started(event)
+            self.status.training = f"step 0/{event['total_steps']}"
+        elif event["event"] == "step":
+            panel.stepped(event)
+            self.status.training = f"step {event['step']}/{event['total_steps']}"
+
+    def on_training_ended(self, message: TrainingEnded) -> None:
+        event = message.event
+        self.query_one(TrainingPanel).ended()
+        self.status.training = "idle"
+        if event["event"] == "finished":
+            self.notify(f"Training finished: adapter {event['name']} "
+                        f"(final loss {event['final_loss']:.4f}).", markup=False)
+            if self.generating:
+                self.pending_swap = event["name"]
+            else:
+                self.swap_adapter(event["name"], automatic=True)
+        elif event["event"] == "cancelled":
+            self.notify("Training cancelled; nothing was published.", markup=False)
+        else:
+            self.log_view.add_notice(f"Training failed: {event.get('message', '')}")
+            self.notify(event.get("message", "training failed"), title="Training failed",
+                        severity="error", markup=False, timeout=15)
+
+    # ------------------------------------------------------------------ adapters
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="swap")
+    def swap_adapter(self, name: str | None, automatic: bool = False) -> None:
+        engine = self.app.engine
+        if engine is None:
+            self.post_message(AdapterSwapFailed("the model is still loading"))
+            return
+        try:
+            result = engine.use_adapter(name)
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+            self.post_message(AdapterSwapFailed(str(exc)))
+            return
+        self.post_message(AdapterSwapped(result.name, result.seconds, automatic))
+
+    def on_adapter_swapped(self, message: AdapterSwapped) -> None:
+        self.status.adapter = message.name
+        who = f"adapter {message.name}" if message.name else "the base model"
+        if self.turns:
+            # Earlier answers came from another model: the new one starts from a clean
+            # context (still on screen), so its answers are its own — the same single-turn
+            # prompt it was trained on.
+            self.turns.clear()
+            self.log_view.add_notice(f"── now answering: {who} · context restarted ──")
+        how = "Swapped in" if message.automatic else "Switched to"
+        self.notify(f"{how} {who} ({message.seconds * 1000:.0f} ms); "
+                    "the next answer comes from it.", markup=False)
+
+    def on_adapter_swap_failed(self, message: AdapterSwapFailed) -> None:
+        self.notify(message.error, title="Adapter", severity="error", markup=False,
+                    timeout=15)
+
+    def action_adapters(self) -> None:
+        from sftchat.tui.screens.adapters import AdaptersScreen
+
+        engine = self.app.engine
+        active = engine.active_adapter if engine else None
+        self.app.push_screen(AdaptersScreen(self.app.settings.adapters_dir, active),
+                             self._adapter_chosen)
+
+    def _adapter_chosen(self, name: str | None) -> None:
+        if name is not None:
+            self.swap_adapter(name)
+
+    def action_dataset(self) -> None:
+        from sftchat.tui.screens.dataset import DatasetScreen
+
+        self.app.push_screen(DatasetScreen(self.app.settings.data_dir))
+
+    def action_help(self) -> None:
+        from sftchat.tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen())
+
+    # ------------------------------------------------------------------ slash commands
+
+    def run_slash_command(self, text: str) -> None:
+        command, _, argument = text.partition(" ")
+        argument = argument.strip()
+        actions = {
+            "/help": self.action_help, "/save": self.action_save, "/train": self.action_train,
+            "/cancel": self.action_cancel_training, "/adapters": self.action_adapters,
+            "/data": self.action_dataset, "/retry": self.action_retry,
+            "/new": self.action_new_chat, "/quit": self.app.action_quit,
+        }
+        if command == "/adapter":
+            if not argument:
+                self.notify("Usage: /adapter NAME|latest|none", markup=False)
+            else:
+                self.swap_adapter(argument)
+        elif command in actions:
+            result = actions[command]()
+            if result is not None:  # /quit is a coroutine action
+                self.run_worker(result)
+        else:
+            self.notify(f"Unknown command {command}; /help lists them.", severity="warning",
+                        markup=False)

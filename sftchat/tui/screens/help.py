@@ -1,0 +1,38 @@
+"""The help screen: slash commands and keys."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# sftchat
+
+Chat → curate → train → chat again, without leaving the terminal.
+
+| command | key | what it does |
+|---|---|---|
+| `/save` | ctrl+s | save the last answer (edited) to the dataset |
+| `/train` | ctrl+t | train an adapter on the dataset, in the background |
+| `/cancel` | ctrl+b | stop the running training |
+| `/adapter NAME\\|latest\\|none` | | answer with that adapter (none: the base model) |
+| `/adapters` | F3 | list adapters and switch |
+| `/data` | F2 | browse, search, edit and delete examples |
+| `/retry` | ctrl+r | regenerate the last answer |
+| `/new` | ctrl+n | start a new conversation |
+| `/help` | F1 | this help |
+| `/quit` | ctrl+q | quit (asks first while training) |
+
+Enter sends · shift+enter or ctrl+j adds a newline · Esc stops an answer ·
+ctrl+p opens the command palette.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
+
+    def compose(self):
+        with VerticalScroll(id="help-dialog"):
+            yield Markdown(HELP)

@@ -1,0 +1,27 @@
+"""The status line: what is answering (model, quantization, device, adapter), the dataset
+size and the training state — always current."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+
+class StatusLine(Static):
+    model = reactive("loading model…")
+    adapter: reactive[str | None] = reactive(None)
+    examples = reactive(0)
+    training = reactive("idle")
+    generating = reactive(False)
+
+    def render(self) -> Text:
+        text = Text()
+        text.append(" ● ", style="bold green" if not self.generating else "bold yellow")
+        text.append(self.model, style="bold")
+        text.append("  adapter: ")
+        text.append(self.adapter or "none (base)", style="bold cyan" if self.adapter else "")
+        text.append(f"  dataset: {self.examples} examples")
+        text.append("  training: ")
+        text.append(self.training, style="bold magenta" if self.training != "idle" else "")
+        return text

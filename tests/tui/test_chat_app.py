@@ -1,0 +1,269 @@
+"""The chat app under Pilot, on the real built-in model and the real trainer subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from sftchat.dataset.store import ExampleStore
+from sftchat.engine import ChatEngine
+from sftchat.text import strip_control
+from sftchat.tui.app import create_app
+from sftchat.tui.screens.curate import CurateModal
+from sftchat.tui.widgets.chat_log import UserMessage
+from sftchat.tui.widgets.prompt_input import PromptInput
+from sftchat.tui.widgets.status_line import StatusLine
+from tui_helpers import answers, finished_answers, make_workspace, settings_for, wait_until
+
+SIZE = (120, 40)
+
+
+async def _ask(pilot, text: str) -> None:
+    before = len(finished_answers(pilot.app))
+    pilot.app.screen.query_one(PromptInput).text = text
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: len(finished_answers(pilot.app)) > before,
+                     what="the answer to finish")
+
+
+async def _loaded(pilot) -> None:
+    await wait_until(pilot, lambda: pilot.app.engine is not None
+                     and "builtin" in pilot.app.screen.query_one(StatusLine).model,
+                     what="the model to load")
+
+
+async def test_first_paint_is_immediate_and_early_input_is_kept(tmp_path):
+    gate = threading.Event()
+
+    def slow_engine(settings):  # the real engine, held back until the test says so
+        gate.wait(60)
+        return ChatEngine.from_settings(settings)
+
+    app = create_app(settings_for(make_workspace(tmp_path)), engine_factory=slow_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        status = app.screen.query_one(StatusLine)
+        assert status.model == "loading model…"
+        assert app.screen.query_one(PromptInput).has_focus
+        await pilot.press(*"hello there", "enter")
+        assert [m.text for m in app.screen.query(UserMessage)] == ["hello there"]
+        assert app.screen.pending == ["hello there"]
+        gate.set()
+        await wait_until(pilot, lambda: finished_answers(app), what="the queued answer")
+        assert app.screen.turns[0].instruction == "hello there"
+
+
+async def test_send_streams_an_answer_and_the_status_line_describes_the_model(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        status = app.screen.query_one(StatusLine)
+        assert status.model == "builtin (4-bit NF4, cpu)"
+        assert status.adapter is None and status.examples == 0 and status.training == "idle"
+        await _ask(pilot, "What is the capital of France?")
+        (answer,) = answers(app)
+        assert answer.text and answer.text == strip_control(app.screen.turns[0].response)
+        assert "base model" in str(answer.query_one(".answer-meta").render())
+        # Multi-turn: the second question is answered after the first.
+        await _ask(pilot, "And of Spain?")
+        assert len(app.screen.turns) == 2
+
+
+async def test_escape_stops_a_generation(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path, max_new_tokens=4000,
+                                                 temperature=1.0)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.screen.query_one(PromptInput).text = "Talk for a long time."
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: answers(app) and answers(app)[0].text,
+                         what="the first piece")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: finished_answers(app), what="the stop")
+        meta = str(answers(app)[0].query_one(".answer-meta").render())
+        assert "stopped" in meta or "eos" not in meta  # stopped, unless it ended by itself
+        assert not app.screen.generating
+
+
+async def test_regenerate_and_new_conversation(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path, temperature=1.0)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        await _ask(pilot, "Tell me a story.")
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: len(finished_answers(app)) == 2, what="regeneration")
+        assert len(app.screen.turns) == 1, "a regenerated answer replaces the last turn"
+        assert strip_control(app.screen.turns[0].response) == answers(app)[1].text
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert app.screen.turns == [] and answers(app) == []
+
+
+async def test_save_with_an_edit_and_cancel_a_save(tmp_path):
+    workspace = make_workspace(tmp_path)
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        await _ask(pilot, "What is the best editor?")
+        original = app.screen.turns[0].response
+        # Cancel: nothing is stored.
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, CurateModal),
+                         what="the modal to close")
+        assert app.store.count() == 0
+        # Save with an edit: focus is in the response, the cursor at the end of its text.
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        response = app.screen.query_one("#curate-response")
+        assert response.has_focus and response.cursor_location == response.document.end
+        assert response.text == original
+        await pilot.press("f7", *"Use vim.", "ctrl+s")
+        await wait_until(pilot, lambda: app.store.count() == 1, what="the save")
+        assert app.screen.query_one(StatusLine).examples == 1
+    with ExampleStore(workspace / "data") as store:
+        (example,) = store.iter_examples()
+    assert (example.instruction, example.response) == ("What is the best editor?", "Use vim.")
+    assert example.original_response == original and example.source == "chat"
+
+
+async def test_train_in_the_background_then_the_adapter_is_swapped_in(tmp_path):
+    """The loop: curate an answer, ctrl+t, keep chatting, get the curated answer back."""
+    app = create_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        await _ask(pilot, "What is the best editor?")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await pilot.press("f7", *"Use vim.", "ctrl+s")
+        await wait_until(pilot, lambda: app.store.count() == 1, what="the save")
+        await pilot.press("ctrl+t")
+        status = app.screen.query_one(StatusLine)
+        await wait_until(pilot, lambda: status.training.startswith("step"),
+                         what="training progress")
+        assert app.screen.query_one("#training-panel").display
+        # The chat keeps working while the trainer runs.
+        await _ask(pilot, "Are you still there?")
+        await wait_until(pilot, lambda: status.adapter is not None, timeout=300,
+                         what="the automatic swap")
+        assert status.training == "idle"
+        assert not app.screen.query_one("#training-panel").display
+        await _ask(pilot, "What is the best editor?")
+        assert answers(app)[-1].text == "Use vim."
+        assert status.adapter in str(answers(app)[-1].query_one(".answer-meta").render())
+        # Manual switches: back to the base model and to the latest adapter.
+        await pilot.press(*"/adapter none", "enter")
+        await wait_until(pilot, lambda: status.adapter is None, what="the switch to none")
+        await _ask(pilot, "What is the best editor?")
+        assert answers(app)[-1].text != "Use vim."
+        await pilot.press(*"/adapter latest", "enter")
+        await wait_until(pilot, lambda: status.adapter is not None, what="the switch back")
+
+
+async def _start_training(pilot, app, instruction="Ping?", response="Pong."):
+    app.store.add(instruction, response)
+    await pilot.press("ctrl+t")
+    status = app.screen.query_one(StatusLine)
+    await wait_until(pilot, lambda: status.training.startswith("step"), timeout=120,
+                     what="training progress")
+    return status
+
+
+async def test_cancel_training_publishes_nothing(tmp_path):
+    workspace = make_workspace(tmp_path, extra="[training]\nepochs = 100000\n")
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        status = await _start_training(pilot, app)
+        await pilot.press("ctrl+b")
+        await wait_until(pilot, lambda: status.training == "idle" and app.trainer is None,
+                         timeout=60, what="the cancel")
+        assert status.adapter is None
+    assert os.listdir(workspace / "adapters") == []
+
+
+async def test_a_killed_trainer_is_one_clear_message_and_the_app_survives(tmp_path):
+    workspace = make_workspace(tmp_path, extra="[training]\nepochs = 100000\n")
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        status = await _start_training(pilot, app)
+        os.kill(app.trainer.process.pid, signal.SIGKILL)
+        await wait_until(pilot, lambda: status.training == "idle", what="the failure")
+        notices = [str(n.render()) for n in app.screen.query(".notice")]
+        assert any("killed by signal 9" in text for text in notices), notices
+        await _loaded(pilot)
+        await _ask(pilot, "Still alive?")
+    leftovers = os.listdir(workspace / "adapters")
+    assert all(name.startswith(".staging-") for name in leftovers)  # cleaned by the next run
+
+
+async def test_trainer_error_is_shown_and_nothing_is_published(tmp_path):
+    workspace = make_workspace(tmp_path)
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        # A response longer than the preset's max_length: the trainer refuses it.
+        app.store.add("Write a lot.", "word " * 2000)
+        await pilot.press("ctrl+t")
+        status = app.screen.query_one(StatusLine)
+        await wait_until(pilot, lambda: any("Training failed" in str(n.render())
+                                            for n in app.screen.query(".notice")),
+                         timeout=120, what="the failure notice")
+        notices = [str(n.render()) for n in app.screen.query(".notice")]
+        assert any("raise --max-length" in text for text in notices), notices
+        assert status.training == "idle"
+    assert os.listdir(workspace / "adapters") == []
+
+
+async def test_train_with_an_empty_dataset_says_so(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert app.trainer is None
+        assert any("dataset is empty" in str(n.message) for n in app._notifications)
+
+
+async def test_quit_while_training_asks_first(tmp_path):
+    workspace = make_workspace(tmp_path, extra="[training]\nepochs = 100000\n")
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _start_training(pilot, app)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        from sftchat.tui.screens.confirm import ConfirmModal
+
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")  # keep going
+        await pilot.pause()
+        assert app.training and app.is_running
+        trainer = app.trainer
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to quit")
+    assert trainer.cancel_requested
+    await trainer.process.wait()
+    assert os.listdir(workspace / "adapters") == [] or all(
+        name.startswith(".staging-") for name in os.listdir(workspace / "adapters"))
+
+
+async def test_slash_help_and_unknown_commands(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"/help", "enter")
+        await pilot.pause()
+        from sftchat.tui.screens.help import HelpScreen
+
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press(*"/frobnicate", "enter")
+        await pilot.pause()
+        assert any("Unknown command /frobnicate" in str(n.message) for n in app._notifications)
+
+
+async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):
+    app = create_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
+        assert app.screen.query_one(PromptInput).text == "a\nb\nc"

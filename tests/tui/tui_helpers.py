@@ -1,0 +1,43 @@
+"""Helpers for driving the real app under Pilot: waiting on conditions instead of sleeping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from sftchat.config import load_settings
+
+
+async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 60.0,
+                     what: str = "condition") -> None:
+    """Let the app run until `predicate()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def make_workspace(path: Path, max_new_tokens: int = 48, temperature: float = 0.0,
+                   extra: str = "") -> Path:
+    """A workspace whose answers are short and greedy (deterministic) unless told otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "sftchat.toml").write_text(
+        f"[generation]\nmax_new_tokens = {max_new_tokens}\ntemperature = {temperature}\n"
+        + extra)
+    return path
+
+
+def settings_for(path: Path):
+    return load_settings(workspace=str(path))
+
+
+def answers(app) -> list:
+    from sftchat.tui.widgets.chat_log import AssistantMessage
+
+    return list(app.screen.query(AssistantMessage))
+
+
+def finished_answers(app) -> list:
+    return [answer for answer in answers(app) if answer.has_class("done")]
