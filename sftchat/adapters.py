@@ -42,17 +42,18 @@ class AdapterInfo:
 
     @property
     def created_at(self) -> str:
-        return self.meta.get("finished_at") or self.meta.get("created_at") or ""
+        stamp = self.meta.get("finished_at") or self.meta.get("created_at") or ""
+        return stamp if isinstance(stamp, str) else ""
 
     def summary(self) -> dict:
         """The fields `adapters list` shows, flat and JSON-ready."""
         meta = self.meta
-        metrics = meta.get("metrics", {})
+        metrics = meta.get("metrics") or {}
         return {
             "name": self.name,
             "created": self.created_at,
-            "base_model": meta.get("base_model", {}).get("model"),
-            "examples": len(meta.get("dataset", {}).get("example_ids", [])),
+            "base_model": (meta.get("base_model") or {}).get("model"),
+            "examples": len((meta.get("dataset") or {}).get("example_ids") or []),
             "steps": metrics.get("steps"),
             "final_loss": metrics.get("final_loss"),
             "path": str(self.path),
@@ -73,14 +74,19 @@ def check_name(name: str) -> str:
 
 def read_meta(folder: Path) -> dict:
     try:
-        return json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta, problem = None, str(exc)
+    else:
+        problem = "not a JSON object"
+    if not isinstance(meta, dict):
         raise AdapterError(
-            f"adapter {folder.name!r} has a corrupted {META_FILE} ({exc}); "
+            f"adapter {folder.name!r} has a corrupted {META_FILE} ({problem}); "
             f"remove it with `sftchat adapters rm {folder.name}`"
-        ) from exc
+        )
+    return meta
 
 
 def list_adapters(adapters_dir: Path) -> list[AdapterInfo]:

@@ -276,3 +276,14 @@ def test_clean_leftovers_removes_dead_runs_and_keeps_live_ones(three, dead_pid, 
 
 def test_clean_leftovers_on_a_missing_folder(ws):
     assert clean_leftovers(ws / "adapters") == []
+
+
+@pytest.mark.parametrize("meta", ["[]", '{"base_model": null, "dataset": null, "metrics": null}',
+                                  '{"finished_at": 5}'])
+def test_odd_metadata_never_crashes_the_listing(ws, meta):
+    folder = ws / "adapters" / "odd"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "sftchat.json").write_text(meta)
+    result = ok(sftchat(ws, "adapters", "list", "--json"))
+    assert [row["name"] for row in json.loads(result.stdout)] == ["odd"]

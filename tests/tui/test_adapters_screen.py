@@ -1,0 +1,178 @@
+"""The adapters screen under Pilot: order, the active mark, what each key returns, the empty
+state, untrusted metadata, and a snapshot.
+
+The adapter folders here are hand-made metadata fixtures (adapter_config.json + sftchat.json
+only, no weights): this screen only lists and chooses; loading real adapters is tested with
+the engine and the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from rich.text import Text
+from textual.app import App
+from textual.widgets import DataTable, Label
+
+from sftchat.tui.screens.adapters import EMPTY_TEXT, AdaptersScreen, format_created
+from tui_helpers import wait_until
+
+SIZE = (120, 40)
+NOT_DISMISSED = object()
+
+
+class HostApp(App[None]):
+    """Pushes the adapters screen at start and records what it dismisses with."""
+
+    def __init__(self, adapters_dir: Path, active: str | None = None) -> None:
+        super().__init__()
+        self.adapters_dir, self.active = adapters_dir, active
+        self.result: object = NOT_DISMISSED
+
+    def on_mount(self) -> None:
+        self.push_screen(AdaptersScreen(self.adapters_dir, self.active), self._on_dismissed)
+
+    def _on_dismissed(self, result: str | None) -> None:
+        self.result = result
+
+
+def make_adapter(adapters_dir: Path, name: str, finished_at: str, base: str = "builtin",
+                 example_ids: tuple[int, ...] = (1, 2, 3), final_loss: float | None = 0.5) -> None:
+    """A hand-made adapter folder with just the metadata this screen reads."""
+    folder = adapters_dir / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16}))
+    (folder / "sftchat.json").write_text(json.dumps({
+        "name": name,
+        "base_model": {"model": base},
+        "dataset": {"example_ids": list(example_ids)},
+        "metrics": {"final_loss": final_loss, "steps": 10},
+        "finished_at": finished_at,
+    }))
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Local time is UTC for the test, so shown timestamps do not depend on the machine."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def adapters_dir(ws) -> Path:
+    folder = ws / "adapters"
+    # Names in an order that is neither alphabetical nor by time.
+    make_adapter(folder, "beta", "2025-02-01T10:00:00.000+00:00", example_ids=(1, 2))
+    make_adapter(folder, "alpha", "2025-03-01T10:00:00.000+00:00", final_loss=0.0123456)
+    make_adapter(folder, "gamma", "2025-01-01T10:00:00.000+00:00", final_loss=None)
+    return folder
+
+
+def table(app: App) -> DataTable:
+    return app.screen.query_one("#adapters-table", DataTable)
+
+
+def names(app: App) -> list[str]:
+    return [str(table(app).get_row_at(row)[0]) for row in range(table(app).row_count)]
+
+
+def on_adapters(app: App) -> bool:
+    return isinstance(app.screen, AdaptersScreen)
+
+
+async def test_lists_newest_first_with_the_active_one_marked(adapters_dir, utc):
+    app = HostApp(adapters_dir, active="beta")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_adapters(app) and table(app).row_count == 3)
+        assert names(app) == ["  alpha", "● beta", "  gamma"]
+        assert table(app).cursor_row == 1  # starts on the active adapter
+        alpha = [str(cell) for cell in table(app).get_row_at(0)]
+        assert alpha == ["  alpha", "2025-03-01 10:00", "3", "0.0123", "builtin"]
+        assert [str(cell) for cell in table(app).get_row_at(2)][3] == "—"  # no loss recorded
+        active = str(app.screen.query_one("#adapters-active", Label).content)
+        assert active == "Active: beta"
+
+
+async def test_enter_returns_the_highlighted_name(adapters_dir):
+    app = HostApp(adapters_dir, active=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_adapters(app) and table(app).row_count == 3)
+        assert "●" not in "".join(names(app))
+        await pilot.press("down", "down", "enter")
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result == "gamma"
+        assert not on_adapters(app)
+
+
+@pytest.mark.parametrize("active, keys, expected", [
+    ("gamma", ("up", "u"), "beta"),      # u uses the highlighted adapter
+    ("alpha", ("b",), "none"),           # b: the base model
+    ("alpha", ("escape",), None),        # escape: change nothing
+])
+async def test_keys_dismiss_with_the_choice(adapters_dir, active, keys, expected):
+    app = HostApp(adapters_dir, active=active)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_adapters(app) and table(app).row_count == 3)
+        await pilot.press(*keys)
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result == expected
+        assert not on_adapters(app)
+
+
+async def test_no_adapters_shows_how_to_train_one(ws):
+    app = HostApp(ws / "adapters", active=None)  # the folder does not even exist
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_adapters(app))
+        empty = str(app.screen.query_one("#adapters-empty", Label).content)
+        assert empty == "No adapters yet — train one with ctrl+t or /train"
+        assert empty == EMPTY_TEXT
+        assert not app.screen.query(DataTable)
+        await pilot.press("enter", "u")  # nothing to choose: stays open
+        await pilot.pause()
+        assert app.result is NOT_DISMISSED and on_adapters(app)
+        await pilot.press("b")
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result == "none"
+
+
+async def test_untrusted_metadata_is_shown_literally(ws):
+    folder = ws / "adapters"
+    make_adapter(folder, "odd", "not a date", base="[bold]evil[/bold]\x1b[31m model")
+    app = HostApp(folder, active=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_adapters(app) and table(app).row_count == 1)
+        row = table(app).get_row_at(0)
+        assert all(isinstance(cell, Text) and not cell.spans for cell in row)
+        assert str(row[4]) == "[bold]evil[/bold] model"
+        assert str(row[1]) == "not a date"
+
+
+def test_created_is_shown_in_local_time(monkeypatch):
+    monkeypatch.setenv("TZ", "JST-9")  # POSIX form: needs no tz database
+    time.tzset()
+    try:
+        assert format_created("2025-03-01T10:00:00.000+00:00") == "2025-03-01 19:00"
+        assert format_created("") == "—"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_adapters_screen_snapshot(snap_compare, ws, utc):
+    folder = ws / "adapters"
+    make_adapter(folder, "first", "2025-02-01T10:00:00.000+00:00", example_ids=(1, 2, 3, 4, 5),
+                 final_loss=0.4321)
+    make_adapter(folder, "second", "2025-03-01T08:30:00.000+00:00",
+                 example_ids=tuple(range(1, 13)), final_loss=0.0457)
+
+    async def ready(pilot) -> None:
+        await wait_until(pilot, lambda: on_adapters(pilot.app)
+                         and table(pilot.app).row_count == 2)
+
+    assert snap_compare(HostApp(folder, active="first"), terminal_size=SIZE, run_before=ready)

@@ -1,0 +1,340 @@
+"""The dataset screen under Pilot, on the real store: paging through 50,000 examples, search
+with its match count, edit/delete through the real modals, untrusted text, and a snapshot."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from rich.text import Text
+from textual.app import App
+from textual.widgets import DataTable, Input, Label, TextArea
+
+from sftchat.dataset.store import ExampleNotFound, ExampleStore
+from sftchat.tui.screens.confirm import ConfirmModal
+from sftchat.tui.screens.curate import CurateModal
+from sftchat.tui.screens.dataset import COUNT_DELAY_S, PAGE_SIZE, DatasetScreen
+from tui_helpers import wait_until
+
+SIZE = (120, 40)
+BIG = 50_000
+# Every tenth example of the big dataset is about cats (5,000 of them: more than a page, so
+# the count comes from the worker); three are needles.
+NEEDLES = (7, 25_000, 49_999)
+
+UNTRUSTED = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred"
+UNTRUSTED_SHOWN = "[bold]x[/bold] [link=http://e.vil]y[/link] red"
+
+
+class HostApp(App[None]):
+    """Pushes the dataset screen at start; records its dismissal and every notification."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.closed = False
+        self.notes: list[str] = []
+
+    def on_mount(self) -> None:
+        self.push_screen(DatasetScreen(self.data_dir), self._on_closed)
+
+    def _on_closed(self, result: None) -> None:
+        self.closed = True
+
+    def notify(self, message: str, **kwargs) -> None:
+        self.notes.append(message)
+        super().notify(message, **kwargs)
+
+
+def table(app: App) -> DataTable:
+    return app.screen.query_one("#dataset-table", DataTable)
+
+
+def page_text(app: App) -> str:
+    return str(app.screen.query_one("#dataset-page", Label).content)
+
+
+def shown_ids(app: App) -> list[int]:
+    return [int(row.key.value) for row in table(app).ordered_rows]
+
+
+def on_dataset(app: App) -> bool:
+    return isinstance(app.screen, DatasetScreen)
+
+
+@pytest.fixture
+def data_dir(ws) -> Path:
+    return ws / "data"
+
+
+@pytest.fixture
+def big_dataset(data_dir) -> Path:
+    def instruction(i: int) -> str:
+        if i in NEEDLES:
+            return f"Find the needle {i}"
+        return f"Question {i} about {'cats' if i % 10 == 1 else 'dogs'}"
+
+    with ExampleStore(data_dir) as store:
+        # One transaction for all of them: a few tenths of a second.
+        store.add_many((instruction(i), "", f"Answer {i}.", None, "cli")
+                       for i in range(1, BIG + 1))
+    return data_dir
+
+
+@pytest.fixture
+def small_dataset(data_dir) -> Path:
+    with ExampleStore(data_dir) as store:
+        store.add_many([
+            ("First question", "", "First answer", None, "cli"),
+            ("Second question", "", "Second answer", "Second answer, as the model said", "chat"),
+            ("Third question", "", "Third answer", None, "cli"),
+        ])
+    return data_dir
+
+
+def stored(data_dir: Path, example_id: int):
+    with ExampleStore(data_dir) as store:
+        return store.get(example_id)
+
+
+# ---------------------------------------------------------------------- paging and search
+
+
+async def test_pages_through_50000_examples(big_dataset, monkeypatch):
+    # Record every query the event loop makes: each must read one page, never the dataset.
+    limits = []
+    iter_examples = ExampleStore.iter_examples
+
+    def recording(self, search=None, limit=None, offset=0):
+        if threading.current_thread() is threading.main_thread():
+            limits.append(limit)
+        return iter_examples(self, search, limit, offset)
+
+    monkeypatch.setattr(ExampleStore, "iter_examples", recording)
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count > 0)
+        assert table(app).row_count == PAGE_SIZE
+        assert shown_ids(app) == list(range(1, PAGE_SIZE + 1))
+        assert page_text(app) == "rows 1–200 of 50,000"
+
+        await pilot.press("right_square_bracket")
+        await wait_until(pilot, lambda: page_text(app) == "rows 201–400 of 50,000")
+        assert shown_ids(app) == list(range(201, 401))
+        assert table(app).cursor_row == 0
+
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        await wait_until(pilot, lambda: page_text(app) == "rows 601–800 of 50,000")
+        assert shown_ids(app)[0] == 601
+
+        await pilot.press("left_square_bracket")
+        await wait_until(pilot, lambda: page_text(app) == "rows 401–600 of 50,000")
+        assert shown_ids(app) == list(range(401, 601))
+
+        await pilot.press("left_square_bracket", "left_square_bracket", "left_square_bracket")
+        await wait_until(pilot, lambda: page_text(app) == "rows 1–200 of 50,000")
+        assert shown_ids(app)[0] == 1  # `[` on the first page stays there
+        assert table(app).row_count == PAGE_SIZE
+    assert limits and all(limit is not None and limit <= PAGE_SIZE + 1 for limit in limits)
+
+
+async def test_search_narrows_rows_and_counts_matches(big_dataset):
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count > 0)
+        await pilot.press("slash")
+        assert app.focused is app.screen.query_one("#dataset-search", Input)
+        await pilot.press(*"needle")
+        await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES))
+        assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
+
+        # More matches than a page: the rows come at once, the count from the worker.
+        app.screen.query_one("#dataset-search", Input).value = ""
+        await pilot.press(*"CATS")  # search ignores case
+        await wait_until(pilot, lambda: "of 5,000 matching" in page_text(app))
+        assert page_text(app) == "rows 1–200 of 5,000 matching “CATS” (50,000 examples in all)"
+        assert shown_ids(app) == list(range(1, 2000, 10))
+
+        # Enter leaves the search box for the table, where `]` turns the page.
+        await pilot.press("enter")
+        assert app.focused is table(app)
+        await pilot.press("right_square_bracket")
+        await wait_until(pilot, lambda: page_text(app).startswith("rows 201–400 of 5,000"))
+        assert shown_ids(app) == list(range(2001, 4000, 10))
+
+        app.screen.query_one("#dataset-search", Input).value = ""
+        await pilot.press("slash", *"zzz")
+        await wait_until(pilot, lambda: table(app).row_count == 0)
+        assert page_text(app) == "No example matches “zzz” (50,000 examples in all)."
+
+
+async def test_a_count_for_a_replaced_search_is_dropped(big_dataset):
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count > 0)
+        search = app.screen.query_one("#dataset-search", Input)
+        search.value = "cats"  # more than a page: a count is scheduled
+        await wait_until(pilot, lambda: "matching “cats”" in page_text(app))
+        search.value = "needle"  # one page: counted at once; the cats count must not land
+        await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES))
+        # Nothing to wait for when all is well: give a stale count the time it would need.
+        await pilot.pause(COUNT_DELAY_S + 0.5)
+        assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
+
+
+# ---------------------------------------------------------------------- edit and delete
+
+
+async def test_edit_saves_through_the_curate_modal(small_dataset):
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        await pilot.press("down", "e")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        modal = app.screen
+        assert str(modal.query_one("#curate-title", Label).content) == "Edit example #2"
+        response = modal.query_one("#curate-response", TextArea)
+        assert app.focused is response
+        assert response.text == "Second answer"
+
+        await pilot.press("f7", *"Fixed answer", "ctrl+s")  # F7: select all in TextArea
+        await wait_until(pilot, lambda: on_dataset(app))
+        await wait_until(pilot, lambda: stored(small_dataset, 2).response == "Fixed answer")
+        example = stored(small_dataset, 2)
+        assert example.instruction == "Second question"
+        assert example.original_response == "Second answer, as the model said"
+
+        # Refreshed in place, cursor where it was, and a confirmation.
+        assert str(table(app).get_row_at(1)[2]) == "Fixed answer"
+        assert table(app).cursor_row == 1
+        assert "Saved example #2." in app.notes
+
+
+async def test_enter_edits_and_escape_cancels(small_dataset):
+    before = stored(small_dataset, 3)
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        await pilot.press("down", "down", "enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        assert str(app.screen.query_one("#curate-title", Label).content) == "Edit example #3"
+        await pilot.press("f7", *"thrown away", "escape")
+        await wait_until(pilot, lambda: on_dataset(app))
+        await pilot.pause()
+        assert stored(small_dataset, 3) == before  # same text, same updated_at
+        assert str(table(app).get_row_at(2)[2]) == "Third answer"
+        assert not any(note.startswith("Saved") for note in app.notes)
+
+
+async def test_delete_confirmed_removes_the_example(small_dataset):
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        await pilot.press("down", "d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        assert str(app.screen.query_one("#confirm-question", Label).content) == \
+            "Delete example #2?"
+        await pilot.press("y")
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 2)
+        with pytest.raises(ExampleNotFound):
+            stored(small_dataset, 2)
+        assert shown_ids(app) == [1, 3]
+        assert table(app).cursor_row == 1  # now on the example that followed
+        assert page_text(app) == "rows 1–2 of 2"
+        assert "Deleted example #2." in app.notes
+
+
+async def test_delete_declined_keeps_the_example(small_dataset):
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        await pilot.press("delete")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("n")
+        await wait_until(pilot, lambda: on_dataset(app))
+        await pilot.pause()
+        assert stored(small_dataset, 1).response == "First answer"
+        assert shown_ids(app) == [1, 2, 3]
+        assert not any(note.startswith("Deleted") for note in app.notes)
+
+
+async def test_deleting_the_last_row_of_the_last_page_steps_back(data_dir):
+    with ExampleStore(data_dir) as store:
+        store.add_many((f"q{i}", "", f"a{i}", None, "cli") for i in range(PAGE_SIZE + 1))
+    app = HostApp(data_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count > 0)
+        await pilot.press("right_square_bracket")
+        await wait_until(pilot, lambda: page_text(app) == "rows 201–201 of 201")
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: on_dataset(app) and page_text(app) == "rows 1–200 of 200")
+        assert table(app).cursor_row == PAGE_SIZE - 1
+
+
+async def test_escape_closes_the_screen_and_its_store(small_dataset):
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        screen = app.screen
+        assert screen.store is not None
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.closed)
+        assert not on_dataset(app)
+        await wait_until(pilot, lambda: screen.store is None)
+
+
+async def test_empty_dataset_says_how_to_add_examples(data_dir):
+    app = HostApp(data_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and page_text(app) != "")
+        assert table(app).row_count == 0
+        assert page_text(app).startswith("No examples yet")
+        await pilot.press("e", "d", "right_square_bracket")  # nothing to act on: no-ops
+        await pilot.pause()
+        assert on_dataset(app)
+
+
+# ---------------------------------------------------------------------- untrusted text
+
+
+async def test_untrusted_text_is_shown_literally(data_dir):
+    with ExampleStore(data_dir) as store:
+        store.add("[red]instr[/red]", UNTRUSTED, source="import:\x1b]0;title\x07x.json")
+    app = HostApp(data_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 1)
+        _, instruction, response, source, _ = table(app).get_row_at(0)
+        for cell in (instruction, response, source):
+            assert isinstance(cell, Text) and not cell.spans
+        assert str(instruction) == "[red]instr[/red]"
+        assert str(response) == UNTRUSTED_SHOWN
+        assert str(source) == "import:x.json"
+        # And as drawn on screen: line 0 is the header, line 1 the first row.
+        drawn = table(app).render_line(1).text
+        assert UNTRUSTED_SHOWN in drawn and "\x1b" not in drawn
+
+
+# ---------------------------------------------------------------------- snapshot
+
+
+def test_dataset_screen_snapshot(snap_compare, data_dir):
+    with ExampleStore(data_dir) as store:
+        store.add_many([
+            ("What is the capital of France?", "", "Paris.", None, "cli"),
+            ("Say hello in Japanese.", "", "こんにちは！", "Hello!", "chat"),
+            ("Name three primary colors.", "", "Red, yellow and blue.", None, "chat"),
+            ("Summarise this paragraph in one sentence, keeping the tone and the names",
+             "A long paragraph",
+             "A very long answer that is cut to the width of the column with an ellipsis",
+             None, "import:alpaca.json"),
+            ("Give me a smiley.", "", "🙂😀", "🙂", "chat"),
+        ])
+
+    async def ready(pilot) -> None:
+        await wait_until(pilot, lambda: on_dataset(pilot.app)
+                         and table(pilot.app).row_count == 5)
+
+    assert snap_compare(HostApp(data_dir), terminal_size=SIZE, run_before=ready)
