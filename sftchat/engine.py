@@ -5,18 +5,18 @@ The engine owns one base model for the life of the process. Adapters load into i
 `set_adapter`; "no adapter" runs under `disable_adapter()`. The base weights are never
 reloaded, which is what makes a swap take milliseconds instead of a full model load.
 
-`generate()` returns a `Generation`: iterate it for text pieces as they are produced.
-Generation runs `model.generate` in a thread and hands tokens over through a queue; it stops
-at the template's end token, at a stop string (the model starting a new `### Instruction:`),
-at `max_new_tokens`, or when the `cancel` event is set — from any thread. An adapter switch
-waits for a running generation to finish: swaps happen between turns, never mid-answer.
+`generate()` returns a `Generation`: iterate it for text pieces as they are produced, in the
+consumer's own thread (`sftchat.decoding`); it stops at the template's end token, at a stop
+string (the model starting a new `### Instruction:`), at `max_new_tokens`, or when the
+`cancel` event is set — from any thread. An adapter switch waits for a running generation
+to finish: swaps happen between turns, never mid-answer.
 
 No Textual here: the TUI talks to this class; tests and the CLI use it directly.
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 from sftchat import adapters as adapter_registry
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
+from sftchat.decoding import decode_tokens
 from sftchat.models.loader import LoadedModel, load_model
 from sftchat.prompts import Turn, encode_prompt, stop_strings, stop_token_ids
 
@@ -62,31 +63,6 @@ class Generation:
         for _ in self.pieces:
             pass
         return self.text
-
-
-class _TokenQueue:
-    """A transformers streamer that forwards generated token ids to a queue.
-
-    `generate()` calls `put` first with the prompt (skipped here), then once per new token.
-    """
-
-    _END = object()
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self.queue.put(self._END)
-
-    def fail(self, exc: BaseException) -> None:
-        self.queue.put(exc)
 
 
 class ChatEngine:
@@ -255,99 +231,91 @@ class ChatEngine:
         generation.pieces = self._stream(generation, prompt.ids, settings, cancel)
         return generation
 
-    def _generate_kwargs(self, prompt_ids: list[int], settings: GenerationSettings,
-                         cancel: threading.Event, streamer: _TokenQueue) -> dict:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
-                                  device=input_ids.device)
-
-        device = self.model.device
-        kwargs = dict(
-            input_ids=torch.tensor([prompt_ids], device=device),
-            attention_mask=torch.ones((1, len(prompt_ids)), dtype=torch.long, device=device),
-            max_new_tokens=settings.max_new_tokens,
-            eos_token_id=self._stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-        )
-        if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-                          top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
-
-    def _run(self, kwargs: dict, settings: GenerationSettings, streamer: _TokenQueue) -> None:
-        import torch
-
-        try:
-            with self._lock, torch.inference_mode():
-                if settings.seed is not None:
-                    torch.manual_seed(settings.seed)
-                if self._peft is not None and self._active is None:
-                    with self._peft.disable_adapter():
-                        self.model.generate(**kwargs)
-                else:
-                    self.model.generate(**kwargs)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
-            streamer.fail(exc)
-        else:
-            streamer.end()
-
     def _stream(self, generation: Generation, prompt_ids: list[int],
                 settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
-        streamer = _TokenQueue()
-        kwargs = self._generate_kwargs(prompt_ids, settings, cancel, streamer)
-        worker = threading.Thread(target=self._run, args=(kwargs, settings, streamer),
-                                  name="sftchat-generate", daemon=True)
+        # Holding the lock for the whole answer is what keeps swaps out of it.
+        with self._lock, self._adapter_context():
+            generation.adapter = self._active
+            yield from self._stream_locked(generation, prompt_ids, settings, cancel)
+
+    def _adapter_context(self):
+        if self._peft is not None and self._active is None:
+            return self._peft.disable_adapter()
+        return contextlib.nullcontext()
+
+    def _stream_locked(self, generation: Generation, prompt_ids: list[int],
+                       settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
         stops = stop_strings(self.template)
-        token_ids: list[int] = []
+        decoder = IncrementalDecoder(self.tokenizer)
+        text = ""
         emitted = 0
         generation.finish_reason = "length"
-        worker.start()
         try:
-            while True:
-                item = streamer.queue.get()
-                if item is _TokenQueue._END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            for token in decode_tokens(self.model, prompt_ids, settings, self._stop_ids, cancel):
                 if generation.first_token_seconds is None:
                     generation.first_token_seconds = time.perf_counter() - generation._started
-                if item and item[-1] in self._stop_ids:
+                generation.new_tokens += 1
+                if token in self._stop_ids:
                     generation.finish_reason = "eos"
-                    item = item[:-1]
-                token_ids.extend(item)
-                generation.new_tokens = len(token_ids) + (generation.finish_reason == "eos")
-                text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-                text, hit = _cut_at_stop(text, stops)
+                    break
+                piece = decoder.add([token])
+                if not piece:
+                    continue
+                text += piece
+                text, hit = _cut_at_stop(text, stops, len(text) - len(piece))
                 if hit:
                     generation.finish_reason = "stop"
-                    cancel.set()
-                safe = len(text) if hit else _safe_length(text, stops)
+                    break
+                safe = _safe_length(text, stops)
                 if safe > emitted:
+                    generation.text = text
                     yield text[emitted:safe]
                     emitted = safe
-                generation.text = text
-                if hit:
-                    break
-            if cancel.is_set() and generation.finish_reason not in ("stop", "eos"):
+            if cancel.is_set() and generation.finish_reason == "length":
                 generation.finish_reason = "cancelled"
-            if emitted < len(generation.text):
-                final = generation.text.rstrip("\ufffd")
-                if len(final) > emitted:
-                    yield final[emitted:]
-                generation.text = final
+            if generation.finish_reason != "stop":
+                text = _cut_at_stop(text + decoder.flush(), stops)[0]
+            generation.text = text
+            if emitted < len(text):
+                yield text[emitted:]
         finally:
-            cancel.set()
-            worker.join()
-            generation.text = generation.text.rstrip("\ufffd")
             generation.seconds = time.perf_counter() - generation._started
+
+
+class IncrementalDecoder:
+    """Token ids in, new text out, in constant time per token.
+
+    Decoding the whole answer again for every token costs O(n) each, O(n²) in all, and
+    competes with generation for the GIL. Like text-generation-inference, this decodes only
+    a short window: the text of the tokens since `prefix` minus the text they had before the
+    newest ones. A character split over several byte tokens shows as U+FFFD until its last
+    byte arrives, so such a delta is held back.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0   # start of the decoding window
+        self.read = 0     # tokens whose text has been returned
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is held back at the end (an incomplete character is dropped)."""
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:]).rstrip("\ufffd")
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):] if len(after) > len(before) else ""
 
 
 def _check_safetensors(path: Path) -> None:
@@ -360,10 +328,14 @@ def _check_safetensors(path: Path) -> None:
             handle.get_tensor(key)
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut `text` before the earliest stop string (and the blank line leading to it)."""
-    cut = min((index for index in (text.find(stop) for stop in stops) if index >= 0),
-              default=-1)
+def _cut_at_stop(text: str, stops: Sequence[str], new_from: int = 0) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string (and the blank line leading to it).
+
+    Only a stop that ends at or after `new_from` is looked for: the text before it was
+    already checked, which keeps this constant-time per token."""
+    cut = min((index for index in (
+        text.find(stop, max(0, new_from - len(stop) + 1)) for stop in stops) if index >= 0),
+        default=-1)
     if cut < 0:
         return text, False
     return text[:cut].rstrip("\n"), True
@@ -376,6 +348,8 @@ def _safe_length(text: str, stops: Sequence[str]) -> int:
     while end and text[end - 1] == "\ufffd":
         end -= 1
     for stop in stops:
+        if stop[0] not in text[max(0, end - len(stop) + 1):end]:
+            continue  # the tail cannot be the start of this stop string
         for size in range(min(len(stop) - 1, end), 0, -1):
             if text[:end].endswith(stop[:size]):
                 end -= size

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when anything below changes what is written: the cache folder is keyed by it.
@@ -134,50 +135,72 @@ CHATML_TEMPLATE = (
 )
 
 
-def _config_json() -> dict:
-    vocab, _ = _vocab_and_merges()
+@dataclass(frozen=True)
+class LlamaDims:
+    """The shape of a Llama-style decoder. The defaults are the built-in model's;
+    benchmarks build larger ones through the same code."""
+
+    vocab_size: int = VOCAB_SIZE
+    hidden_size: int = HIDDEN_SIZE
+    intermediate_size: int = INTERMEDIATE_SIZE
+    num_layers: int = NUM_LAYERS
+    num_heads: int = NUM_HEADS
+    num_kv_heads: int = NUM_KV_HEADS
+    max_positions: int = MAX_POSITIONS
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def llama_config(dims: LlamaDims, bos_id: int, eos_id: int, pad_id: int) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": VOCAB_SIZE,
-        "hidden_size": HIDDEN_SIZE,
-        "intermediate_size": INTERMEDIATE_SIZE,
-        "num_hidden_layers": NUM_LAYERS,
-        "num_attention_heads": NUM_HEADS,
-        "num_key_value_heads": NUM_KV_HEADS,
-        "head_dim": HIDDEN_SIZE // NUM_HEADS,
+        "vocab_size": dims.vocab_size,
+        "hidden_size": dims.hidden_size,
+        "intermediate_size": dims.intermediate_size,
+        "num_hidden_layers": dims.num_layers,
+        "num_attention_heads": dims.num_heads,
+        "num_key_value_heads": dims.num_kv_heads,
+        "head_dim": dims.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": MAX_POSITIONS,
+        "max_position_embeddings": dims.max_positions,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": False,
-        "bos_token_id": vocab[BOS_TOKEN],
-        "eos_token_id": vocab[EOS_TOKEN],
-        "pad_token_id": vocab[PAD_TOKEN],
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
         "torch_dtype": "float32",
     }
 
 
-def _parameter_shapes() -> dict[str, tuple[int, ...]]:
-    head_dim = HIDDEN_SIZE // NUM_HEADS
+def _config_json() -> dict:
+    vocab, _ = _vocab_and_merges()
+    return llama_config(LlamaDims(), vocab[BOS_TOKEN], vocab[EOS_TOKEN], vocab[PAD_TOKEN])
+
+
+def _parameter_shapes(dims: LlamaDims) -> dict[str, tuple[int, ...]]:
+    hidden, head_dim = dims.hidden_size, dims.head_dim
     shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (VOCAB_SIZE, HIDDEN_SIZE),
-        "model.norm.weight": (HIDDEN_SIZE,),
-        "lm_head.weight": (VOCAB_SIZE, HIDDEN_SIZE),
+        "model.embed_tokens.weight": (dims.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (dims.vocab_size, hidden),
     }
-    for layer in range(NUM_LAYERS):
+    for layer in range(dims.num_layers):
         prefix = f"model.layers.{layer}"
-        shapes[f"{prefix}.input_layernorm.weight"] = (HIDDEN_SIZE,)
-        shapes[f"{prefix}.post_attention_layernorm.weight"] = (HIDDEN_SIZE,)
-        shapes[f"{prefix}.self_attn.q_proj.weight"] = (NUM_HEADS * head_dim, HIDDEN_SIZE)
-        shapes[f"{prefix}.self_attn.k_proj.weight"] = (NUM_KV_HEADS * head_dim, HIDDEN_SIZE)
-        shapes[f"{prefix}.self_attn.v_proj.weight"] = (NUM_KV_HEADS * head_dim, HIDDEN_SIZE)
-        shapes[f"{prefix}.self_attn.o_proj.weight"] = (HIDDEN_SIZE, NUM_HEADS * head_dim)
-        shapes[f"{prefix}.mlp.gate_proj.weight"] = (INTERMEDIATE_SIZE, HIDDEN_SIZE)
-        shapes[f"{prefix}.mlp.up_proj.weight"] = (INTERMEDIATE_SIZE, HIDDEN_SIZE)
-        shapes[f"{prefix}.mlp.down_proj.weight"] = (HIDDEN_SIZE, INTERMEDIATE_SIZE)
+        shapes[f"{prefix}.input_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.post_attention_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.self_attn.q_proj.weight"] = (dims.num_heads * head_dim, hidden)
+        shapes[f"{prefix}.self_attn.k_proj.weight"] = (dims.num_kv_heads * head_dim, hidden)
+        shapes[f"{prefix}.self_attn.v_proj.weight"] = (dims.num_kv_heads * head_dim, hidden)
+        shapes[f"{prefix}.self_attn.o_proj.weight"] = (hidden, dims.num_heads * head_dim)
+        shapes[f"{prefix}.mlp.gate_proj.weight"] = (dims.intermediate_size, hidden)
+        shapes[f"{prefix}.mlp.up_proj.weight"] = (dims.intermediate_size, hidden)
+        shapes[f"{prefix}.mlp.down_proj.weight"] = (hidden, dims.intermediate_size)
     return shapes
 
 
@@ -199,11 +222,12 @@ def _uniform_from_hash(name: str, numel: int):
     return mantissa.to(torch.float64) / float(1 << 23) - 1.0
 
 
-def _weights() -> dict:
+def llama_weights(dims: LlamaDims) -> dict:
+    """Deterministic random weights for a Llama of shape `dims`."""
     import torch
 
     tensors = {}
-    for name, shape in _parameter_shapes().items():
+    for name, shape in _parameter_shapes(dims).items():
         if name.endswith("norm.weight"):
             tensors[name] = torch.ones(shape, dtype=torch.float32)
             continue
@@ -245,7 +269,8 @@ def build_builtin_model(target: Path) -> None:
         "model_max_length": MAX_POSITIONS,
         "chat_template": CHATML_TEMPLATE,
     })
-    save_file(_weights(), str(target / "model.safetensors"), metadata={"format": "pt"})
+    save_file(llama_weights(LlamaDims()), str(target / "model.safetensors"),
+              metadata={"format": "pt"})
 
 
 def default_cache_dir() -> Path:

@@ -3,6 +3,12 @@
 - `plan_steps` splits the shuffled examples of each epoch into optimizer steps, each a list
   of micro-batches (gradient accumulation).
 - `collate` right-pads a micro-batch: padding gets label `IGNORE_INDEX` and attention 0.
+  The reference layout, and the fallback for models that cannot take packed rows.
+- `pack` is the fast layout: padding-free packing. The micro-batch's sequences are laid end
+  to end in a few rows (first-fit decreasing), each restarting its `position_ids` at 0;
+  with no attention mask, transformers builds a block-diagonal causal mask from the position
+  ids, so no sequence attends to another and no compute goes to padding (TRL's padded
+  batches on Alpaca-like data are about half padding).
 - `masked_loss_sum` is the summed cross-entropy over learned tokens only; the trainer divides
   by the number of learned tokens in the whole optimizer step, so every response token weighs
   the same whatever batch it lands in (the torchtune/litgpt normalisation).
@@ -63,6 +69,60 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, device):
     return input_ids.to(device), attention.to(device), labels.to(device)
 
 
+# Packed rows hold at least this many tokens (if the sequences allow): long rows make big,
+# efficient matrix products, while attention cost grows with the row's length squared.
+MIN_ROW_TOKENS = 256
+
+
+@dataclass
+class PackedBatch:
+    input_ids: object      # [rows, width] token ids, padding at the end of each row
+    position_ids: object   # [rows, width] restarting at 0 for every sequence (and the padding)
+    labels: object         # [rows, width] IGNORE_INDEX on prompts and padding
+    tokens: int            # real (non-padding) tokens in the batch
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of `lengths` grouped into rows of at most `capacity`."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for row, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[row].append(index)
+                room[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return rows
+
+
+def pack(examples: Sequence[EncodedExample], pad_id: int, device) -> PackedBatch:
+    """Padding-free rows for one micro-batch (see the module docstring)."""
+    import torch
+
+    lengths = [len(example.input_ids) for example in examples]
+    capacity = max(max(lengths), MIN_ROW_TOKENS)
+    rows = pack_rows(lengths, capacity)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for row_index, row in enumerate(rows):
+        start = 0
+        for index in row:
+            example, length = examples[index], lengths[index]
+            input_ids[row_index, start:start + length] = torch.tensor(example.input_ids)
+            labels[row_index, start:start + length] = torch.tensor(example.labels)
+            positions[row_index, start:start + length] = torch.arange(length)
+            start += length
+        # Padding forms its own segment (positions from 0), so no real token attends to it.
+        positions[row_index, start:] = torch.arange(width - start)
+    return PackedBatch(input_ids.to(device), positions.to(device), labels.to(device),
+                       tokens=sum(lengths))
+
+
 def count_learned(examples: Sequence[EncodedExample]) -> int:
     return sum(example.num_learned for example in examples)
 
@@ -77,3 +137,13 @@ def masked_loss_sum(logits, labels):
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
         ignore_index=IGNORE_INDEX, reduction="sum",
     )
+
+
+def learned_targets(labels):
+    """(mask over positions whose *next* token is learned, those next tokens)."""
+    import torch
+
+    next_labels = torch.full_like(labels, IGNORE_INDEX)
+    next_labels[:, :-1] = labels[:, 1:]
+    mask = next_labels != IGNORE_INDEX
+    return mask, next_labels[mask]

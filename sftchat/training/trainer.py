@@ -31,9 +31,8 @@ from sftchat.adapters import AdapterError
 from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
 from sftchat.prompts import ExampleTooLongError, encode_example
-from sftchat.training.batching import (
-    collate, count_learned, masked_loss_sum, plan_steps,
-)
+from sftchat.training.batching import count_learned, plan_steps
+from sftchat.training.forward import LossFunction
 from sftchat.training.events import Emit, make_event
 
 
@@ -103,12 +102,18 @@ def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
     elif checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     if from_adapter is not None:
-        return PeftModel.from_pretrained(model, str(from_adapter.path), is_trainable=True)
-    config = LoraConfig(
-        r=training.rank, lora_alpha=training.alpha, lora_dropout=training.dropout,
-        target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+        model = PeftModel.from_pretrained(model, str(from_adapter.path), is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=training.rank, lora_alpha=training.alpha, lora_dropout=training.dropout,
+            target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    if loaded.device == "cpu":
+        from sftchat.training.fast_dropout import use_fast_dropout
+
+        use_fast_dropout(model)
+    return model
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -138,6 +143,8 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
     tokens_seen = 0
     started = time.perf_counter()
     model.train()
+    loss_function = LossFunction(model, pad_id, device)
+    loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
     for index, plan in enumerate(plans, start=1):
         step_examples = [encoded[i] for batch in plan.micro_batches for i in batch]
         learned = count_learned(step_examples)
@@ -145,12 +152,11 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
         for batch in plan.micro_batches:
             if stop.is_set():
                 raise TrainingCancelled("training cancelled; nothing was published")
-            input_ids, attention, labels = collate([encoded[i] for i in batch], pad_id, device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits
-            loss = masked_loss_sum(logits, labels) / learned
+            loss_sum, tokens = loss_function.loss_sum([encoded[i] for i in batch])
+            loss = loss_sum / learned
             loss.backward()
             step_loss += loss.item()
-            tokens_seen += int(attention.sum())
+            tokens_seen += tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -177,6 +183,7 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
         "loss_curve": [round(loss, 6) for loss in losses],
         "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
         "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
+        "batch_layout": loss_function.layout,
     }
 
 

@@ -108,3 +108,46 @@ def test_partial_stop_string_and_partial_characters_are_held_back():
     assert _safe_length("Sure.\n\n### Instr", ("### Instruction:",)) == len("Sure.")
     assert _safe_length("café\ufffd", ()) == len("café")
     assert _safe_length("ok then", ("### Instruction:",)) == len("ok then")
+
+
+def test_incremental_decoding_equals_full_decoding(builtin_model):
+    from sftchat.engine import IncrementalDecoder
+
+    tokenizer = builtin_model.tokenizer
+    text = "Hello — こんにちは 🙂!\n\n```py\nprint('é')\n```"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.add([token]) for token in ids]
+    assert "".join(pieces) + decoder.flush() == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert sum(1 for piece in pieces if piece) > 5, "text must arrive as it is decoded"
+
+
+def test_greedy_tokens_are_exactly_what_model_generate_picks(builtin_model):
+    import torch
+
+    from sftchat.decoding import decode_tokens
+    from sftchat.prompts import encode_prompt
+
+    ids = encode_prompt(builtin_model.tokenizer, "alpaca", "Tell me about the sea.").ids
+    settings = GenerationSettings(max_new_tokens=40, temperature=0)
+    ours = list(decode_tokens(builtin_model.model, ids, settings, stop_ids=[-1],
+                              cancel=threading.Event()))
+    with torch.inference_mode():
+        reference = builtin_model.model.generate(
+            torch.tensor([ids]), max_new_tokens=40, do_sample=False, temperature=None,
+            top_p=None, top_k=None, eos_token_id=None, min_new_tokens=40,
+            pad_token_id=builtin_model.tokenizer.pad_token_id)
+    assert ours == reference[0, len(ids):].tolist()
+
+
+def test_top_p_keeps_only_the_nucleus():
+    import torch
+
+    from sftchat.decoding import _sample
+
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.05, 0.05]))
+    settings = GenerationSettings(temperature=1.0, top_p=0.8)
+    generator = torch.Generator().manual_seed(0)
+    drawn = {_sample(logits.clone(), settings, generator) for _ in range(300)}
+    assert drawn == {0, 1}

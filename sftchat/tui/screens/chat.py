@@ -88,7 +88,9 @@ class ChatScreen(Screen):
     def on_mount(self) -> None:
         self.query_one(PromptInput).focus()
         self.refresh_dataset_size()
-        self.load_model()
+        # Start loading after the first paint: importing torch in a worker thread holds the
+        # GIL for long stretches and would otherwise delay it.
+        self.call_after_refresh(self.load_model)
 
     def on_screen_resume(self) -> None:
         self.refresh_dataset_size()

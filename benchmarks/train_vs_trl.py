@@ -1,0 +1,141 @@
+"""Training throughput, side by side: `sftchat train` against TRL's SFTTrainer, same work.
+
+Same model (a local Llama-shaped model built by bench_model.py unless --model is given),
+same examples, template (Alpaca), LoRA (rank, alpha, all-linear targets, dropout), epochs,
+batch size, max length and 4-bit NF4 config. Each runs as its own process; reported: the
+whole command's wall time, real (non-padding) tokens per second, peak RSS, and both loss
+curves. Prints the ratio and writes a JSON record (--out) for RESULTS.md.
+
+    python benchmarks/train_vs_trl.py --data ../shared/data/alpaca_5000.json \\
+        --examples 300 --epochs 2
+
+Needs `pip install trl datasets` (not project dependencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_model import add_model_arguments, build, dims_from_args, load_alpaca  # noqa: E402
+from measure import json_lines, machine, run_measured  # noqa: E402
+
+
+def prepare(args, root: Path):
+    model = Path(args.model) if args.model else build(args.data, root / "model",
+                                                     dims_from_args(args))
+    records = load_alpaca(args.data, args.examples, offset=args.offset)
+    workspace = root / "workspace"
+    workspace.mkdir()
+    (root / "data.json").write_text(json.dumps(records))
+    from sftchat.dataset.formats import read_records
+    from sftchat.dataset.store import ExampleStore
+    from sftchat.prompts import render_prompt
+
+    with ExampleStore(workspace / "data") as store:
+        store.add_many((r["instruction"], r["input"], r["response"], None, "bench")
+                       for r in read_records(root / "data.json"))
+    with open(root / "trl.jsonl", "w") as out:
+        for record in records:
+            out.write(json.dumps({
+                "prompt": render_prompt("alpaca", record["instruction"], record.get("input", "")),
+                "completion": record["output"]}) + "\n")
+    return model, workspace
+
+
+def real_tokens(model: Path, data: Path, max_length: int) -> int:
+    """Non-padding tokens per epoch under the shared template (prompt + response + EOS)."""
+    from transformers import AutoTokenizer
+
+    from sftchat.prompts import encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    records = json.loads(data.read_text())
+    return sum(len(encode_example(tokenizer, "alpaca", r, max_length).input_ids)
+               for r in records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="Alpaca JSON file")
+    parser.add_argument("--model", help="model folder (default: build one from --data)")
+    parser.add_argument("--examples", type=int, default=300)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many records first")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=int, default=32)
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--out", type=Path, help="write the JSON record here")
+    parser.add_argument("--skip-trl", action="store_true", help="only run sftchat")
+    add_model_arguments(parser)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="sftchat-bench-"))
+    try:
+        model, workspace = prepare(args, root)
+        common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                  "--rank", str(args.rank), "--alpha", str(args.alpha),
+                  "--dropout", str(args.dropout), "--lr", str(args.lr),
+                  "--max-length", str(args.max_length)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        sft = run_measured([sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace),
+                            "--model", str(model), "train", "--json", "--grad-accum", "1",
+                            *common], env=env)
+        if sft.returncode:
+            sys.exit(f"sftchat train failed:\n{sft.stderr}")
+        events = json_lines(sft.stdout)
+        sft_losses = [e["loss"] for e in events if e.get("event") == "step"]
+        tokens = real_tokens(model, root / "data.json", args.max_length) * args.epochs
+        result = {
+            "date": dt.date.today().isoformat(), "machine": machine(),
+            "command": " ".join(["python", "benchmarks/train_vs_trl.py", *sys.argv[1:]]),
+            "examples": args.examples, "epochs": args.epochs, "batch_size": args.batch_size,
+            "real_tokens": tokens,
+            "sftchat": {"wall_s": round(sft.seconds, 2), "peak_rss_mb": round(sft.peak_rss_mb),
+                        "tokens_per_s": round(tokens / sft.seconds, 1), "losses": sft_losses},
+        }
+        if not args.skip_trl:
+            trl = run_measured([sys.executable, str(HERE / "trl_baseline.py"), "--model",
+                                str(model), "--data", str(root / "trl.jsonl"),
+                                "--output", str(root / "trl-out"), *common], env=env)
+            if trl.returncode:
+                sys.exit(f"TRL failed:\n{trl.stderr[-3000:]}")
+            trl_metrics = json_lines(trl.stdout)[-1]
+            result["trl"] = {"wall_s": round(trl.seconds, 2),
+                             "peak_rss_mb": round(trl.peak_rss_mb),
+                             "tokens_per_s": round(tokens / trl.seconds, 1),
+                             "losses": trl_metrics["losses"]}
+            result["speedup_wall"] = round(trl.seconds / sft.seconds, 2)
+            result["memory_ratio"] = round(sft.peak_rss_mb / trl.peak_rss_mb, 2)
+        print(json.dumps({k: v for k, v in result.items()
+                          if k not in ("sftchat", "trl")}, indent=1))
+        for name in ("sftchat", "trl"):
+            if name in result:
+                row = result[name]
+                print(f"{name:8} wall {row['wall_s']:7.1f} s  {row['tokens_per_s']:8.1f} tok/s  "
+                      f"peak RSS {row['peak_rss_mb']:6} MB  loss {row['losses'][0]:.3f} -> "
+                      f"{row['losses'][-1]:.3f} ({len(row['losses'])} steps)")
+        if "speedup_wall" in result:
+            print(f"sftchat train is {result['speedup_wall']}x faster than TRL SFTTrainer "
+                  f"(wall time), with {result['memory_ratio']}x its peak memory")
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=1))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
