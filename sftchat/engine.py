@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from sftchat import adapters as adapter_registry
+from sftchat.adapter_loading import add_lora_adapter
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
 from sftchat.decoding import decode_tokens
@@ -123,8 +124,6 @@ class ChatEngine:
 
     def load_adapter(self, info: AdapterInfo) -> bool:
         """Load `info` into the base model unless already loaded; True if read from disk."""
-        from peft import PeftModel
-
         stamp = f"{info.created_at}:{(info.path / 'adapter_model.safetensors').stat().st_mtime}"
         with self._lock:
             current = self._loaded_adapters.get(info.name)
@@ -140,13 +139,8 @@ class ChatEngine:
             while self._peft is not None and key in self._peft.peft_config:
                 key += "_"
             try:
-                _check_safetensors(info.path / "adapter_model.safetensors")
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(
-                        self.loaded.model, str(info.path), adapter_name=key, is_trainable=False)
-                    self._peft.eval()
-                else:
-                    self._peft.load_adapter(str(info.path), adapter_name=key, is_trainable=False)
+                self._peft = add_lora_adapter(self._peft, self.loaded.model, info.path, key,
+                                              self.loaded.model.device)
             except Exception as exc:  # noqa: BLE001 - becomes one clear message
                 self._undo_failed_load(key)
                 raise AdapterError(
@@ -316,16 +310,6 @@ class IncrementalDecoder:
         after = self._decode(self.ids[self.prefix:]).rstrip("\ufffd")
         self.prefix = self.read = len(self.ids)
         return after[len(before):] if len(after) > len(before) else ""
-
-
-def _check_safetensors(path: Path) -> None:
-    """Read every tensor of a safetensors file: a corrupted file fails here, before PEFT
-    touches the model."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            handle.get_tensor(key)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str], new_from: int = 0) -> tuple[str, bool]:

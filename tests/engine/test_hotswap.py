@@ -117,3 +117,22 @@ def test_unknown_adapter_name(trained_workspace, builtin_model):
     engine = ChatEngine(builtin_model, "alpaca", trained_workspace / "adapters")
     with pytest.raises(AdapterError, match="no adapter named 'nope'"):
         engine.use_adapter("nope")
+
+
+def test_adapter_with_wrong_shapes_is_refused_and_leaves_the_base_alone(
+        trained_workspace, fresh_builtin, tmp_path):
+    """An adapter without sftchat metadata (made elsewhere) whose tensors do not fit."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "adapters" / "foreign"
+    shutil.copytree(trained_workspace / "adapters" / "first", folder)
+    (folder / "sftchat.json").unlink()
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    name = next(key for key in weights if "lora_A" in key)
+    weights[name] = weights[name][:, :-64].contiguous()
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    engine = ChatEngine(fresh_builtin, "alpaca", tmp_path / "adapters")
+    with pytest.raises(AdapterError, match="shape"):
+        engine.use_adapter("foreign")
+    assert not any(isinstance(m, BaseTunerLayer) for m in fresh_builtin.model.modules())
