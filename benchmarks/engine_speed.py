@@ -1,8 +1,9 @@
 """Hot-swap and generation speed of the chat engine, each against its baseline, same run.
 
 - Hot-swap: from an adapter being published to the first token it generates, in the running
-  engine (`use_adapter` + first streamed piece), against what a restart costs: loading the
-  base model and the adapter afresh, then the first token.
+  engine (`use_adapter` + first streamed piece), against reloading: the base model and the
+  adapter loaded afresh in the same process, then the first token (strict), and a whole new
+  `sftchat ask --adapter` process (what a restart costs).
 - Generation: streamed tokens per second and time to first token of `ChatEngine.generate`
   against plain `model.generate` (no streamer) on the same prompt, greedy, same tokens.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,9 +75,21 @@ def hotswap(workspace: Path, model: str, repeats: int) -> dict:
         fresh = ChatEngine(loaded, settings.template)
         next(iter(fresh.generate(EXAMPLES[0][0], settings=one_token)), None)
         reloads.append(time.perf_counter() - started)
+    restarts = []
+    for _ in range(2):
+        # What a user without hot-swap does: start sftchat again with the adapter.
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace),
+                        "--model", model, "ask", EXAMPLES[0][0], "--adapter", "bench",
+                        "--max-new-tokens", "1", "--temperature", "0"],
+                       check=True, capture_output=True)
+        restarts.append(time.perf_counter() - started)
     swap, reload = statistics.median(swaps), statistics.median(reloads)
+    restart = statistics.median(restarts)
     return {"swap_to_first_token_s": round(swap, 4), "reload_to_first_token_s": round(reload, 3),
             "swap_share_of_reload": round(swap / reload, 4),
+            "restart_process_to_first_token_s": round(restart, 3),
+            "swap_share_of_restart": round(swap / restart, 4),
             "swap_only_s": round(statistics.median(swap_only), 4),
             "switch_to_loaded_adapter_s": round(statistics.median(cached), 5)}
 
