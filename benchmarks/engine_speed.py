@@ -57,7 +57,7 @@ def hotswap(workspace: Path, model: str, repeats: int) -> dict:
     one_token = GenerationSettings(max_new_tokens=1, temperature=0)
     engine = ChatEngine.from_settings(settings)
     engine.generate(EXAMPLES[0][0], settings=one_token).collect()  # warm the base
-    swaps, swap_only, cached = [], [], []
+    swaps, swap_only, cached, slot_swaps, slot_only = [], [], [], [], []
     for _ in range(repeats):
         engine.use_adapter("none")
         engine.unload_adapter("bench")  # force a real load from disk each time
@@ -67,6 +67,14 @@ def hotswap(workspace: Path, model: str, repeats: int) -> dict:
         swaps.append(time.perf_counter() - started)
         engine.use_adapter("none")
         cached.append(engine.use_adapter("bench").seconds)  # already in memory: a switch
+        # As in the app: the adapter's empty layers were injected while the trainer ran.
+        engine.use_adapter("none")
+        engine.unload_adapter("bench")
+        engine.prepare_slot(16, 32)
+        started = time.perf_counter()
+        slot_only.append(engine.use_adapter("bench").seconds)
+        next(iter(engine.generate(EXAMPLES[0][0], settings=one_token)), None)
+        slot_swaps.append(time.perf_counter() - started)
     reloads = []
     for _ in range(max(2, repeats // 2)):
         started = time.perf_counter()
@@ -91,6 +99,9 @@ def hotswap(workspace: Path, model: str, repeats: int) -> dict:
             "restart_process_to_first_token_s": round(restart, 3),
             "swap_share_of_restart": round(swap / restart, 4),
             "swap_only_s": round(statistics.median(swap_only), 4),
+            "prepared_swap_to_first_token_s": round(statistics.median(slot_swaps), 4),
+            "prepared_swap_only_s": round(statistics.median(slot_only), 4),
+            "prepared_share_of_reload": round(statistics.median(slot_swaps) / reload, 4),
             "switch_to_loaded_adapter_s": round(statistics.median(cached), 5)}
 
 

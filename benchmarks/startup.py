@@ -53,6 +53,28 @@ def time_to_paint(workspace: Path) -> float:
     return seconds
 
 
+def time_dataset_screen(workspace: Path) -> float:
+    """From pushing the dataset screen to its table showing the first page (in-process)."""
+    import asyncio
+
+    from textual.app import App
+    from textual.widgets import DataTable
+
+    from sftchat.tui.screens.dataset import DatasetScreen
+
+    async def measure() -> float:
+        app = App()
+        async with app.run_test(size=(120, 40)) as pilot:
+            started = time.perf_counter()
+            app.push_screen(DatasetScreen(workspace / "data"))
+            while not (isinstance(app.screen, DatasetScreen)
+                       and app.screen.query(DataTable) and app.screen.query_one(DataTable).row_count):
+                await pilot.pause(0.005)
+            return time.perf_counter() - started
+
+    return asyncio.run(measure())
+
+
 def time_command(args: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "sftchat.cli", *args], check=True,
@@ -81,6 +103,9 @@ def main() -> None:
         listing_json = [time_command([*base, "data", "list", "--json"])
                         for _ in range(args.repeats)]
         stats = [time_command([*base, "data", "stats"]) for _ in range(args.repeats)]
+        export = [time_command([*base, "data", "export", str(workspace / "out.jsonl")])
+                  for _ in range(args.repeats)]
+        screen = [time_dataset_screen(workspace) for _ in range(args.repeats)]
     result = {
         "command": " ".join(["python", "benchmarks/startup.py", *sys.argv[1:]]),
         "machine": machine(), "examples": args.examples,
@@ -88,6 +113,8 @@ def main() -> None:
         "data_list_s": round(statistics.median(listing), 3),
         "data_list_json_s": round(statistics.median(listing_json), 3),
         "data_stats_s": round(statistics.median(stats), 3),
+        "data_export_s": round(statistics.median(export), 3),
+        "dataset_screen_open_s": round(statistics.median(screen), 3),
     }
     print(json.dumps(result, indent=1))
     if args.out:

@@ -28,24 +28,47 @@ def _live_name(saved: str, adapter: str) -> str | None:
     return saved[:match.start()] + f".{match.group(1)}.{adapter}{match.group(2) or ''}"
 
 
-def add_lora_adapter(peft_model, base_model, folder: Path, adapter: str, device):
+def config_signature(config) -> tuple:
+    """What must match for an adapter to fill layers injected for another config."""
+    targets = config.target_modules
+    targets = tuple(sorted(targets)) if isinstance(targets, (set, list, tuple)) else targets
+    return (config.peft_type, config.r, config.lora_alpha, targets,
+            getattr(config, "use_rslora", False), getattr(config, "use_dora", False),
+            config.bias, tuple(config.modules_to_save or ()))
+
+
+def inject_empty_adapter(peft_model, base_model, config, adapter: str):
+    """Inject LoRA layers for `config` under `adapter`, parameters on the meta device (no
+    random initialisation: they are only ever overwritten). Returns the PeftModel."""
+    from peft import PeftModel
+
+    config.inference_mode = True
+    if peft_model is None:
+        return PeftModel(base_model, config, adapter_name=adapter, low_cpu_mem_usage=True)
+    peft_model.add_adapter(adapter, config, low_cpu_mem_usage=True)
+    return peft_model
+
+
+def read_adapter_config(folder: Path):
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(folder))
+
+
+def add_lora_adapter(peft_model, base_model, folder: Path, adapter: str, device,
+                     injected: bool = False):
     """Add the adapter saved in `folder` under the name `adapter`; return the PeftModel
-    (created around `base_model` when `peft_model` is None). Raises ValueError on a mismatch
-    or a damaged file."""
+    (created around `base_model` when `peft_model` is None). With `injected`, the layers for
+    `adapter` already exist (see `inject_empty_adapter`) and only the weights are filled in.
+    Raises ValueError on a mismatch or a damaged file."""
     import torch
-    from peft import PeftConfig, PeftModel
     from safetensors.torch import load_file
 
     # Reading every tensor also validates the file before the model is touched.
     weights = load_file(str(folder / "adapter_model.safetensors"))
-    config = PeftConfig.from_pretrained(str(folder))
-    config.inference_mode = True
-    # low_cpu_mem_usage: PEFT creates the LoRA parameters on the meta device, without the
-    # random initialisation they would only get overwritten after.
-    if peft_model is None:
-        peft_model = PeftModel(base_model, config, adapter_name=adapter, low_cpu_mem_usage=True)
-    else:
-        peft_model.add_adapter(adapter, config, low_cpu_mem_usage=True)
+    if not injected:
+        peft_model = inject_empty_adapter(peft_model, base_model, read_adapter_config(folder),
+                                          adapter)
     parameters = dict(peft_model.named_parameters())
     expected = {name for name in parameters if f".{adapter}." in name or
                 name.endswith(f".{adapter}")}

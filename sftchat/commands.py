@@ -17,7 +17,7 @@ from dataclasses import replace
 from sftchat import adapters as adapter_registry
 from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
 from sftchat.config import validate_training
-from sftchat.text import one_line, strip_control
+from sftchat.text import StreamSanitizer, one_line, strip_control
 
 class CommandError(Exception):
     """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
@@ -178,11 +178,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     answer = engine.generate(args.prompt, input=args.input, settings=generation)
     if answer.notice:
         print(f"sftchat: {answer.notice}", file=sys.stderr)
-    to_terminal = sys.stdout.isatty()
+    sanitizer = StreamSanitizer() if sys.stdout.isatty() else None
     for piece in answer:
-        sys.stdout.write(strip_control(piece) if to_terminal else piece)
+        sys.stdout.write(sanitizer.feed(piece) if sanitizer else piece)
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    sys.stdout.write((sanitizer.flush() if sanitizer else "") + "\n")
     return 0
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from sftchat import adapters as adapter_registry
-from sftchat.adapter_loading import add_lora_adapter
+from sftchat.adapter_loading import (
+    add_lora_adapter, config_signature, inject_empty_adapter, read_adapter_config,
+)
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
 from sftchat.decoding import decode_tokens
@@ -77,6 +79,7 @@ class ChatEngine:
         self.generation = generation or GenerationSettings()
         self._peft = None
         self._active: str | None = None
+        self._slot: tuple[str, tuple] | None = None  # (peft key, config signature)
         self._loaded_adapters: dict[str, tuple[str, str]] = {}  # name -> (peft key, stamp)
         self._lock = threading.RLock()
         self._stop_ids = stop_token_ids(template, loaded.tokenizer)
@@ -138,9 +141,13 @@ class ChatEngine:
                 c if c.isalnum() else "_" for c in info.name)
             while self._peft is not None and key in self._peft.peft_config:
                 key += "_"
+            injected = False
             try:
+                if self._slot is not None and self._slot[1] == config_signature(
+                        read_adapter_config(info.path)):
+                    key, injected, self._slot = self._slot[0], True, None
                 self._peft = add_lora_adapter(self._peft, self.loaded.model, info.path, key,
-                                              self.loaded.model.device)
+                                              self.loaded.model.device, injected=injected)
             except Exception as exc:  # noqa: BLE001 - becomes one clear message
                 self._undo_failed_load(key)
                 raise AdapterError(
@@ -150,6 +157,23 @@ class ChatEngine:
                 ) from exc
             self._loaded_adapters[info.name] = (key, stamp)
             return True
+
+    def prepare_slot(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
+        """Inject empty LoRA layers for the adapter a training run will publish (r, alpha,
+        all linear layers), so that its swap only has to copy weights. Call it while the
+        trainer runs; the layers stay unused until an adapter with that config loads."""
+        from peft import LoraConfig
+
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                            target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+        with self._lock:
+            if self._slot is not None:
+                return
+            key = f"slot{len(self._loaded_adapters)}"
+            while self._peft is not None and key in self._peft.peft_config:
+                key += "_"
+            self._peft = inject_empty_adapter(self._peft, self.loaded.model, config, key)
+            self._slot = (key, config_signature(self._peft.peft_config[key]))
 
     def _undo_failed_load(self, key: str) -> None:
         """Leave the model as it was before a failed load: PEFT injects LoRA layers before it

@@ -136,3 +136,31 @@ def test_adapter_with_wrong_shapes_is_refused_and_leaves_the_base_alone(
     with pytest.raises(AdapterError, match="shape"):
         engine.use_adapter("foreign")
     assert not any(isinstance(m, BaseTunerLayer) for m in fresh_builtin.model.modules())
+
+
+def test_a_prepared_slot_takes_the_published_adapter(trained_workspace, fresh_builtin):
+    """Layers injected while the trainer runs are filled by the adapter it publishes."""
+    from sftchat.config import load_settings
+
+    preset = load_settings(workspace=str(trained_workspace)).training
+    engine = ChatEngine(fresh_builtin, "alpaca", trained_workspace / "adapters")
+    question, answer = CURATED[1]
+    before = engine.generate(question, settings=GREEDY).collect()
+    engine.prepare_slot(preset.rank, preset.alpha, preset.dropout)
+    # An empty slot changes nothing while the base model answers.
+    assert engine.generate(question, settings=GREEDY).collect() == before
+    slot_key = engine._slot[0]
+    swap = engine.use_adapter("first")
+    assert swap.loaded and engine._slot is None
+    assert engine._loaded_adapters["first"][0] == slot_key
+    assert engine.generate(question, settings=GREEDY).collect() == answer
+
+
+def test_a_slot_for_another_config_is_left_alone(trained_workspace, fresh_builtin):
+    engine = ChatEngine(fresh_builtin, "alpaca", trained_workspace / "adapters")
+    engine.prepare_slot(rank=4, alpha=8)
+    slot_key = engine._slot[0]
+    engine.use_adapter("first")
+    assert engine._slot[0] == slot_key  # still waiting for a rank-4 adapter
+    question, answer = CURATED[0]
+    assert engine.generate(question, settings=GREEDY).collect() == answer

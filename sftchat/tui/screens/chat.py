@@ -281,6 +281,7 @@ class ChatScreen(Screen):
         if event["event"] == "started":
             panel.started(event)
             self.status.training = f"step 0/{event['total_steps']}"
+            self.prepare_swap_slot()
         elif event["event"] == "step":
             panel.stepped(event)
             self.status.training = f"step {event['step']}/{event['total_steps']}"
@@ -304,6 +305,17 @@ class ChatScreen(Screen):
                         severity="error", markup=False, timeout=15)
 
     # ------------------------------------------------------------------ adapters
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="slot")
+    def prepare_swap_slot(self) -> None:
+        """While the trainer runs, inject the empty LoRA layers its adapter will fill, so the
+        swap at the end only copies weights (it waits for an answer in progress)."""
+        engine, training = self.app.engine, self.app.settings.training
+        if engine is not None:
+            try:
+                engine.prepare_slot(training.rank, training.alpha, training.dropout)
+            except Exception:  # noqa: BLE001 - only an optimisation: the swap loads normally
+                pass
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="swap")
     def swap_adapter(self, name: str | None, automatic: bool = False) -> None:

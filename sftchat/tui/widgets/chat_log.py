@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 
-from sftchat.text import strip_control
+from sftchat.text import StreamSanitizer, strip_control
 
 
 class UserMessage(Static):
@@ -32,13 +32,14 @@ class AssistantMessage(Vertical):
         self._markdown = Markdown("", classes="answer")
         self._stream = None
         self._meta = Static("", classes="answer-meta")
+        self._sanitizer = StreamSanitizer()
 
     def compose(self):
         yield self._markdown
         yield self._meta
 
     async def append(self, piece: str) -> None:
-        piece = strip_control(piece)
+        piece = self._sanitizer.feed(piece)
         self.text += piece
         if self._stream is None:
             self._stream = Markdown.get_stream(self._markdown)

@@ -1,0 +1,110 @@
+"""Security: untrusted output, no code execution on load, no network (issue 6, item 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+from sftchat.models.loader import ModelLoadError, load_model
+
+ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;pwned\x07alert"
+
+
+def _builtin_copy(tmp_path):
+    from sftchat.models.builtin import ensure_builtin_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(ensure_builtin_model(), folder)
+    return folder
+
+
+def test_remote_code_is_not_run_unless_the_user_opts_in(tmp_path, builtin_cache):
+    folder = _builtin_copy(tmp_path)
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig",
+                                               "AutoModelForCausalLM": "evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError):
+        load_model(str(folder), "cpu")
+    assert not marker.exists()
+
+
+def test_pickle_weights_are_refused(tmp_path, builtin_cache):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = _builtin_copy(tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.save(weights, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(str(folder), "cpu")
+
+
+def _read_pty(command, env):
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    process.wait(60)
+    os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
+    run_cli("data", "add", "--instruction", "Alert me.", "--response", ESCAPES, workspace=ws,
+            check=True)
+    run_cli("train", workspace=ws, check=True, timeout=600)
+    command = [sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), "ask", "Alert me.",
+               "--adapter", "latest", "--temperature", "0"]
+    # Piped, the answer is data and comes out exactly as generated ...
+    piped = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert piped == ESCAPES + "\n"
+    # ... but on a terminal the control sequences are stripped.
+    shown = _read_pty(command, dict(os.environ))
+    assert "red" in shown and "alert" in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "pwned" not in shown
+
+
+def test_the_builtin_loop_makes_no_network_connection(ws, tmp_path):
+    """With the hub's offline switches removed, `ask` on the built-in model opens no socket."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    marker = tmp_path / "connected"
+    (hook / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(self, *args, **kwargs):\n"
+        f"    open({str(marker)!r}, 'a').write(repr(args) + '\\n')\n"
+        "    raise OSError('network disabled by test')\n"
+        "socket.socket.connect = _refuse\n"
+        "socket.socket.connect_ex = _refuse\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
+    env["PYTHONPATH"] = str(hook) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), "ask",
+                             "Hello?", "--max-new-tokens", "3"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), marker.read_text()
