@@ -93,9 +93,19 @@ class ExampleStore:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
             self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
+            self._retry_while_locked(self._migrate)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(
+                    f"the dataset {self.path} stayed locked by another process for over "
+                    f"{BUSY_TIMEOUT_MS // 1000} s; close other sftchat processes and retry"
+                ) from exc
+            raise StoreError(
+                f"cannot open the dataset {self.path}: {exc}; "
+                "restore it from a backup or move it aside to start a new one"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot open the dataset {self.path}: {exc}; "
@@ -112,6 +122,26 @@ class ExampleStore:
         self.close()
 
     # ------------------------------------------------------------------ schema
+
+    @staticmethod
+    def _retry_while_locked(operation) -> None:
+        """Run `operation`, retrying while another process holds the lock.
+
+        Switching a new database to WAL needs an exclusive lock that SQLite's busy timeout
+        does not wait for: processes creating the same store at once get "database is
+        locked" straight away. They wait here instead, up to the busy timeout.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                operation()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -2,7 +2,8 @@
 
 Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order they come:
 
-- `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device
+- `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
+              truncated_prompts (ids of examples whose prompt was cut to fit), max_length
 - `step`:     step, total_steps, epoch (fractional), loss, lr, grad_norm, tokens_per_s
               (real, non-padding tokens), elapsed_s, eta_s
 - `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
@@ -57,8 +58,16 @@ def describe(event: dict) -> str | None:
     """A one-line human rendering of an event (None for events not worth a line)."""
     kind = event["event"]
     if kind == "started":
-        return (f"training {event['name']} on {event['examples']} examples: "
+        line = (f"training {event['name']} on {event['examples']} examples: "
                 f"{event['total_steps']} steps on {event['device']}")
+        truncated = event.get("truncated_prompts") or []
+        if truncated:
+            shown = ", ".join(str(i) for i in truncated[:10]) + (", …" if len(truncated) > 10
+                                                                 else "")
+            line += (f"\nnotice: {len(truncated)} example(s) longer than max length "
+                     f"{event.get('max_length')}: their prompts were cut to fit (ids {shown}); "
+                     "raise --max-length to keep them whole")
+        return line
     if kind == "step":
         return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
                 f"loss {event['loss']:.4f}  lr {event['lr']:.2e}  "

@@ -262,8 +262,11 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
                               training.max_length)
         plans = plan_steps(len(encoded), training.batch_size, training.grad_accum,
                            training.epochs, training.max_steps, training.seed)
+        truncated = [record["id"] for record, example in zip(records, encoded)
+                     if example.prompt.truncated]
         emit(make_event(
             "started", name=name, base_model=settings.model, examples=len(records),
+            truncated_prompts=truncated, max_length=training.max_length,
             total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=training.batch_size,
             grad_accum=training.grad_accum, device=loaded.device,
         ))
