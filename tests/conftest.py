@@ -7,6 +7,8 @@ temporary cache), examples go through the real store, training runs the real tra
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +89,28 @@ def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
                 workspace=workspace, check=True)
     run_cli("train", "--name", "first", workspace=workspace, check=True, timeout=600)
     return workspace
+
+
+def read_pty(command, env) -> str:
+    """Run `command` with its stdout on a pseudo-terminal (as a user's terminal would be);
+    return everything it wrote there."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    process.wait(60)
+    os.close(leader)
+    assert process.returncode == 0, f"{command} failed ({process.returncode})"
+    return b"".join(chunks).decode("utf-8", "replace")

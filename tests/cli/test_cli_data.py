@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_pty
 from cli_helpers import assert_one_line_error, clean_env, ok, sftchat
 
 from sftchat.dataset.store import ExampleStore
@@ -176,34 +176,13 @@ def test_show_unknown_id_is_a_one_line_error(filled):
 
 def test_human_output_never_writes_terminal_escape_sequences_to_a_terminal(ws):
     # Model output is untrusted (GUIDE §7): stored text must not reach a terminal raw.
-    pty = pytest.importorskip("pty")
     evil = "ok\x1b]0;pwned\x07\x1b[2J\x1b[31mred"
     with ExampleStore(ws / "data") as store:
         example_id = store.add("Question " + evil, "Answer " + evil, original_response=evil,
                                source="chat")
     for args in (["data", "list"], ["data", "show", str(example_id)]):
-        leader, follower = pty.openpty()
-        try:
-            process = subprocess.run(
-                [sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), *args],
-                stdout=follower, stderr=subprocess.PIPE, env=clean_env(), timeout=60)
-            os.close(follower)
-            follower = -1
-            chunks = []
-            while True:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            if follower != -1:
-                os.close(follower)
-            os.close(leader)
-        assert process.returncode == 0, process.stderr
-        output = b"".join(chunks).decode("utf-8", "replace")
+        output = read_pty([sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), *args],
+                          clean_env())
         assert "Question" in output
         assert "\x1b" not in output, (args, output)
         assert "\x07" not in output, (args, output)

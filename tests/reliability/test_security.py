@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import read_pty, run_cli
 from sftchat.models.loader import ModelLoadError, load_model
 
 ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;pwned\x07alert"
@@ -51,28 +49,6 @@ def test_pickle_weights_are_refused(tmp_path, builtin_cache):
         load_model(str(folder), "cpu")
 
 
-def _read_pty(command, env):
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL, env=env)
-    os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 120)
-        if not ready:
-            break
-        try:
-            data = os.read(leader, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    process.wait(60)
-    os.close(leader)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
     run_cli("data", "add", "--instruction", "Alert me.", "--response", ESCAPES, workspace=ws,
             check=True)
@@ -83,7 +59,7 @@ def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
     piped = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert piped == ESCAPES + "\n"
     # ... but on a terminal the control sequences are stripped.
-    shown = _read_pty(command, dict(os.environ))
+    shown = read_pty(command, dict(os.environ))
     assert "red" in shown and "alert" in shown
     assert "\x1b" not in shown and "\x07" not in shown and "pwned" not in shown
 
