@@ -14,6 +14,7 @@ an answer without touching the global RNG.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Iterator, Sequence
 
@@ -38,10 +39,16 @@ def _sample(logits, settings: GenerationSettings, generator):
 
 
 def _accepts(model, argument: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in _forward_parameters(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class) -> frozenset[str]:
+    """The keyword arguments a model class's forward takes (read once per class)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(base.forward).parameters
+    return frozenset(inspect.signature(model_class.forward).parameters)
 
 
 def decode_tokens(model, prompt_ids: Sequence[int], settings: GenerationSettings,

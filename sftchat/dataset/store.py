@@ -49,7 +49,7 @@ class StoreError(Exception):
 
 
 class ExampleNotFound(StoreError):
-    pass
+    """No example has the given id."""
 
 
 @dataclass(frozen=True)

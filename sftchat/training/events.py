@@ -43,7 +43,8 @@ def json_emitter(stream: TextIO | None = None) -> Emit:
     return emit
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """12s, 3m05s, 1h02m; "?" when unknown."""
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
@@ -71,10 +72,10 @@ def describe(event: dict) -> str | None:
     if kind == "step":
         return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
                 f"loss {event['loss']:.4f}  lr {event['lr']:.2e}  "
-                f"{event['tokens_per_s']:,.0f} tok/s  ETA {_duration(event['eta_s'])}")
+                f"{event['tokens_per_s']:,.0f} tok/s  ETA {format_duration(event['eta_s'])}")
     if kind == "finished":
         return (f"published {event['adapter']} (final loss {event['final_loss']:.4f}, "
-                f"{event['steps']} steps in {_duration(event['train_seconds'])})")
+                f"{event['steps']} steps in {format_duration(event['train_seconds'])})")
     if kind in ("cancelled", "failed"):
         return event["message"]
     return None

@@ -47,7 +47,7 @@ def _lower_priority() -> None:  # runs in the child before exec
     try:
         os.nice(5)
     except OSError:
-        pass
+        pass  # not allowed to lower it: the trainer simply runs at normal priority
 
 
 class TrainerProcess:

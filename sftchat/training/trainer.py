@@ -41,7 +41,7 @@ class TrainingError(RuntimeError):
 
 
 class TrainingCancelled(TrainingError):
-    pass
+    """Stopped on request (SIGINT/SIGTERM); nothing was published."""
 
 
 def default_adapter_name(adapters_dir: Path) -> str:

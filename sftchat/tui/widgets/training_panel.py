@@ -6,12 +6,7 @@ from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+from sftchat.training.events import format_duration
 
 
 class TrainingPanel(Vertical):
@@ -45,7 +40,7 @@ class TrainingPanel(Vertical):
         self.query_one("#training-stats", Label).update(Text(
             f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
             f"loss {event['loss']:.4f}  {event['tokens_per_s']:,.0f} tok/s  "
-            f"ETA {_duration(event['eta_s'])}"))
+            f"ETA {format_duration(event['eta_s'])}"))
 
     def ended(self) -> None:
         self.display = False
