@@ -78,14 +78,31 @@ def _add_data_parsers(sub, common) -> None:
     stats = dsub.add_parser("stats", parents=[common], help="dataset statistics")
     stats.add_argument("--json", action="store_true")
 
-    imp = dsub.add_parser("import", parents=[common], help="import Alpaca JSON or JSONL")
+    # --format names the record schema; the encoding (JSON list or JSONL) is chosen apart from
+    # it. `jsonl`, the older name for Alpaca JSONL, stays accepted so old scripts keep working.
+    imp = dsub.add_parser(
+        "import", parents=[common], help="import Alpaca, ShareGPT or messages records",
+        description="Import a dataset file, all records or none. The file is JSONL if named "
+                    ".jsonl/.ndjson, one JSON list if named .json, else whichever its content "
+                    "is. Chat records must be single-turn (one user message, one assistant "
+                    "answer); a leading system message is ignored, with a notice.")
     imp.add_argument("file")
-    imp.add_argument("--format", default="auto", choices=("auto", "alpaca", "jsonl"))
+    imp.add_argument("--format", default="auto",
+                     choices=("auto", "alpaca", "sharegpt", "messages", "jsonl"),
+                     metavar="{auto,alpaca,sharegpt,messages}",
+                     help="record format (default auto: from the first record's fields; "
+                          "'jsonl' is the older name of alpaca records in JSONL)")
 
-    exp = dsub.add_parser("export", parents=[common], help="export to Alpaca JSON or JSONL")
+    exp = dsub.add_parser(
+        "export", parents=[common], help="export to Alpaca, ShareGPT or messages records",
+        description="Export the dataset, atomically: JSONL if FILE is named .jsonl/.ndjson, "
+                    "else one JSON list. In sharegpt and messages records a non-empty input "
+                    "is appended to the user turn after a blank line.")
     exp.add_argument("file")
-    exp.add_argument("--format", choices=("alpaca", "jsonl"),
-                     help="default: from the file extension (.jsonl -> jsonl, else alpaca)")
+    exp.add_argument("--format", choices=("alpaca", "sharegpt", "messages", "jsonl"),
+                     metavar="{alpaca,sharegpt,messages}",
+                     help="record format (default alpaca; 'jsonl' is the older name of "
+                          "alpaca records in JSONL)")
 
 
 def _add_train_parser(sub, common) -> None:
@@ -163,6 +180,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(sys.modules["sftchat.models.loader"].ModelLoadError)
     if "sftchat.training.trainer" in sys.modules:
         errors.append(sys.modules["sftchat.training.trainer"].TrainingError)
+    if "sftchat.training.workspace_lock" in sys.modules:
+        errors.append(sys.modules["sftchat.training.workspace_lock"].WorkspaceBusyError)
     from sftchat.commands import CommandError
 
     errors.append(CommandError)

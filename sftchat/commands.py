@@ -91,16 +91,22 @@ def cmd_data(args: argparse.Namespace) -> int:
                 for key, value in stats.items():
                     print(f"{key:<22} {value}")
         elif command == "import":
-            records = formats.read_records(args.file, args.format)
+            imported = formats.import_file(args.file, args.format)
             source = f"import:{args.file}"
             ids = store.add_many((r["instruction"], r["input"], r["response"], None, source)
-                                 for r in records)
-            print(f"imported {len(ids)} examples (ids {ids[0]}–{ids[-1]})", file=sys.stderr)
+                                 for r in imported.records)
+            print(f"imported {len(ids)} examples (ids {ids[0]}–{ids[-1]}, {imported.schema})",
+                  file=sys.stderr)
+            if imported.system_messages:
+                # Dropped on purpose (see sftchat.dataset.schemas); say so, never silently.
+                print(f"sftchat: ignored {imported.system_messages} system message(s): "
+                      "examples have no system prompt", file=sys.stderr)
         elif command == "export":
             fmt = formats.export_format_for(args.file, args.format)
             count = formats.write_records(
                 args.file, (example.to_record() for example in store.iter_examples()), fmt)
-            print(f"exported {count} examples to {args.file} ({fmt})", file=sys.stderr)
+            print(f"exported {count} examples to {args.file} "
+                  f"({formats.describe_export(args.file, fmt)})", file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,15 @@
-"""Import and export of instruction datasets: Alpaca JSON (a list of records) and JSONL.
+"""Import and export of instruction datasets: files of Alpaca, ShareGPT or messages records.
 
-Both use Alpaca's field names — `instruction`, `input`, `output` — which is what
-`datasets.load_dataset("json", data_files=...)` and most fine-tuning tools expect. On import,
-`response` is accepted as a synonym of `output`. Reading is all-or-nothing: every record is
-checked before the first one is stored, and an error names the file, the record and the fix.
+A format names the record schema (`schemas`: alpaca, sharegpt, messages). The file's encoding
+is chosen independently, the same way for every schema: JSONL (one object per line) for a
+`.jsonl`/`.ndjson` file, one JSON list for `.json`, and otherwise, on import, whatever the
+content is. Both encodings are what `datasets.load_dataset("json", data_files=...)` reads.
+`auto` (import only) takes the schema from the first record's keys. The older format name
+`jsonl` still means "Alpaca records, JSONL encoding", whatever the extension.
+
+Reading is all-or-nothing: every record is checked before the first one is stored, and an
+error is one line naming the file, the record (or line), the problem and the fix. Writing is
+atomic: a temporary file in the same folder, fsynced, then renamed over the target.
 """
 
 from __future__ import annotations
@@ -11,28 +17,51 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-FORMATS = ("auto", "alpaca", "jsonl")
-EXPORT_FORMATS = ("alpaca", "jsonl")
+from sftchat.dataset.schemas import (
+    SCHEMAS,
+    FormatError,
+    detect_schema,
+    parse_record,
+    render_record,
+    unknown_schema,
+)
+
+__all__ = ["EXPORT_FORMATS", "FORMATS", "SCHEMAS", "FormatError", "Imported", "describe_export",
+           "detect_encoding", "export_format_for", "import_file", "read_records",
+           "write_records"]
+
+FORMATS = ("auto", *SCHEMAS, "jsonl")
+EXPORT_FORMATS = (*SCHEMAS, "jsonl")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-class FormatError(ValueError):
-    """The file cannot be read as an instruction dataset (the message says where and why)."""
+@dataclass
+class Imported:
+    """What an import file holds, checked: its records and what was dropped from them."""
+
+    records: list[dict]          # {instruction, input, response}
+    schema: str
+    encoding: str                # "json" (one list) or "jsonl"
+    system_messages: int = 0     # leading system messages dropped (see `schemas`)
 
 
-def detect_format(path: Path, text: str) -> str:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
+def detect_encoding(path: Path, text: str) -> str:
+    """"jsonl" or "json": by extension first, so a one-line JSONL file is not read as JSON."""
+    suffix = Path(path).suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
         return "jsonl"
-    if path.suffix.lower() == ".json":
-        return "alpaca"
-    return "alpaca" if text.lstrip().startswith("[") else "jsonl"
+    if suffix == ".json":
+        return "json"
+    return "json" if text.lstrip().startswith("[") else "jsonl"
 
 
-def _parse_records(path: Path, text: str, fmt: str) -> list[tuple[int, object]]:
-    """(position, raw record) pairs; position is the line (jsonl) or index (alpaca), 1-based."""
-    if fmt == "jsonl":
+def _parse_records(path: Path, text: str, encoding: str) -> list[tuple[int, object]]:
+    """(position, raw record) pairs; position is the line (jsonl) or index (json), 1-based."""
+    if encoding == "jsonl":
         records = []
         # Split on \n only: splitlines() would also split at U+2028/U+2029/U+0085, which
         # JSON allows unescaped inside strings.
@@ -52,21 +81,26 @@ def _parse_records(path: Path, text: str, fmt: str) -> list[tuple[int, object]]:
     except json.JSONDecodeError as exc:
         raise FormatError(
             f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
-            "the file may be truncated — an Alpaca file is one JSON list of records"
+            "the file may be truncated — a .json dataset is one JSON list of records"
         ) from None
     if isinstance(data, dict):
-        # Some exports wrap the list: {"data": [...]} or {"train": [...]}.
-        lists = [value for value in data.values() if isinstance(value, list)]
-        if len(lists) != 1:
-            raise FormatError(f"{path}: expected a JSON list of records, got an object")
-        data = lists[0]
+        if detect_schema(data) is not None:
+            # One record on its own (a hand-written {"messages": [...]} file): checking for
+            # this first keeps its list of messages from being taken for a wrapped list.
+            data = [data]
+        else:
+            # Some exports wrap the list: {"data": [...]} or {"train": [...]}.
+            lists = [value for value in data.values() if isinstance(value, list)]
+            if len(lists) != 1:
+                raise FormatError(f"{path}: expected a JSON list of records, got an object")
+            data = lists[0]
     if not isinstance(data, list):
         raise FormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return list(enumerate(data, start=1))
 
 
-def read_records(path: Path, fmt: str = "auto") -> list[dict]:
-    """Read and validate every record: a list of {instruction, input, response} dicts."""
+def import_file(path: Path, fmt: str = "auto") -> Imported:
+    """Read and check every record of `path`; `fmt` is a schema, `auto` or `jsonl`."""
     path = Path(path)
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -76,73 +110,92 @@ def read_records(path: Path, fmt: str = "auto") -> list[dict]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise FormatError(f"{path}: not UTF-8 text; convert it to UTF-8 first") from None
-    if fmt == "auto":
-        fmt = detect_format(path, text)
-    where = "line" if fmt == "jsonl" else "record"
-    records = []
-    for position, raw in _parse_records(path, text, fmt):
-        if not isinstance(raw, dict):
-            raise FormatError(f"{path}: {where} {position} is not a JSON object")
-        response = raw.get("output", raw.get("response"))
-        instruction = raw.get("instruction")
-        if instruction is None or response is None:
-            raise FormatError(
-                f"{path}: {where} {position} has no 'instruction' and 'output' fields "
-                f"(it has: {', '.join(sorted(raw)) or 'nothing'}); "
-                "expected Alpaca records {instruction, input, output}"
-            )
-        input_text = raw.get("input")
-        if input_text is None:
-            input_text = ""
-        for name, value in (("instruction", instruction), ("output", response),
-                            ("input", input_text)):
-            if not isinstance(value, str):
-                raise FormatError(f"{path}: {where} {position}: '{name}' must be a string")
-        if not instruction.strip() or not response.strip():
-            raise FormatError(
-                f"{path}: {where} {position} has an empty instruction or output; "
-                "fix or remove that record"
-            )
-        records.append({"instruction": instruction, "input": input_text, "response": response})
-    if not records:
+    encoding = "jsonl" if fmt == "jsonl" else detect_encoding(path, text)
+    where = "line" if encoding == "jsonl" else "record"
+    raw_records = _parse_records(path, text, encoding)
+    if not raw_records:
         raise FormatError(f"{path}: no records found")
-    return records
+    schema, detected = ("alpaca" if fmt == "jsonl" else fmt), fmt == "auto"
+    if detected:
+        position, first = raw_records[0]
+        if not isinstance(first, dict):
+            raise FormatError(f"{path}: {where} {position} is not a JSON object")
+        schema = detect_schema(first)
+        if schema is None:
+            raise unknown_schema(f"{path}: {where} {position}", first)
+    imported = Imported([], schema, encoding)
+    for position, raw in raw_records:
+        record, dropped = parse_record(f"{path}: {where} {position}", raw, schema, detected)
+        imported.records.append(record)
+        imported.system_messages += dropped
+    return imported
 
 
-def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
-    """Write Alpaca records atomically (temporary file, then rename); return their count."""
+def read_records(path: Path, fmt: str = "auto") -> list[dict]:
+    """Read and validate every record: a list of {instruction, input, response} dicts."""
+    return import_file(path, fmt).records
+
+
+def export_format_for(path: Path, fmt: str | None) -> str:
+    """The format to export in: the one asked for, else alpaca (JSONL for a .jsonl file)."""
+    if fmt:
+        return fmt
+    return "jsonl" if Path(path).suffix.lower() in _JSONL_SUFFIXES else "alpaca"
+
+
+def _export_plan(path: Path, fmt: str) -> tuple[str, str]:
+    """(schema, encoding) of an export: `jsonl` forces JSONL, else the extension decides."""
     if fmt not in EXPORT_FORMATS:
         raise FormatError(f"unknown export format {fmt!r}; choose one of: "
                           f"{', '.join(EXPORT_FORMATS)}")
+    if fmt == "jsonl":
+        return "alpaca", "jsonl"
+    return fmt, ("jsonl" if Path(path).suffix.lower() in _JSONL_SUFFIXES else "json")
+
+
+def describe_export(path: Path, fmt: str) -> str:
+    """For messages: e.g. "sharegpt, JSONL" or "alpaca, JSON list"."""
+    schema, encoding = _export_plan(path, fmt)
+    return f"{schema}, {'JSONL' if encoding == 'jsonl' else 'JSON list'}"
+
+
+def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
+    """Write the store's {instruction, input, output} records atomically; return their count."""
+    schema, encoding = _export_plan(path, fmt)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise FormatError(f"{path}: is a folder; give the path of the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            if fmt == "alpaca":
+            if encoding == "json":
                 out.write("[")
             for record in records:
-                line = json.dumps(
-                    {"instruction": record["instruction"], "input": record["input"],
-                     "output": record["output"]}, ensure_ascii=False)
-                if fmt == "alpaca":
+                line = json.dumps(render_record(record, schema), ensure_ascii=False)
+                if encoding == "json":
                     out.write(("," if count else "") + "\n  " + line)
                 else:
                     out.write(line + "\n")
                 count += 1
-            if fmt == "alpaca":
+            if encoding == "json":
                 out.write("\n]\n")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
     return count
 
 
-def export_format_for(path: Path, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    return "jsonl" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "alpaca"
+def _cannot_write(path: Path, exc: OSError) -> FormatError:
+    # A read-only folder or a full disk is the user's to fix, not a bug: one line, no trace.
+    return FormatError(f"{path}: cannot write it ({exc.strerror or exc}); "
+                       "fix that or choose another path")

@@ -233,6 +233,14 @@ class ExampleStore:
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
 
+    def outside_changes(self) -> int:
+        """A number that changes whenever another connection (another app, a CLI) commits.
+
+        SQLite's `data_version` ignores this connection's own commits, and reading it costs
+        no I/O, so a screen can poll it to notice examples added elsewhere.
+        """
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def iter_examples(self, search: str | None = None, limit: int | None = None,
                       offset: int = 0) -> Iterator[Example]:
         """Examples in id order; `search` matches instruction, input or response text."""

@@ -55,20 +55,25 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
+def truncation_notice(event: dict) -> str | None:
+    """For a `started` event: which examples had their prompt cut to fit, if any."""
+    truncated = event.get("truncated_prompts") or []
+    if not truncated:
+        return None
+    shown = ", ".join(str(i) for i in truncated[:10]) + (", …" if len(truncated) > 10 else "")
+    return (f"{len(truncated)} example(s) longer than max length {event.get('max_length')}: "
+            f"their prompts were cut to fit (ids {shown}); raise --max-length to keep them "
+            "whole")
+
+
 def describe(event: dict) -> str | None:
     """A one-line human rendering of an event (None for events not worth a line)."""
     kind = event["event"]
     if kind == "started":
         line = (f"training {event['name']} on {event['examples']} examples: "
                 f"{event['total_steps']} steps on {event['device']}")
-        truncated = event.get("truncated_prompts") or []
-        if truncated:
-            shown = ", ".join(str(i) for i in truncated[:10]) + (", …" if len(truncated) > 10
-                                                                 else "")
-            line += (f"\nnotice: {len(truncated)} example(s) longer than max length "
-                     f"{event.get('max_length')}: their prompts were cut to fit (ids {shown}); "
-                     "raise --max-length to keep them whole")
-        return line
+        notice = truncation_notice(event)
+        return line + (f"\nnotice: {notice}" if notice else "")
     if kind == "step":
         return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
                 f"loss {event['loss']:.4f}  lr {event['lr']:.2e}  "

@@ -34,6 +34,7 @@ from sftchat.prompts import ExampleTooLongError, encode_example
 from sftchat.training.batching import count_learned, plan_steps
 from sftchat.training.forward import LossFunction
 from sftchat.training.events import Emit, make_event
+from sftchat.training.workspace_lock import training_lock
 
 
 class TrainingError(RuntimeError):
@@ -231,15 +232,26 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
     """
     stop = stop or threading.Event()
     adapters_dir = settings.adapters_dir
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    adapter_registry.clean_leftovers(adapters_dir)
-    name = adapter_registry.check_name(name) if name else default_adapter_name(adapters_dir)
-    if (adapters_dir / name).exists():
-        raise AdapterError(
-            f"an adapter named {name!r} already exists; pick another --name or remove it "
-            f"with `sftchat adapters rm {name}`"
-        )
-    source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
+    if name:
+        adapter_registry.check_name(name)
+    # Held until the adapter is published or its staging folder deleted: the clean-up of
+    # interrupted runs, the choice of a free name and the publication never race another run.
+    with training_lock(adapters_dir) as lock:
+        adapter_registry.clean_leftovers(adapters_dir)
+        name = name or default_adapter_name(adapters_dir)
+        lock.record(name)
+        if (adapters_dir / name).exists():
+            raise AdapterError(
+                f"an adapter named {name!r} already exists; pick another --name or remove it "
+                f"with `sftchat adapters rm {name}`"
+            )
+        source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
+        return _train_and_publish(settings, training, emit, name, source, stop)
+
+
+def _train_and_publish(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
+                       source, stop: threading.Event) -> Path:
+    adapters_dir = settings.adapters_dir
     staging = adapter_registry.staging_dir(adapters_dir, name)
     staging.mkdir()
     started_at = _now_iso()

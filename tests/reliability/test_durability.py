@@ -455,3 +455,25 @@ def test_a_database_from_a_newer_sftchat_is_refused_and_left_untouched(ws):
     assert "upgrade sftchat" in lines[0]
     assert db.read_bytes() == before
     assert raw_pragma(db, "user_version") == SCHEMA_VERSION + 1
+
+
+def test_an_example_the_app_confirmed_survives_sigkill_of_the_app_the_next_instant(ws):
+    """The real app on a terminal: ask, ctrl+s, correct the answer, ctrl+s; the moment the
+    "Saved example #N" confirmation is drawn, the app gets SIGKILL. The example must be there,
+    whole, with the model's original answer kept beside the correction."""
+    from pty_app import PtyApp
+
+    (ws / "sftchat.toml").write_text("[generation]\nmax_new_tokens = 24\ntemperature = 0.0\n")
+    app = PtyApp(ws)
+    try:
+        app.wait_until_loaded()
+        app.ask("What is the best editor?")
+        example_id = app.save_last_answer("Use vim — ünïcode ✓.")
+    finally:
+        app.kill()
+    assert integrity(ws / "data" / DB_NAME) == "ok"
+    with ExampleStore(ws / "data") as store:
+        example = store.get(example_id)
+        assert (example.instruction, example.response) == ("What is the best editor?",
+                                                           "Use vim — ünïcode ✓.")
+        assert example.source == "chat" and example.original_response

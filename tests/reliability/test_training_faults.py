@@ -110,3 +110,50 @@ def test_a_crash_in_training_publishes_nothing(ws, monkeypatch):
     assert str(error) == "boom"
     assert [e["event"] for e in events] == ["started"]
     assert os.listdir(ws / "adapters") == []
+
+
+def _read_lock_holder(workspace):
+    from sftchat.training.workspace_lock import LOCK_FILE
+
+    return json.loads((workspace / "adapters" / LOCK_FILE).read_text(encoding="utf-8"))
+
+
+def test_a_second_run_on_the_same_workspace_is_refused_with_who_holds_it(ws):
+    """Issue 6, item 5: two runs at once would fight over GPU memory and the adapters folder;
+    the second one says why it cannot start and changes nothing, the first goes on."""
+    _add(ws)
+    first = _start_trainer(ws)  # no --name: the default, time-stamped name
+    started = next(event for event in map(parse_event, first.stdout)
+                   if event and event["event"] == "started")
+    _wait_for_step(first)
+
+    second = run_cli("train", "--name", "second", "--max-steps", "1", workspace=ws)
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert lines[0].startswith("sftchat: error: another training run is using this workspace")
+    assert f"adapter {started['name']}" in lines[0] and f"pid {first.pid}" in lines[0]
+    assert "Traceback" not in second.stderr
+    assert not any(p.name.startswith(".staging-second") for p in (ws / "adapters").iterdir())
+
+    # The refused run disturbed nothing: the first is still training, and stops cleanly.
+    assert first.poll() is None
+    _wait_for_step(first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+    # Released: the next run trains, publishes and leaves no lock file behind.
+    run_cli("train", "--name", "after", "--max-steps", "1", workspace=ws, check=True)
+    assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["after"]
+
+
+def test_the_lock_of_a_killed_run_does_not_outlive_it(ws):
+    _add(ws)
+    process = _start_trainer(ws, "--name", "killed")
+    _wait_for_step(process)
+    assert _read_lock_holder(ws)["pid"] == process.pid
+    process.send_signal(signal.SIGKILL)
+    process.wait(60)
+    run_cli("train", "--name", "after", "--max-steps", "1", workspace=ws, check=True)
+    assert _visible(ws) == ["after"]
+

@@ -9,7 +9,7 @@ import pytest
 
 from sftchat.dataset.formats import (
     FormatError,
-    detect_format,
+    detect_encoding,
     export_format_for,
     read_records,
     write_records,
@@ -135,8 +135,9 @@ def test_write_creates_missing_parent_folders(tmp_path):
 
 
 def test_write_unknown_format_raises(tmp_path):
+    # sharegpt is a format now; the error lists it among the choices.
     with pytest.raises(FormatError, match="sharegpt"):
-        write_records(tmp_path / "x.json", ALPACA_RECORDS, "sharegpt")
+        write_records(tmp_path / "x.json", ALPACA_RECORDS, "csv")
     assert not (tmp_path / "x.json").exists()
 
 
@@ -178,14 +179,15 @@ def test_jsonl_blank_lines_and_bom_are_tolerated(tmp_path):
 # --------------------------------------------------------------------------- detection
 
 
-def test_detect_format_by_extension_then_content():
-    assert detect_format(Path("x.jsonl"), "[") == "jsonl"
-    assert detect_format(Path("x.NDJSON"), "[") == "jsonl"
-    assert detect_format(Path("x.json"), "{}") == "alpaca"
-    assert detect_format(Path("x.JSON"), "{}") == "alpaca"
-    assert detect_format(Path("x.txt"), "  \n [ {} ]") == "alpaca"
-    assert detect_format(Path("x.txt"), '{"instruction": "a"}\n') == "jsonl"
-    assert detect_format(Path("noext"), "[]") == "alpaca"
+def test_detect_encoding_by_extension_then_content():
+    # The encoding is detected apart from the schema (which was once named with it).
+    assert detect_encoding(Path("x.jsonl"), "[") == "jsonl"
+    assert detect_encoding(Path("x.NDJSON"), "[") == "jsonl"
+    assert detect_encoding(Path("x.json"), "{}") == "json"
+    assert detect_encoding(Path("x.JSON"), "{}") == "json"
+    assert detect_encoding(Path("x.txt"), "  \n [ {} ]") == "json"
+    assert detect_encoding(Path("x.txt"), '{"instruction": "a"}\n') == "jsonl"
+    assert detect_encoding(Path("noext"), "[]") == "json"
 
 
 def test_auto_detection_reads_by_content_without_a_known_extension(tmp_path):

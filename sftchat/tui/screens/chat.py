@@ -17,16 +17,17 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from sftchat.prompts import Turn
+from sftchat.training.events import truncation_notice
 from sftchat.tui.messages import (
     AdapterSwapFailed, AdapterSwapped, ModelLoaded, ModelLoadFailed, ResponseChunkReceived,
     ResponseCompleted, ResponseFailed, TrainingEnded, TrainingProgressed,
 )
 from sftchat.tui.screens.curate import CurateModal, CurateResult
+from sftchat.tui.screens.dataset import OUTSIDE_CHANGES_POLL_S
 from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from sftchat.tui.widgets.training_panel import TrainingPanel
-
 
 @dataclass
 class Exchange:
@@ -88,6 +89,9 @@ class ChatScreen(Screen):
     def on_mount(self) -> None:
         self.query_one(PromptInput).focus()
         self.refresh_dataset_size()
+        # Another app or a CLI may curate into the same workspace: keep the count true.
+        self._outside_changes = self.app.store.outside_changes()
+        self.set_interval(OUTSIDE_CHANGES_POLL_S, self._notice_outside_changes)
         # Start loading after the first paint: importing torch in a worker thread holds the
         # GIL for long stretches and would otherwise delay it.
         self.call_after_refresh(self.load_model)
@@ -109,6 +113,12 @@ class ChatScreen(Screen):
 
     def refresh_dataset_size(self) -> None:
         self.status.examples = self.app.store.count()
+
+    def _notice_outside_changes(self) -> None:
+        version = self.app.store.outside_changes()
+        if version != self._outside_changes:
+            self._outside_changes = version
+            self.refresh_dataset_size()
 
     # ------------------------------------------------------------------ model
 
@@ -281,6 +291,9 @@ class ChatScreen(Screen):
         if event["event"] == "started":
             panel.started(event)
             self.status.training = f"step 0/{event['total_steps']}"
+            notice = truncation_notice(event)
+            if notice:
+                self.log_view.add_notice(f"Training: {notice}")
             self.prepare_swap_slot()
         elif event["event"] == "step":
             panel.stepped(event)

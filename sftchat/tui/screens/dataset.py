@@ -44,6 +44,9 @@ RESPONSE_WIDTH = 46
 SOURCE_WIDTH = 16
 SEARCH_SHOWN_WIDTH = 30
 COUNT_DELAY_S = 0.25
+# How often screens check whether another process (a second app, a CLI) changed the dataset:
+# a PRAGMA read without I/O, so polling is cheaper than any notification would be.
+OUTSIDE_CHANGES_POLL_S = 1.0
 # A busy or broken database file surfaces as sqlite3.Error, not only as StoreError.
 DB_ERRORS = (StoreError, sqlite3.Error)
 EMPTY_TEXT = "No examples yet — save an answer from the chat with ctrl+s, or use `sftchat data add`."
@@ -128,6 +131,20 @@ class DatasetScreen(Screen[None]):
             self._page_label().update(Text(str(exc)))
             return
         self._load_page(recount=True)
+        # Another app or a CLI may change the dataset while this screen is open.
+        self._outside_changes = self.store.outside_changes()
+        self.set_interval(OUTSIDE_CHANGES_POLL_S, self._notice_outside_changes)
+
+    def _notice_outside_changes(self) -> None:
+        if self.store is None:
+            return
+        try:
+            version = self.store.outside_changes()
+        except DB_ERRORS:
+            return  # the next page load reports it
+        if version != self._outside_changes:
+            self._outside_changes = version
+            self._load_page(cursor_row=max(0, self._table().cursor_row), recount=True)
 
     def on_unmount(self) -> None:
         if self.store is not None:

@@ -1,0 +1,147 @@
+"""`sftchat data import/export --format alpaca|sharegpt|messages` as a real subprocess.
+
+Real files, a real store: what is imported is read back from the database, what is exported
+is parsed back from disk, and a refused import leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_line_error, ok, sftchat
+
+from sftchat.dataset.store import ExampleStore
+
+# (instruction, input, response); inputs empty, so chat round trips are exact.
+ROWS = [("Name a colour", "", "Blue"), ("Unicode ✓", "", "日本語 🤖\nsecond line")]
+
+
+def store_rows(workspace: Path) -> list[tuple]:
+    with ExampleStore(workspace / "data") as store:
+        return [(e.instruction, e.input, e.response) for e in store.iter_examples()]
+
+
+def fill(workspace: Path, rows=ROWS) -> Path:
+    for instruction, input_text, response in rows:
+        ok(sftchat(workspace, "data", "add", "--instruction", instruction,
+                   "--response", response, "--input", input_text))
+    return workspace
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def turns(schema: str, *pairs: tuple[str, str]) -> dict:
+    role, text, key = {"sharegpt": ("from", "value", "conversations"),
+                       "messages": ("role", "content", "messages")}[schema]
+    return {key: [{role: r, text: t} for r, t in pairs]}
+
+
+def test_help_documents_the_record_formats():
+    for command in ("import", "export"):
+        text = ok(sftchat(None, "data", command, "--help")).stdout
+        assert "{alpaca,sharegpt,messages}" in text.replace("auto,", "")
+    assert "single-turn" in ok(sftchat(None, "data", "import", "--help")).stdout
+
+
+def test_import_sharegpt_json_with_a_system_message(ws, tmp_path):
+    path = tmp_path / "chats.json"
+    path.write_text(json.dumps({"train": [
+        turns("sharegpt", ("system", "You are helpful."), ("human", "Q1"), ("gpt", "A1")),
+        turns("sharegpt", ("user", "Q2 ✓"), ("assistant", "A2")),
+    ]}, ensure_ascii=False), encoding="utf-8")
+    result = ok(sftchat(ws, "data", "import", str(path)))
+    assert "imported 2 examples" in result.stderr and "sharegpt" in result.stderr
+    assert "ignored 1 system message" in result.stderr
+    assert store_rows(ws) == [("Q1", "", "A1"), ("Q2 ✓", "", "A2")]
+
+
+def test_import_messages_jsonl_with_an_explicit_format(ws, tmp_path):
+    path = write_jsonl(tmp_path / "chats.data", [
+        turns("messages", ("user", "Q1"), ("assistant", "A1")),
+        turns("messages", ("user", "Q2"), ("assistant", "A2"))])
+    result = ok(sftchat(ws, "data", "import", str(path), "--format", "messages"))
+    assert "imported 2 examples" in result.stderr
+    assert "system" not in result.stderr
+    assert store_rows(ws) == [("Q1", "", "A1"), ("Q2", "", "A2")]
+
+
+@pytest.mark.parametrize("schema", ["sharegpt", "messages"])
+def test_export_chat_formats_in_both_encodings(ws, tmp_path, schema):
+    fill(ws, [*ROWS, ("Translate", "Hello", "Bonjour")])
+    as_list = tmp_path / f"{schema}.json"
+    as_lines = tmp_path / f"{schema}.jsonl"
+    result = ok(sftchat(ws, "data", "export", str(as_list), "--format", schema))
+    assert f"exported 3 examples to {as_list} ({schema}, JSON list)" in result.stderr
+    result = ok(sftchat(ws, "data", "export", str(as_lines), "--format", schema))
+    assert f"({schema}, JSONL)" in result.stderr
+    user, assistant = ("human", "gpt") if schema == "sharegpt" else ("user", "assistant")
+    expected = [turns(schema, (user, "Name a colour"), (assistant, "Blue")),
+                turns(schema, (user, "Unicode ✓"), (assistant, "日本語 🤖\nsecond line")),
+                turns(schema, (user, "Translate\n\nHello"), (assistant, "Bonjour"))]
+    assert json.loads(as_list.read_text(encoding="utf-8")) == expected
+    lines = as_lines.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == expected
+
+
+@pytest.mark.parametrize("schema", ["alpaca", "sharegpt", "messages"])
+@pytest.mark.parametrize("name", ["round.json", "round.jsonl"])
+def test_export_then_import_elsewhere_gives_the_same_examples(ws, tmp_path, schema, name):
+    fill(ws)
+    path = tmp_path / name
+    ok(sftchat(ws, "data", "export", str(path), "--format", schema))
+    other = tmp_path / "other"
+    ok(sftchat(other, "data", "import", str(path)))
+    assert store_rows(other) == store_rows(ws) == ROWS
+
+
+MULTI_TURN = turns("sharegpt", ("human", "Q"), ("gpt", "A"), ("human", "Q2"), ("gpt", "A2"))
+
+
+@pytest.mark.parametrize("name, records, extra, fragments", [
+    ("multi.jsonl", [turns("sharegpt", ("human", "Q"), ("gpt", "A")), MULTI_TURN], [],
+     ["line 2", "multi-turn", "single-turn"]),
+    ("qa.json", [{"question": "Q", "answer": "A"}], [],
+     ["record 1", "answer, question", "sharegpt", "messages"]),
+    ("role.json", [turns("messages", ("user", "Q"), ("tool", "A"))], [],
+     ["record 1, message 2", "'tool'"]),
+    ("order.json", [turns("messages", ("assistant", "A"), ("user", "Q"))], [],
+     ["record 1, message 1", "assistant where the user"]),
+    ("nocontent.jsonl", [{"messages": [{"role": "user"}, {"role": "assistant",
+                                                          "content": "A"}]}], [],
+     ["line 1, message 1", "'content'"]),
+    ("notstring.jsonl", [turns("messages", ("user", ["Q"]), ("assistant", "A"))], [],
+     ["'content' must be a string"]),
+    ("empty.json", [turns("sharegpt", ("human", "Q"), ("gpt", ""))], [],
+     ["empty instruction or output"]),
+    ("alpaca.json", [{"instruction": "Q", "output": "A"}], ["--format", "sharegpt"],
+     ["'conversations'", "--format alpaca"]),
+])
+def test_bad_chat_import_is_one_line_and_changes_nothing(ws, tmp_path, name, records, extra,
+                                                        fragments):
+    fill(ws)
+    before = store_rows(ws)
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        write_jsonl(path, records)
+    else:
+        path.write_text(json.dumps(records), encoding="utf-8")
+    result = sftchat(ws, "data", "import", str(path), *extra)
+    assert_one_line_error(result, name, *fragments)
+    assert store_rows(ws) == before
+
+
+def test_bad_export_is_one_line_and_writes_nothing(ws, tmp_path):
+    fill(ws)
+    result = sftchat(ws, "data", "export", str(tmp_path / "x.json"), "--format", "csv")
+    assert result.returncode == 2
+    assert_one_line_error(result, "csv", "sharegpt")
+    assert not (tmp_path / "x.json").exists()
+    assert_one_line_error(sftchat(ws, "data", "export", str(tmp_path), "--format", "messages"),
+                          "is a folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["ws"]

@@ -1,0 +1,114 @@
+"""Two apps on one workspace (issue 6, item 5): what works together, and what says why not.
+
+App A is the real `sftchat` in its own process on a pseudo-terminal; app B is the real app
+under Pilot in this process. Both chat and curate into the same store and each sees the
+other's examples; only one of them can train at a time, and the other is told which run holds
+the workspace; when A is killed with -9 mid-training, its trainer does not linger and B can
+train.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+from pty_app import CTRL_T, PtyApp
+from sftchat.training.workspace_lock import LOCK_FILE
+from sftchat.tui.app import create_app
+from sftchat.tui.screens.curate import CurateModal
+from sftchat.tui.widgets.prompt_input import PromptInput
+from sftchat.tui.widgets.status_line import StatusLine
+from tui.tui_helpers import finished_answers, make_workspace, settings_for, wait_until
+
+SIZE = (120, 40)
+
+
+def _notices(app) -> list[str]:
+    return [str(notice.render()) for notice in app.screen.query(".notice")]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _ask_and_save(pilot, question: str, response: str) -> None:
+    app = pilot.app
+    before = len(finished_answers(app))
+    app.screen.query_one(PromptInput).text = question
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: len(finished_answers(app)) > before, what="B's answer")
+    await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="B's modal")
+    await pilot.press("f7", *response, "ctrl+s")
+    await wait_until(pilot, lambda: not isinstance(app.screen, CurateModal), what="B's save")
+
+
+async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
+    # Long runs (they are stopped, never finished) and short greedy answers.
+    workspace = make_workspace(tmp_path / "ws", max_new_tokens=16,
+                               extra="[training]\nepochs = 100000\n")
+    app_a = PtyApp(workspace)
+    app_b = create_app(settings_for(workspace))
+    try:
+        async with app_b.run_test(size=SIZE) as pilot:
+            status_b = app_b.screen.query_one(StatusLine)
+            await asyncio.to_thread(app_a.wait_until_loaded)
+            await wait_until(pilot, lambda: app_b.engine is not None, timeout=120,
+                             what="B's model")
+
+            # A curates; B's status line notices without any action in B.
+            await asyncio.to_thread(app_a.ask, "Which app saved me?")
+            await asyncio.to_thread(app_a.save_last_answer, "App A did.")
+            await wait_until(pilot, lambda: status_b.examples == 1, timeout=10,
+                             what="B's count of A's example")
+            # B curates; A's status line shows both.
+            await _ask_and_save(pilot, "And me?", "App B did.")
+            assert status_b.examples == 2
+            await asyncio.to_thread(app_a.wait_for, r"dataset: 2 examples", 10)
+            assert sorted(row[0] for row in _responses(workspace)) == ["App A did.",
+                                                                       "App B did."]
+
+            # A trains; B's attempt is refused with who holds the workspace.
+            mark = app_a.mark()
+            app_a.send(CTRL_T)
+            await asyncio.to_thread(app_a.wait_for, r"training: step \d+/", 120, mark)
+            holder = json.loads((workspace / "adapters" / LOCK_FILE).read_text())
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda: any("Training failed" in n for n in _notices(app_b)),
+                             timeout=120, what="B's refusal")
+            refusal = next(n for n in _notices(app_b) if "Training failed" in n)
+            assert "another training run is using this workspace" in refusal
+            assert f"adapter {holder['name']}" in refusal and f"pid {holder['pid']}" in refusal
+            assert status_b.training == "idle" and app_b.trainer is None
+            assert _pid_alive(holder["pid"])  # A's run was not disturbed
+
+            # A dies mid-run: its trainer stops with it (its event pipe is gone), publishes
+            # nothing and releases the workspace, so B can train.
+            await asyncio.to_thread(app_a.kill)
+            deadline = time.monotonic() + 60
+            while _pid_alive(holder["pid"]):
+                assert time.monotonic() < deadline, "A's trainer outlived A"
+                await pilot.pause(0.1)
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda: status_b.training.startswith("step"), timeout=120,
+                             what="B's training")
+            await pilot.press("ctrl+b")
+            await wait_until(pilot, lambda: app_b.trainer is None, timeout=60,
+                             what="B's cancel")
+    finally:
+        app_a.close()
+    published = [p for p in (workspace / "adapters").iterdir() if not p.name.startswith(".")]
+    assert published == []
+
+
+def _responses(workspace):
+    from sftchat.dataset.store import ExampleStore
+
+    with ExampleStore(workspace / "data") as store:
+        return [(example.response,) for example in store.iter_examples()]
