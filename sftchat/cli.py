@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", parents=[common], help="the chat app (the default)")
 
     ask = sub.add_parser("ask", parents=[common], help="one-shot: print only the response")
-    ask.add_argument("prompt")
-    ask.add_argument("--input", default="", help="optional extra context for the prompt")
+    ask.add_argument("prompt", help="the question; '-' reads it from stdin")
+    ask.add_argument("--input", default="",
+                     help="optional extra context for the prompt; '-' reads it from stdin")
     ask.add_argument("--adapter", default="none", metavar="NAME|latest|none",
                      help="adapter to answer with (default: none, the base model)")
     ask.add_argument("--max-new-tokens", type=int)

@@ -177,11 +177,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
         ("top_p", args.top_p), ("seed", args.seed)) if value is not None}
     generation: GenerationSettings = validate_generation(
         replace(settings.generation, **overrides), "ask")
+    if args.prompt == "-" and args.input == "-":
+        raise CommandError("only one of the prompt and --input can be read from stdin ('-')")
+    prompt = _text_arg(args.prompt)  # '-': from stdin, for prompts beyond argv's size limit
+    if not prompt.strip():
+        raise CommandError("the prompt is empty: give some text, or '-' to read it from stdin")
     # Resolve the adapter name before the (slow) model load, so a typo fails at once.
     adapter_registry.resolve(settings.adapters_dir, args.adapter)
     engine = ChatEngine.from_settings(settings)
     engine.use_adapter(args.adapter)
-    answer = engine.generate(args.prompt, input=args.input, settings=generation)
+    answer = engine.generate(prompt, input=_text_arg(args.input) or "", settings=generation)
     if answer.notice:
         print(f"sftchat: {answer.notice}", file=sys.stderr)
     sanitizer = StreamSanitizer() if sys.stdout.isatty() else None

@@ -191,6 +191,30 @@ def test_a_prompt_of_hundreds_of_kilobytes_to_ask_is_cut_with_a_notice(ws):
     assert state(ws) == before
 
 
+
+def test_a_prompt_over_the_command_line_limit_is_read_from_stdin_with_dash(ws):
+    """`ask -` takes the prompt from stdin: 600 KB, more than one argument can carry."""
+    prompt = "Summarise this: " + "lorem ipsum dolor " * 33_000
+    assert len(prompt.encode()) > 128 * 1024 * 4
+    before = state(ws)
+    result = cli(ws, "ask", "-", "--max-new-tokens", "5", "--temperature", "0", stdin=prompt)
+    assert result.returncode == 0, result.stderr
+    notices = [line for line in result.stderr.splitlines() if line.startswith("sftchat:")]
+    assert len(notices) == 1 and re.search(r"cut \d+ tokens", notices[0]), result.stderr
+    assert result.stdout.strip()
+    assert state(ws) == before
+
+
+@pytest.mark.parametrize("argv, stdin, fragment", [
+    (["ask", "   "], None, "the prompt is empty"),
+    (["ask", "-"], "\n\n", "the prompt is empty"),
+    (["ask", "-", "--input", "-"], "both?", "only one of the prompt and --input"),
+], ids=["blank-argument", "blank-stdin", "two-stdins"])
+def test_an_empty_prompt_to_ask(ws, argv, stdin, fragment):
+    before = state(ws)
+    fails_cleanly(ws, cli(ws, *argv, stdin=stdin), before, fragment)
+
+
 HUGE_INSTRUCTION = "Please read this carefully. " + "The quick brown fox jumps. " * 20_000
 
 
