@@ -42,7 +42,10 @@ class PtyApp:
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(rows))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace)],
-            stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True)
+            stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
+            # The pty becomes its controlling terminal, as a real one would be: if this test
+            # process dies, closing the pty hangs the app up instead of leaving it running.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(follower)
         self._leader = leader
         self._output = bytearray()

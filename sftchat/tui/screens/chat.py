@@ -69,6 +69,7 @@ class ChatScreen(Screen):
         self.turns: list[Turn] = []
         self.last_exchange: Exchange | None = None
         self.pending: list[str] = []          # prompts typed before the model was ready
+        self.model_error: str | None = None   # why the model could not be loaded, if so
         self.pending_swap: str | None = None  # adapter to swap in once the answer completes
         self._turn_counter = 0
         self._active_turn: tuple[int, str] | None = None
@@ -138,8 +139,12 @@ class ChatScreen(Screen):
             self.start_answer("\n\n".join(pending), show_user=False)
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.model_error = message.error
         self.status.model = "model failed to load"
         self.log_view.add_notice(f"Could not load the model: {message.error}")
+        if self.pending:
+            self.pending = []
+            self.log_view.add_notice("The messages typed while it loaded cannot be answered.")
         self.notify(message.error, title="Model", severity="error", markup=False,
                     timeout=15)
 
@@ -150,6 +155,13 @@ class ChatScreen(Screen):
         text = message.text.strip()
         if text.startswith("/"):
             self.run_slash_command(text)
+            return
+        if self.model_error is not None:
+            # Kept in the input: nothing typed is lost while the user reads why.
+            self.query_one(PromptInput).text = message.text
+            self.notify(f"No model to answer: {self.model_error}. The dataset (F2) and "
+                        "adapters (F3) still work; restart with a model that loads.",
+                        severity="error", markup=False, timeout=15)
             return
         if self.app.engine is None:
             self.log_view.add_user(text)
@@ -334,7 +346,8 @@ class ChatScreen(Screen):
     def swap_adapter(self, name: str | None, automatic: bool = False) -> None:
         engine = self.app.engine
         if engine is None:
-            self.post_message(AdapterSwapFailed("the model is still loading"))
+            self.post_message(AdapterSwapFailed(
+                "no model is loaded" if self.model_error else "the model is still loading"))
             return
         try:
             result = engine.use_adapter(name)
