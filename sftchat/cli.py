@@ -105,25 +105,63 @@ def _add_data_parsers(sub, common) -> None:
                           "alpaca records in JSONL)")
 
 
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    """The options `sftchat train` and the app's `/train` share."""
+    parser.add_argument("--name", help="adapter name (default: sft-DATE-TIME)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--rank", type=int, help="LoRA rank")
+    parser.add_argument("--alpha", type=int, help="LoRA alpha")
+    parser.add_argument("--dropout", type=float, help="LoRA dropout")
+    parser.add_argument("--batch-size", type=int, help="examples per micro-batch")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    parser.add_argument("--max-length", type=int, help="max tokens per example")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--from", dest="from_adapter", metavar="ADAPTER",
+                       help="continue training from this adapter")
+
+
+class _InAppParser(_Parser):
+    """For text typed in the app: a usage error is an exception to show, not an exit."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split()[1:])  # one line, without "usage:"
+        raise TrainOptionsError(f"{message}; accepted: {usage}")
+
+    def exit(self, status: int = 0, message: str | None = None):
+        raise TrainOptionsError(message or "/train takes options only, e.g. /train --epochs 3")
+
+
+class TrainOptionsError(ValueError):
+    """`/train` options the app cannot pass on (the message says which and what is accepted)."""
+
+
+def parse_train_options(text: str) -> list[str]:
+    """Check the options typed after `/train` and return them as `sftchat train` arguments.
+
+    The same parser definitions as the command line, so both accept exactly the same options;
+    values are range-checked by the trainer, which reports a bad one as its failure.
+    """
+    import shlex
+
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise TrainOptionsError(f"cannot read the options: {exc}") from None
+    parser = _InAppParser(prog="/train", add_help=False)
+    _train_options(parser)
+    parser.parse_args(words)
+    return words
+
+
 def _add_train_parser(sub, common) -> None:
     train = sub.add_parser(
         "train", parents=[common], help="QLoRA-train an adapter on the dataset",
         description="Train a LoRA adapter on a snapshot of the curated dataset and publish it "
                     "as adapters/NAME. Unset values come from sftchat.toml [training], else "
                     "from defaults suited to the model (a preset for the built-in model).")
-    train.add_argument("--name", help="adapter name (default: sft-DATE-TIME)")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--rank", type=int, help="LoRA rank")
-    train.add_argument("--alpha", type=int, help="LoRA alpha")
-    train.add_argument("--dropout", type=float, help="LoRA dropout")
-    train.add_argument("--batch-size", type=int, help="examples per micro-batch")
-    train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    train.add_argument("--max-length", type=int, help="max tokens per example")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--from", dest="from_adapter", metavar="ADAPTER",
-                       help="continue training from this adapter")
+    _train_options(train)
     train.add_argument("--json", action="store_true",
                        help="one JSON event per line on stdout")
 

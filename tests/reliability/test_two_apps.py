@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 
 from pty_app import CTRL_T, PtyApp
+from sftchat.dataset.store import ExampleStore
 from sftchat.training.workspace_lock import LOCK_FILE
 from sftchat.tui.app import create_app
 from sftchat.tui.screens.curate import CurateModal
@@ -108,7 +111,42 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
 
 
 def _responses(workspace):
-    from sftchat.dataset.store import ExampleStore
-
     with ExampleStore(workspace / "data") as store:
         return [(example.response,) for example in store.iter_examples()]
+
+
+async def test_the_app_saves_while_the_cli_adds_examples_in_a_loop(tmp_path):
+    """Issue 6, item 1: the app and the CLI adding at the same time lose nothing and never
+    fail with "database is locked"."""
+    workspace = make_workspace(tmp_path / "ws", max_new_tokens=8)
+    loop = (f'for i in $(seq 1 30); do "{sys.executable}" -m sftchat.cli --workspace '
+            f'"{workspace}" data add --instruction "cli $i" --response "réponse $i" '
+            '|| exit 1; done')
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.engine is not None, timeout=120, what="the model")
+        writer = subprocess.Popen(["bash", "-c", loop], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            for number in range(3):
+                assert writer.poll() is None, "the CLI loop ended before the app saved"
+                await _ask_and_save(pilot, f"app question {number}", f"app answer {number}")
+            await wait_until(pilot, lambda: writer.poll() is not None, timeout=300,
+                             what="the CLI loop")
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+        out, err = writer.communicate()
+        assert writer.returncode == 0 and err == "", err
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert errors == []
+        await wait_until(pilot, lambda: app.screen.query_one(StatusLine).examples == 33,
+                         timeout=10, what="the status line's count")
+    cli_ids = [int(line) for line in out.split()]
+    assert len(cli_ids) == 30
+    with ExampleStore(workspace / "data") as store:
+        stored = {example.id: example for example in store.iter_examples()}
+    assert len(stored) == 33
+    assert all(stored[i].instruction.startswith("cli ") for i in cli_ids)
+    assert sorted(e.response for e in stored.values() if e.source == "chat") == [
+        f"app answer {number}" for number in range(3)]

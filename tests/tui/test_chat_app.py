@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -262,6 +263,28 @@ async def test_slash_help_and_unknown_commands(tmp_path):
         await pilot.press(*"/frobnicate", "enter")
         await pilot.pause()
         assert any("Unknown command /frobnicate" in str(n.message) for n in app._notifications)
+
+
+async def test_slash_train_takes_the_command_lines_options(tmp_path):
+    workspace = make_workspace(tmp_path)
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.store.add("Ping?", "Pong.")
+        for typed, fragment in (("/train --epochs many", "invalid int value: 'many'"),
+                                ("/train --bogus", "unrecognized arguments: --bogus"),
+                                ('/train --name "open', "No closing quotation")):
+            await pilot.press(*typed, "enter")
+            await pilot.pause()
+            message = [n.message for n in app._notifications][-1]
+            assert fragment in message, message
+            assert app.trainer is None
+        status = app.screen.query_one(StatusLine)
+        await pilot.press(*"/train --name custom --max-steps 2", "enter")
+        await wait_until(pilot, lambda: status.adapter == "custom", timeout=300,
+                         what="the custom adapter to be trained and swapped in")
+    meta = json.loads((workspace / "adapters" / "custom" / "sftchat.json").read_text())
+    assert meta["metrics"]["steps"] == 2 and meta["hyperparameters"]["max_steps"] == 2
 
 
 async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):

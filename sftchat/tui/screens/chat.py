@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from sftchat.cli import TrainOptionsError, parse_train_options
 from sftchat.prompts import Turn
 from sftchat.training.events import truncation_notice
 from sftchat.tui.messages import (
@@ -29,26 +30,13 @@ from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from sftchat.tui.widgets.training_panel import TrainingPanel
 
+
 @dataclass
 class Exchange:
     """The last finished question and answer (what ctrl+s curates)."""
 
     question: str
     answer: str
-
-
-SLASH_COMMANDS = {
-    "/help": "show commands and keys",
-    "/save": "save the last answer to the dataset",
-    "/train": "train an adapter in the background",
-    "/cancel": "stop the running training",
-    "/adapter": "NAME|latest|none — answer with that adapter",
-    "/adapters": "list adapters and switch",
-    "/data": "browse the dataset",
-    "/retry": "regenerate the last answer",
-    "/new": "start a new conversation",
-    "/quit": "quit",
-}
 
 
 class ChatScreen(Screen):
@@ -293,6 +281,15 @@ class ChatScreen(Screen):
     def action_train(self) -> None:
         self.app.start_training()
 
+    def train_with_options(self, text: str) -> None:
+        """`/train --epochs 3 --name v2`: the command line's train options, checked here."""
+        try:
+            options = parse_train_options(text)
+        except TrainOptionsError as exc:
+            self.notify(str(exc), title="/train", severity="error", markup=False, timeout=15)
+            return
+        self.app.start_training(tuple(options))
+
     def action_cancel_training(self) -> None:
         if not self.app.cancel_training():
             self.notify("No training is running.", markup=False)
@@ -406,7 +403,9 @@ class ChatScreen(Screen):
             "/data": self.action_dataset, "/retry": self.action_retry,
             "/new": self.action_new_chat, "/quit": self.app.action_quit,
         }
-        if command == "/adapter":
+        if command == "/train" and argument:
+            self.train_with_options(argument)
+        elif command == "/adapter":
             if not argument:
                 self.notify("Usage: /adapter NAME|latest|none", markup=False)
             else:

@@ -15,7 +15,7 @@ Chat → curate → train → chat again, without leaving the terminal.
 | command | key | what it does |
 |---|---|---|
 | `/save` | ctrl+s | save the last answer (edited) to the dataset |
-| `/train` | ctrl+t | train an adapter on the dataset, in the background |
+| `/train [OPTIONS]` | ctrl+t | train an adapter in the background; options as for sftchat train, e.g. --name v2 --epochs 3 |
 | `/cancel` | ctrl+b | stop the running training |
 | `/adapter NAME\\|latest\\|none` | | answer with that adapter (none: the base model) |
 | `/adapters` | F3 | list adapters and switch |
