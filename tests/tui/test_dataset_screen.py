@@ -338,3 +338,19 @@ def test_dataset_screen_snapshot(snap_compare, data_dir):
                          and table(pilot.app).row_count == 5)
 
     assert snap_compare(HostApp(data_dir), terminal_size=SIZE, run_before=ready)
+
+
+async def test_changes_made_by_another_process_appear_with_the_cursor_kept(small_dataset):
+    """A second app or a CLI curating into the same workspace: the open page follows."""
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
+        await pilot.press("down")
+        # Its own connection, as another process has.
+        with ExampleStore(small_dataset) as elsewhere:
+            new_id = elsewhere.add("Added elsewhere?", "Yes.", source="cli")
+            elsewhere.delete(3)
+        await wait_until(pilot, lambda: shown_ids(app) == [1, 2, new_id], timeout=10,
+                         what="the page to follow the other connection's changes")
+        assert table(app).cursor_row == 1
+        assert app.screen.total == 3
