@@ -105,6 +105,18 @@ def main() -> None:
         stats = [time_command([*base, "data", "stats"]) for _ in range(args.repeats)]
         export = [time_command([*base, "data", "export", str(workspace / "out.jsonl")])
                   for _ in range(args.repeats)]
+        # The chat formats: export, then import into a fresh workspace (all or nothing, so
+        # each import is one transaction of every example).
+        chat_formats = {}
+        for fmt in ("sharegpt", "messages"):
+            exported = workspace / f"{fmt}.jsonl"
+            exports = [time_command([*base, "data", "export", str(exported), "--format", fmt])
+                       for _ in range(args.repeats)]
+            imports = [time_command(["--workspace", str(workspace / f"import-{fmt}-{n}"),
+                                     "data", "import", str(exported)])
+                       for n in range(args.repeats)]
+            chat_formats[f"data_export_{fmt}_s"] = round(statistics.median(exports), 3)
+            chat_formats[f"data_import_{fmt}_s"] = round(statistics.median(imports), 3)
         screen = [time_dataset_screen(workspace) for _ in range(args.repeats)]
     result = {
         "command": " ".join(["python", "benchmarks/startup.py", *sys.argv[1:]]),
@@ -114,6 +126,7 @@ def main() -> None:
         "data_list_json_s": round(statistics.median(listing_json), 3),
         "data_stats_s": round(statistics.median(stats), 3),
         "data_export_s": round(statistics.median(export), 3),
+        **chat_formats,
         "dataset_screen_open_s": round(statistics.median(screen), 3),
     }
     print(json.dumps(result, indent=1))

@@ -119,9 +119,11 @@ async def test_the_app_saves_while_the_cli_adds_examples_in_a_loop(tmp_path):
     """Issue 6, item 1: the app and the CLI adding at the same time lose nothing and never
     fail with "database is locked"."""
     workspace = make_workspace(tmp_path / "ws", max_new_tokens=8)
-    loop = (f'for i in $(seq 1 30); do "{sys.executable}" -m sftchat.cli --workspace '
-            f'"{workspace}" data add --instruction "cli $i" --response "réponse $i" '
-            '|| exit 1; done')
+    stop = tmp_path / "stop"
+    # Real `sftchat data add` commands, one after another until the test is done saving.
+    loop = (f'i=0; while [ ! -e "{stop}" ] || [ $i -lt 5 ]; do i=$((i+1)); '
+            f'"{sys.executable}" -m sftchat.cli --workspace "{workspace}" data add '
+            '--instruction "cli $i" --response "réponse $i" || exit 1; done')
     app = create_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, timeout=120, what="the model")
@@ -129,24 +131,25 @@ async def test_the_app_saves_while_the_cli_adds_examples_in_a_loop(tmp_path):
                                   stderr=subprocess.PIPE, text=True)
         try:
             for number in range(3):
-                assert writer.poll() is None, "the CLI loop ended before the app saved"
                 await _ask_and_save(pilot, f"app question {number}", f"app answer {number}")
-            await wait_until(pilot, lambda: writer.poll() is not None, timeout=300,
+            assert writer.poll() is None, "the CLI loop stopped while the app was saving"
+            stop.touch()
+            await wait_until(pilot, lambda: writer.poll() is not None, timeout=120,
                              what="the CLI loop")
         finally:
             if writer.poll() is None:
                 writer.kill()
         out, err = writer.communicate()
         assert writer.returncode == 0 and err == "", err
+        cli_ids = [int(line) for line in out.split()]
         errors = [n.message for n in app._notifications if n.severity == "error"]
         assert errors == []
-        await wait_until(pilot, lambda: app.screen.query_one(StatusLine).examples == 33,
-                         timeout=10, what="the status line's count")
-    cli_ids = [int(line) for line in out.split()]
-    assert len(cli_ids) == 30
+        await wait_until(pilot, lambda: app.screen.query_one(StatusLine).examples
+                         == len(cli_ids) + 3, timeout=10, what="the status line's count")
+    assert len(cli_ids) >= 5
     with ExampleStore(workspace / "data") as store:
         stored = {example.id: example for example in store.iter_examples()}
-    assert len(stored) == 33
+    assert len(stored) == len(cli_ids) + 3
     assert all(stored[i].instruction.startswith("cli ") for i in cli_ids)
     assert sorted(e.response for e in stored.values() if e.source == "chat") == [
         f"app answer {number}" for number in range(3)]
