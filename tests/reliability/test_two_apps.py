@@ -88,7 +88,9 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
             refusal = next(n for n in _notices(app_b) if "Training failed" in n)
             assert "another training run is using this workspace" in refusal
             assert f"adapter {holder['name']}" in refusal and f"pid {holder['pid']}" in refusal
-            assert status_b.training == "idle" and app_b.trainer is None
+            await wait_until(pilot, lambda: app_b.trainer is None, timeout=30,
+                             what="B's refused trainer process to exit")
+            assert status_b.training == "idle"
             assert _pid_alive(holder["pid"])  # A's run was not disturbed
 
             # A dies mid-run: its trainer stops with it (its event pipe is gone), publishes
