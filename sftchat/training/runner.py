@@ -6,8 +6,9 @@ The trainer gets one core fewer than the machine has and a lower priority, so th
 and the chat's own generation stay responsive while it runs.
 
 Every run ends with exactly one terminal event passed to `on_event`: `finished`,
-`cancelled` or `failed`. If the process dies without saying why (killed, crashed), a
-`failed` event is made up from its exit code and the last line it wrote to stderr.
+`cancelled` or `failed`, with `started` added (whether training got past its setup). If the
+process dies without saying why (killed, crashed), a `failed` event is made up from its exit
+code and the last line it wrote to stderr.
 No Textual here: the app wraps the callbacks into messages.
 """
 
@@ -60,6 +61,7 @@ class TrainerProcess:
         self.cancel_requested = False
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._ended = False
+        self._started = False
 
     @property
     def running(self) -> bool:
@@ -68,8 +70,13 @@ class TrainerProcess:
     def _deliver(self, event: dict) -> None:
         if self._ended:
             return
+        if event["event"] == "started":
+            self._started = True
         if event["event"] in TERMINAL_EVENTS:
             self._ended = True
+            # Lets the app tell "did not start" (no examples, workspace busy, bad model) from
+            # a run that failed part-way.
+            event = {**event, "started": self._started}
         self.on_event(event)
 
     async def run(self) -> int:

@@ -83,9 +83,9 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
             await asyncio.to_thread(app_a.wait_for, r"training: step \d+/", 120, mark)
             holder = json.loads((workspace / "adapters" / LOCK_FILE).read_text())
             await pilot.press("ctrl+t")
-            await wait_until(pilot, lambda: any("Training failed" in n for n in _notices(app_b)),
+            await wait_until(pilot, lambda: any("Training did not start" in n for n in _notices(app_b)),
                              timeout=120, what="B's refusal")
-            refusal = next(n for n in _notices(app_b) if "Training failed" in n)
+            refusal = next(n for n in _notices(app_b) if "Training did not start" in n)
             assert "another training run is using this workspace" in refusal
             assert f"adapter {holder['name']}" in refusal and f"pid {holder['pid']}" in refusal
             await wait_until(pilot, lambda: app_b.trainer is None, timeout=30,

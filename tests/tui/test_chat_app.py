@@ -192,8 +192,8 @@ async def test_a_killed_trainer_is_one_clear_message_and_the_app_survives(tmp_pa
         await wait_until(pilot, lambda: status.training == "idle", what="the failure")
         notices = [str(n.render()) for n in app.screen.query(".notice")]
         # SIGKILL from outside is most often the out-of-memory killer: the fix is suggested.
-        assert any("killed by signal 9" in text and "smaller --batch-size" in text
-                   for text in notices), notices
+        assert any(text.startswith("Training failed: the trainer was killed by signal 9")
+                   and "smaller --batch-size" in text for text in notices), notices
         await _loaded(pilot)
         await _ask(pilot, "Still alive?")
     leftovers = os.listdir(workspace / "adapters")
@@ -210,7 +210,7 @@ async def test_trainer_error_is_shown_and_nothing_is_published(tmp_path):
         app.store.add("Write a lot.", "word " * 2000)
         await pilot.press("ctrl+t")
         status = app.screen.query_one(StatusLine)
-        await wait_until(pilot, lambda: any("Training failed" in str(n.render())
+        await wait_until(pilot, lambda: any("Training did not start" in str(n.render())
                                             for n in app.screen.query(".notice")),
                          timeout=120, what="the failure notice")
         notices = [str(n.render()) for n in app.screen.query(".notice")]

@@ -322,8 +322,9 @@ class ChatScreen(Screen):
         elif event["event"] == "cancelled":
             self.notify("Training cancelled; nothing was published.", markup=False)
         else:
-            self.log_view.add_notice(f"Training failed: {event.get('message', '')}")
-            self.notify(event.get("message", "training failed"), title="Training failed",
+            what = "Training failed" if event.get("started", True) else "Training did not start"
+            self.log_view.add_notice(f"{what}: {event.get('message', '')}")
+            self.notify(event.get("message", "training failed"), title=what,
                         severity="error", markup=False, timeout=15)
 
     # ------------------------------------------------------------------ adapters
