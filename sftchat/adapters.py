@@ -135,7 +135,8 @@ def remove(adapters_dir: Path, name: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -154,7 +155,7 @@ def clean_leftovers(adapters_dir: Path) -> list[str]:
         if not folder.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
             continue
         pid_text = folder.name.rsplit("-", 1)[-1]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+        if pid_text.isdigit() and pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder.name)

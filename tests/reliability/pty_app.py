@@ -47,7 +47,7 @@ class PtyApp:
             # process dies, closing the pty hangs the app up instead of leaving it running.
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(follower)
-        self._leader = leader
+        self._leader: int | None = leader
         self._output = bytearray()
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -125,7 +125,6 @@ class PtyApp:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(30)
-        try:
+        if self._leader is not None:  # `kill()` closes too: closing twice is harmless
             os.close(self._leader)
-        except OSError:
-            pass
+            self._leader = None

@@ -21,34 +21,19 @@ from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.screens.dataset import DatasetScreen
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui.tui_helpers import finished_answers, make_workspace, settings_for, wait_until
+from tui.tui_helpers import (ask, finished_answers, make_workspace, notices, settings_for,
+                             toasts, wait_until)
 
 SIZE = (120, 40)
 
 
-def _notices(app) -> list[str]:
-    return [str(notice.render()) for notice in app.screen.query(".notice")]
-
-
-def _toasts(app) -> list[str]:
-    return [notification.message for notification in app._notifications]
-
-
 async def _wait_for_toast(pilot, *fragments: str, what: str) -> str:
     def found():
-        return next((text for text in _toasts(pilot.app)
+        return next((text for text in toasts(pilot.app)
                      if all(fragment in text for fragment in fragments)), None)
 
     await wait_until(pilot, lambda: found() is not None, what=what)
     return found()
-
-
-async def _ask(pilot, text: str) -> None:
-    before = len(finished_answers(pilot.app))
-    pilot.app.screen.query_one(PromptInput).text = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: len(finished_answers(pilot.app)) > before, timeout=120,
-                     what="the answer")
 
 
 async def test_a_model_that_cannot_load_is_one_message_and_the_rest_still_works(tmp_path):
@@ -58,7 +43,7 @@ async def test_a_model_that_cannot_load_is_one_message_and_the_rest_still_works(
         status = app.screen.query_one(StatusLine)
         await wait_until(pilot, lambda: status.model == "model failed to load",
                          what="the load failure")
-        assert [n for n in _notices(app) if "Could not load the model" in n] == [
+        assert [n for n in notices(app) if "Could not load the model" in n] == [
             f"Could not load the model: {app.screen.model_error}"]
         assert "nope" in app.screen.model_error and "does not exist" in app.screen.model_error
         # Asking anyway: told why, and the question stays in the input, not queued forever.
@@ -106,14 +91,14 @@ async def test_an_adapter_that_cannot_be_used_is_refused_and_the_chat_goes_on(
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
         status = app.screen.query_one(StatusLine)
-        await _ask(pilot, "Before the switch?")
+        await ask(pilot, "Before the switch?")
         base_answer = finished_answers(app)[-1].text
         await pilot.press(*f"/adapter {name}", "enter")
         await _wait_for_toast(pilot, *fragments, what=f"the refusal of {name}")
         # Nothing changed: still the base model, with the same answer to the same question.
         assert status.adapter is None and app.engine.active_adapter is None
         await pilot.press("ctrl+n")
-        await _ask(pilot, "Before the switch?")
+        await ask(pilot, "Before the switch?")
         assert finished_answers(app)[-1].text == base_answer
         # And a good adapter still loads after the failure.
         await pilot.press(*"/adapter first", "enter")
@@ -124,7 +109,7 @@ async def test_an_empty_curated_field_is_refused_in_the_modal_and_nothing_is_sav
     app = create_app(settings_for(make_workspace(tmp_path / "ws", max_new_tokens=8)))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
-        await _ask(pilot, "Anything?")
+        await ask(pilot, "Anything?")
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
         await pilot.press("f7", "backspace", " ", "ctrl+s")  # a response of only a space
@@ -141,9 +126,9 @@ async def test_a_pasted_prompt_of_hundreds_of_kilobytes_is_cut_with_a_notice(tmp
     assert len(prompt.encode()) > 300_000
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
-        await _ask(pilot, prompt)
-        notices = [n for n in _notices(app) if "too long" in n.lower()]
-        assert len(notices) == 1 and "cut" in notices[0], _notices(app)
+        await ask(pilot, prompt)
+        cut = [n for n in notices(app) if "too long" in n.lower()]
+        assert len(cut) == 1 and "cut" in cut[0], notices(app)
         assert app.screen.turns[-1].instruction == prompt.strip()  # kept whole in context
 
 

@@ -11,41 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 
 from pty_app import CTRL_T, PtyApp
+from sftchat.adapters import pid_alive
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.workspace_lock import LOCK_FILE
 from sftchat.tui.app import create_app
 from sftchat.tui.screens.curate import CurateModal
-from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui.tui_helpers import finished_answers, make_workspace, settings_for, wait_until
+from tui.tui_helpers import ask, make_workspace, notices, settings_for, wait_until
 
 SIZE = (120, 40)
 
 
-def _notices(app) -> list[str]:
-    return [str(notice.render()) for notice in app.screen.query(".notice")]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def _ask_and_save(pilot, question: str, response: str) -> None:
     app = pilot.app
-    before = len(finished_answers(app))
-    app.screen.query_one(PromptInput).text = question
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: len(finished_answers(app)) > before, what="B's answer")
+    await ask(pilot, question)
     await pilot.press("ctrl+s")
     await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="B's modal")
     await pilot.press("f7", *response, "ctrl+s")
@@ -83,21 +67,21 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
             await asyncio.to_thread(app_a.wait_for, r"training: step \d+/", 120, mark)
             holder = json.loads((workspace / "adapters" / LOCK_FILE).read_text())
             await pilot.press("ctrl+t")
-            await wait_until(pilot, lambda: any("Training did not start" in n for n in _notices(app_b)),
+            await wait_until(pilot, lambda: any("Training did not start" in n for n in notices(app_b)),
                              timeout=120, what="B's refusal")
-            refusal = next(n for n in _notices(app_b) if "Training did not start" in n)
+            refusal = next(n for n in notices(app_b) if "Training did not start" in n)
             assert "another training run is using this workspace" in refusal
             assert f"adapter {holder['name']}" in refusal and f"pid {holder['pid']}" in refusal
             await wait_until(pilot, lambda: app_b.trainer is None, timeout=30,
                              what="B's refused trainer process to exit")
             assert status_b.training == "idle"
-            assert _pid_alive(holder["pid"])  # A's run was not disturbed
+            assert pid_alive(holder["pid"])  # A's run was not disturbed
 
             # A dies mid-run: its trainer stops with it (its event pipe is gone), publishes
             # nothing and releases the workspace, so B can train.
             await asyncio.to_thread(app_a.kill)
             deadline = time.monotonic() + 60
-            while _pid_alive(holder["pid"]):
+            while pid_alive(holder["pid"]):
                 assert time.monotonic() < deadline, "A's trainer outlived A"
                 await pilot.pause(0.1)
             await pilot.press("ctrl+t")

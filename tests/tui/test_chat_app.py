@@ -15,17 +15,10 @@ from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.chat_log import UserMessage
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import answers, finished_answers, make_workspace, settings_for, wait_until
+from tui_helpers import (answers, ask, finished_answers, make_workspace, notices,
+                         settings_for, wait_until)
 
 SIZE = (120, 40)
-
-
-async def _ask(pilot, text: str) -> None:
-    before = len(finished_answers(pilot.app))
-    pilot.app.screen.query_one(PromptInput).text = text
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: len(finished_answers(pilot.app)) > before,
-                     what="the answer to finish")
 
 
 async def _loaded(pilot) -> None:
@@ -61,12 +54,12 @@ async def test_send_streams_an_answer_and_the_status_line_describes_the_model(tm
         status = app.screen.query_one(StatusLine)
         assert status.model == "builtin (4-bit NF4, cpu)"
         assert status.adapter is None and status.examples == 0 and status.training == "idle"
-        await _ask(pilot, "What is the capital of France?")
+        await ask(pilot, "What is the capital of France?")
         (answer,) = answers(app)
         assert answer.text and answer.text == strip_control(app.screen.turns[0].response)
         assert "base model" in str(answer.query_one(".answer-meta").render())
         # Multi-turn: the second question is answered after the first.
-        await _ask(pilot, "And of Spain?")
+        await ask(pilot, "And of Spain?")
         assert len(app.screen.turns) == 2
 
 
@@ -90,7 +83,7 @@ async def test_regenerate_and_new_conversation(tmp_path):
     app = create_app(settings_for(make_workspace(tmp_path, temperature=1.0)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
-        await _ask(pilot, "Tell me a story.")
+        await ask(pilot, "Tell me a story.")
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: len(finished_answers(app)) == 2, what="regeneration")
         assert len(app.screen.turns) == 1, "a regenerated answer replaces the last turn"
@@ -105,7 +98,7 @@ async def test_save_with_an_edit_and_cancel_a_save(tmp_path):
     app = create_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
-        await _ask(pilot, "What is the best editor?")
+        await ask(pilot, "What is the best editor?")
         original = app.screen.turns[0].response
         # Cancel: nothing is stored.
         await pilot.press("ctrl+s")
@@ -134,7 +127,7 @@ async def test_train_in_the_background_then_the_adapter_is_swapped_in(tmp_path):
     app = create_app(settings_for(make_workspace(tmp_path)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
-        await _ask(pilot, "What is the best editor?")
+        await ask(pilot, "What is the best editor?")
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
         await pilot.press("f7", *"Use vim.", "ctrl+s")
@@ -145,18 +138,18 @@ async def test_train_in_the_background_then_the_adapter_is_swapped_in(tmp_path):
                          what="training progress")
         assert app.screen.query_one("#training-panel").display
         # The chat keeps working while the trainer runs.
-        await _ask(pilot, "Are you still there?")
+        await ask(pilot, "Are you still there?")
         await wait_until(pilot, lambda: status.adapter is not None, timeout=300,
                          what="the automatic swap")
         assert status.training == "idle"
         assert not app.screen.query_one("#training-panel").display
-        await _ask(pilot, "What is the best editor?")
+        await ask(pilot, "What is the best editor?")
         assert answers(app)[-1].text == "Use vim."
         assert status.adapter in str(answers(app)[-1].query_one(".answer-meta").render())
         # Manual switches: back to the base model and to the latest adapter.
         await pilot.press(*"/adapter none", "enter")
         await wait_until(pilot, lambda: status.adapter is None, what="the switch to none")
-        await _ask(pilot, "What is the best editor?")
+        await ask(pilot, "What is the best editor?")
         assert answers(app)[-1].text != "Use vim."
         await pilot.press(*"/adapter latest", "enter")
         await wait_until(pilot, lambda: status.adapter is not None, what="the switch back")
@@ -190,12 +183,12 @@ async def test_a_killed_trainer_is_one_clear_message_and_the_app_survives(tmp_pa
         status = await _start_training(pilot, app)
         os.kill(app.trainer.process.pid, signal.SIGKILL)
         await wait_until(pilot, lambda: status.training == "idle", what="the failure")
-        notices = [str(n.render()) for n in app.screen.query(".notice")]
+        shown = notices(app)
         # SIGKILL from outside is most often the out-of-memory killer: the fix is suggested.
         assert any(text.startswith("Training failed: the trainer was killed by signal 9")
-                   and "smaller --batch-size" in text for text in notices), notices
+                   and "smaller --batch-size" in text for text in shown), shown
         await _loaded(pilot)
-        await _ask(pilot, "Still alive?")
+        await ask(pilot, "Still alive?")
     leftovers = os.listdir(workspace / "adapters")
     # What the killed run left is hidden and cleaned by the next run: its staging folder and
     # its (no longer locked) lock file.
@@ -210,11 +203,11 @@ async def test_trainer_error_is_shown_and_nothing_is_published(tmp_path):
         app.store.add("Write a lot.", "word " * 2000)
         await pilot.press("ctrl+t")
         status = app.screen.query_one(StatusLine)
-        await wait_until(pilot, lambda: any("Training did not start" in str(n.render())
-                                            for n in app.screen.query(".notice")),
+        await wait_until(pilot, lambda: any("Training did not start" in text
+                                            for text in notices(app)),
                          timeout=120, what="the failure notice")
-        notices = [str(n.render()) for n in app.screen.query(".notice")]
-        assert any("raise --max-length" in text for text in notices), notices
+        shown = notices(app)
+        assert any("raise --max-length" in text for text in shown), shown
         assert status.training == "idle"
     assert os.listdir(workspace / "adapters") == []
 

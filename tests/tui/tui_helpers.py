@@ -41,3 +41,24 @@ def answers(app) -> list:
 
 def finished_answers(app) -> list:
     return [answer for answer in answers(app) if answer.has_class("done")]
+
+
+def notices(app) -> list[str]:
+    """The chat log's notice lines (errors and events shown in the conversation)."""
+    return [str(notice.render()) for notice in app.screen.query(".notice")]
+
+
+def toasts(app) -> list[str]:
+    """The messages of every notification shown so far."""
+    return [notification.message for notification in app._notifications]
+
+
+async def ask(pilot, text: str, timeout: float = 120.0) -> None:
+    """Type `text` in the prompt, send it, and wait for its answer to finish."""
+    from sftchat.tui.widgets.prompt_input import PromptInput
+
+    before = len(finished_answers(pilot.app))
+    pilot.app.screen.query_one(PromptInput).text = text
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: len(finished_answers(pilot.app)) > before, timeout=timeout,
+                     what="the answer to finish")
