@@ -56,6 +56,9 @@ class AdapterInfo:
             "examples": len((meta.get("dataset") or {}).get("example_ids") or []),
             "steps": metrics.get("steps"),
             "final_loss": metrics.get("final_loss"),
+            "template": meta.get("template"),
+            "replay": metrics.get("replay"),
+            "drift": metrics.get("drift"),
             "path": str(self.path),
         }
 

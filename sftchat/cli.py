@@ -37,13 +37,15 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--workspace", metavar="DIR", **default,
                        help="workspace folder (env SFTCHAT_HOME; default: current directory)")
     group.add_argument("--model", metavar="ID|PATH", **default,
-                       help="Hugging Face id, local folder, or 'builtin' (env SFTCHAT_MODEL)")
+                       help="Hugging Face id, local folder, .gguf file, or 'builtin' "
+                            "(env SFTCHAT_MODEL)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), **default,
                        help="where the model runs (env SFTCHAT_DEVICE; default auto)")
     group.add_argument("--no-quantize", action="store_true", **default,
                        help="load without 4-bit quantization (env SFTCHAT_NO_QUANTIZE=1)")
-    group.add_argument("--template", choices=("alpaca", "chatml", "tokenizer"), **default,
-                       help="prompt template (env SFTCHAT_TEMPLATE; default alpaca)")
+    group.add_argument("--template", choices=("auto", "alpaca", "chatml", "tokenizer"), **default,
+                       help="prompt template (env SFTCHAT_TEMPLATE; default auto: the model's "
+                            "chat template when it has one, else alpaca)")
     group.add_argument("--debug", action="store_true", **default,
                        help="show tracebacks for errors")
 
@@ -108,7 +110,9 @@ def _add_data_parsers(sub, common) -> None:
 def _train_options(parser: argparse.ArgumentParser) -> None:
     """The options `sftchat train` and the app's `/train` share."""
     parser.add_argument("--name", help="adapter name (default: sft-DATE-TIME)")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=_epochs, metavar="N|auto",
+                        help="passes over the dataset (default auto: enough steps to learn a "
+                             "small dataset, 3 passes over a large one)")
     parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--rank", type=int, help="LoRA rank")
@@ -118,8 +122,23 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     parser.add_argument("--max-length", type=int, help="max tokens per example")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--regularize", choices=("rehearsal", "off"),
+                        help="rehearsal (default): also train on the base model's own answers "
+                             "to general prompts, so it keeps what it knew; off: curated only")
+    parser.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                        default=None,
+                        help="run every planned step, even after all curated answers are learned")
     parser.add_argument("--from", dest="from_adapter", metavar="ADAPTER",
                        help="continue training from this adapter")
+
+
+def _epochs(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', not {text!r}")
 
 
 class _InAppParser(_Parser):

@@ -18,6 +18,7 @@ from sftchat import adapters as adapter_registry
 from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
 from sftchat.config import validate_training
 from sftchat.text import StreamSanitizer, one_line, strip_control
+from sftchat.training.events import outcome_summary
 
 class CommandError(Exception):
     """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
@@ -150,8 +151,14 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         for info in found if not args.json else []:
             row = info.summary()
             loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
+            replay, drift = row["replay"] or {}, row["drift"] or {}
+            learned = (f"{replay['reproduced']}/{replay['examples']}"
+                       if replay.get("examples") else "-")
+            change = (f"×{drift['perplexity_ratio']:.2f}"
+                      if drift.get("perplexity_ratio") is not None else "-")
             print(f"{row['name']:<28} {row['created'][:19]:<19}  {row['examples']:>5} ex  "
-                  f"loss {loss:<8} {row['base_model']}")
+                  f"loss {loss:<8} replay {learned:<7} drift {change:<6} "
+                  f"{one_line(str(row['base_model']), 60)}")
     elif args.adapters_command == "show":
         info = adapter_registry.resolve(folder, args.name)
         if info is None:
@@ -159,6 +166,11 @@ def cmd_adapters(args: argparse.Namespace) -> int:
                                "name an adapter (see `sftchat adapters list`)")
         print(json.dumps({"name": info.name, "path": str(info.path), **info.meta},
                          ensure_ascii=False, indent=2))
+        metrics = info.meta.get("metrics") or {}
+        summary = outcome_summary(metrics.get("replay"), metrics.get("drift"))
+        if summary:
+            # The JSON on stdout stays machine-readable; the summary is for the reader.
+            print(f"{info.name}: {summary}", file=sys.stderr)
     elif args.adapters_command == "rm":
         adapter_registry.remove(folder, args.name)
         print(f"removed adapter {args.name}", file=sys.stderr)
@@ -202,7 +214,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _training_settings(args: argparse.Namespace, settings: Settings):
     names = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "batch_size",
-             "grad_accum", "max_length", "seed")
+             "grad_accum", "max_length", "seed", "regularize", "early_stop")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return validate_training(replace(settings.training, **overrides), "train")
 

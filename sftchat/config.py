@@ -1,16 +1,17 @@
 """Settings: the workspace's `sftchat.toml`, environment variables and flags, validated.
 
 Precedence for every setting: command-line flag, then environment variable, then
-`sftchat.toml`, then the default (GUIDE §3). Training defaults depend on the model: real
-0.5B–8B models get QLoRA-paper-style defaults, the built-in tiny model gets a preset under
-which it really learns a dozen short examples on a CPU.
+`sftchat.toml`, then the default (GUIDE §3). Training defaults are one recipe for every model
+(see `TrainingSettings`): the schedule adapts to the dataset's size and stops once the curated
+answers are learned; the built-in tiny model, whose random weights know nothing worth
+keeping, only differs in a higher learning rate and no rehearsal.
 
 `sftchat.toml` looks like::
 
     model = "Qwen/Qwen2.5-0.5B"     # hub id, local folder, or "builtin"
     device = "auto"                 # auto | cpu | cuda
     quantize = true                 # 4-bit NF4 through bitsandbytes
-    template = "alpaca"             # alpaca | chatml | tokenizer
+    template = "auto"               # auto | alpaca | chatml | tokenizer
     trust_remote_code = false
 
     [generation]
@@ -19,9 +20,9 @@ which it really learns a dozen short examples on a CPU.
     top_p = 0.9
 
     [training]
-    epochs = 3
-    lr = 2e-4
-    rank = 64
+    epochs = "auto"
+    lr = 1e-3
+    rank = 16
 
 This module imports nothing heavy: the `data` and `adapters` commands use it.
 """
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from sftchat.prompts import TEMPLATES
+from sftchat.prompts import AUTO_TEMPLATE, TEMPLATE_SETTINGS
 
 CONFIG_FILE = "sftchat.toml"
 BUILTIN_MODEL = "builtin"
@@ -53,32 +54,42 @@ class GenerationSettings:
     seed: int | None = None     # fixes sampling for reproducible answers
 
 
+AUTO = "auto"
+REGULARIZERS = ("rehearsal", "off")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
-    """QLoRA hyperparameters. Defaults follow the QLoRA paper for 0.5B–8B models."""
+    """QLoRA hyperparameters: one recipe that learns a dozen curated answers and keeps what
+    the model knew (measured on SmolLM2-135M-Instruct, benchmarks/RESULTS.md)."""
 
-    epochs: int = 3                 # passes over the dataset
+    epochs: int | str = AUTO        # passes over the dataset; auto: enough steps for small
+                                    # sets (at least `min_steps`), 3 for large ones
     max_steps: int | None = None    # optimizer steps; overrides epochs when set
-    lr: float = 2e-4                # peak learning rate (AdamW)
-    rank: int = 64                  # LoRA rank r
-    alpha: int = 16                 # LoRA alpha (the update is scaled by alpha / r)
-    dropout: float = 0.05           # LoRA dropout
-    batch_size: int = 4             # examples per micro-batch
-    grad_accum: int = 4             # micro-batches per optimizer step
+    min_steps: int = 60             # with epochs = auto: at least this many optimizer steps
+    early_stop: bool = True         # stop once every curated answer is reproduced exactly
+    lr: float = 1e-3                # peak learning rate (AdamW)
+    rank: int = 16                  # LoRA rank r
+    alpha: int = 32                 # LoRA alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0            # LoRA dropout (off: small curated sets are meant to be
+                                    # learned exactly; off also saves a copy of every input)
+    batch_size: int = 4             # examples per micro-batch (never more than the dataset)
+    grad_accum: int = 4             # micro-batches per optimizer step (idem)
     max_length: int = 1024          # tokens per example; the prompt side is cut beyond it
     warmup_ratio: float = 0.03      # share of steps with a linear learning-rate warm-up
     weight_decay: float = 0.0
-    max_grad_norm: float = 0.3      # gradient clipping (QLoRA paper)
+    max_grad_norm: float = 1.0      # gradient clipping
+    regularize: str = "rehearsal"   # rehearsal: also train on the base model's own answers
+                                    # to general prompts, so it keeps them | off
+    rehearsal_weight: float = 1.0   # weight of the rehearsal loss beside the curated loss
     seed: int = 42
     gradient_checkpointing: str = "auto"  # auto (on for CUDA) | on | off
 
 
-# The built-in tiny model learns a dozen short answers exactly in about 150 full-batch steps
-# at a high learning rate (measured; GUIDE §9). These apply unless the user sets a value.
-BUILTIN_TRAINING = {
-    "epochs": 150, "lr": 4e-3, "rank": 16, "alpha": 32, "dropout": 0.0, "batch_size": 16,
-    "grad_accum": 1, "max_length": 512, "warmup_ratio": 0.05, "max_grad_norm": 1.0,
-}
+# The built-in tiny model's random weights know nothing worth keeping (no rehearsal), and
+# learn fastest at a high learning rate (measured; GUIDE §9). These apply unless the user
+# sets a value.
+BUILTIN_TRAINING = {"lr": 4e-3, "regularize": "off"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ class Settings:
     model: str = BUILTIN_MODEL
     device: str = "auto"
     quantize: bool = True
-    template: str = "alpaca"
+    template: str = AUTO_TEMPLATE  # a setting: resolved per model (prompts.resolve_template)
     trust_remote_code: bool = False
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -105,12 +116,24 @@ class Settings:
         return self.model == BUILTIN_MODEL
 
 
-def _check_type(where: str, name: str, value: Any, expected: type) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+def _accepted_types(annotation: str) -> tuple[type, ...]:
+    """The toml types a dataclass field accepts, read from its annotation's text."""
+    names = {"bool": bool, "int": int, "float": float, "str": str}
+    return tuple(kind for name, kind in names.items() if name in annotation) or (str,)
+
+
+def _check_type(where: str, name: str, value: Any, expected: type | tuple[type, ...]) -> Any:
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    if isinstance(value, bool) and bool not in expected:
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
         raise ConfigError(
-            f"{where}: {name} must be {expected.__name__}, not {value!r}"
+            f"{where}: {name} must be {' or '.join(t.__name__ for t in expected)}, "
+            f"not {value!r}"
         )
     return value
 
@@ -125,14 +148,22 @@ def _section(where: str, cls: type, table: Any) -> dict[str, Any]:
             raise ConfigError(
                 f"{where}: unknown setting {name!r}; known: {', '.join(sorted(known))}"
             )
-        annotation = str(known[name].type)
-        expected = float if "float" in annotation else int if "int" in annotation else str
-        out[name] = _check_type(where, name, value, expected)
+        out[name] = _check_type(where, name, value, _accepted_types(str(known[name].type)))
     return out
 
 
 def validate_training(settings: TrainingSettings, where: str = "training") -> TrainingSettings:
-    positive = ("epochs", "lr", "rank", "alpha", "batch_size", "grad_accum", "max_length")
+    if isinstance(settings.epochs, str) and settings.epochs != AUTO:
+        raise ConfigError(f"{where}: epochs must be a positive number or \"auto\", "
+                          f"not {settings.epochs!r}")
+    if settings.regularize not in REGULARIZERS:
+        raise ConfigError(f"{where}: regularize must be one of {', '.join(REGULARIZERS)}, "
+                          f"not {settings.regularize!r}")
+    if settings.rehearsal_weight < 0:
+        raise ConfigError(f"{where}: rehearsal_weight must be 0 or more")
+    positive = ("lr", "rank", "alpha", "batch_size", "grad_accum", "max_length", "min_steps")
+    if settings.epochs != AUTO:
+        positive = ("epochs", *positive)
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{where}: {name} must be positive, not {getattr(settings, name)}")
@@ -220,10 +251,10 @@ def load_settings(
     else:
         quantize = file_values.get("quantize", True)
     chosen_template = template or os.environ.get("SFTCHAT_TEMPLATE")
-    chosen_template = chosen_template or file_values.get("template") or "alpaca"
-    if chosen_template not in TEMPLATES:
+    chosen_template = chosen_template or file_values.get("template") or AUTO_TEMPLATE
+    if chosen_template not in TEMPLATE_SETTINGS:
         raise ConfigError(
-            f"template must be one of {', '.join(TEMPLATES)}, not {chosen_template!r}"
+            f"template must be one of {', '.join(TEMPLATE_SETTINGS)}, not {chosen_template!r}"
         )
 
     generation = GenerationSettings(

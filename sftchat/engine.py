@@ -11,6 +11,10 @@ string (the model starting a new `### Instruction:`), at `max_new_tokens`, or wh
 `cancel` event is set — from any thread. An adapter switch waits for a running generation
 to finish: swaps happen between turns, never mid-answer.
 
+Each adapter answers through the template it was trained with (recorded in its
+`sftchat.json`), whatever the current setting: the base answers through the setting's
+template ("auto" resolved for this tokenizer), so a template mismatch cannot happen.
+
 No Textual here: the TUI talks to this class; tests and the CLI use it directly.
 """
 
@@ -31,7 +35,9 @@ from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
 from sftchat.decoding import decode_tokens
 from sftchat.models.loader import LoadedModel, load_model
-from sftchat.prompts import Turn, encode_prompt, stop_strings, stop_token_ids
+from sftchat.prompts import (
+    Turn, check_template, encode_prompt, resolve_template, stop_strings, stop_token_ids,
+)
 
 # The prompt always keeps at least this share of the context, even for long answers.
 MIN_PROMPT_SHARE = 0.5
@@ -74,15 +80,15 @@ class ChatEngine:
     def __init__(self, loaded: LoadedModel, template: str, adapters_dir: Path | None = None,
                  generation: GenerationSettings | None = None) -> None:
         self.loaded = loaded
-        self.template = template
+        self.base_template = resolve_template(template, loaded.tokenizer)
         self.adapters_dir = adapters_dir
         self.generation = generation or GenerationSettings()
         self._peft = None
         self._active: str | None = None
         self._slot: tuple[str, tuple] | None = None  # (peft key, config signature)
         self._loaded_adapters: dict[str, tuple[str, str]] = {}  # name -> (peft key, stamp)
+        self._templates: dict[str, str] = {}  # adapter name -> the template it was trained with
         self._lock = threading.RLock()
-        self._stop_ids = stop_token_ids(template, loaded.tokenizer)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ChatEngine":
@@ -103,6 +109,14 @@ class ChatEngine:
     @property
     def active_adapter(self) -> str | None:
         return self._active
+
+    @property
+    def template(self) -> str:
+        """The template the next answer is rendered with: the active adapter's own."""
+        with self._lock:
+            if self._active is not None:
+                return self._templates[self._active]
+            return self.base_template
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -156,6 +170,7 @@ class ChatEngine:
                     f"or made for another model: remove it with `sftchat adapters rm {info.name}`"
                 ) from exc
             self._loaded_adapters[info.name] = (key, stamp)
+            self._templates[info.name] = check_template(info.meta.get("template") or "alpaca")
             return True
 
     def prepare_slot(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
@@ -242,38 +257,52 @@ class ChatEngine:
         """Start answering `instruction` after `history`; iterate the result for text."""
         settings = settings or self.generation
         cancel = cancel or threading.Event()
-        prompt = encode_prompt(self.tokenizer, self.template, instruction, input, history,
-                               max_tokens=self.max_prompt_tokens(settings.max_new_tokens))
+
+        def encode(template: str):
+            return encode_prompt(self.tokenizer, template, instruction, input, history,
+                                 max_tokens=self.max_prompt_tokens(settings.max_new_tokens))
+
+        template = self.template
+        prompt = encode(template)
         generation = Generation(pieces=iter(()), notice=prompt.notice(),
                                 adapter=self._active, prompt_tokens=len(prompt.ids))
-        generation.pieces = self._stream(generation, prompt.ids, settings, cancel)
+        generation.pieces = self._stream(generation, template, prompt.ids, encode, settings,
+                                         cancel)
         return generation
 
-    def _stream(self, generation: Generation, prompt_ids: list[int],
+    def _stream(self, generation: Generation, template: str, prompt_ids: list[int], encode,
                 settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
         # Holding the lock for the whole answer is what keeps swaps out of it.
         with self._lock, self._adapter_context():
             generation.adapter = self._active
-            yield from self._stream_locked(generation, prompt_ids, settings, cancel)
+            if self.template != template:
+                # An adapter with another template was swapped in since generate() was
+                # called: the prompt must be the one that adapter was trained on.
+                template = self.template
+                prompt = encode(template)
+                prompt_ids, generation.notice = prompt.ids, prompt.notice()
+                generation.prompt_tokens = len(prompt_ids)
+            yield from self._stream_locked(generation, template, prompt_ids, settings, cancel)
 
     def _adapter_context(self):
         if self._peft is not None and self._active is None:
             return self._peft.disable_adapter()
         return contextlib.nullcontext()
 
-    def _stream_locked(self, generation: Generation, prompt_ids: list[int],
+    def _stream_locked(self, generation: Generation, template: str, prompt_ids: list[int],
                        settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
-        stops = stop_strings(self.template)
+        stops = stop_strings(template)
+        stop_ids = stop_token_ids(template, self.tokenizer)
         decoder = IncrementalDecoder(self.tokenizer)
         text = ""
         emitted = 0
         generation.finish_reason = "length"
         try:
-            for token in decode_tokens(self.model, prompt_ids, settings, self._stop_ids, cancel):
+            for token in decode_tokens(self.model, prompt_ids, settings, stop_ids, cancel):
                 if generation.first_token_seconds is None:
                     generation.first_token_seconds = time.perf_counter() - generation._started
                 generation.new_tokens += 1
-                if token in self._stop_ids:
+                if token in stop_ids:
                     generation.finish_reason = "eos"
                     break
                 piece = decoder.add([token])

@@ -15,18 +15,23 @@ Prompt and response are tokenized separately and concatenated, so the inference 
 token ids are always an exact prefix of the training ids (joint tokenization could merge
 tokens across the boundary and break that).
 
-Templates: "alpaca" (default; with Alpaca's `### Input:` variant), "chatml", and "tokenizer"
-(the model tokenizer's own chat template).
+Templates: "auto" (the default: the model tokenizer's own chat template when it has one,
+as instruct models were trained on it, else Alpaca), "alpaca" (with Alpaca's `### Input:`
+variant), "chatml", and "tokenizer" (the model tokenizer's own chat template). "auto" is a
+setting, not a template: `resolve_template` turns it into one of the others once the
+tokenizer is known, and that concrete name is what an adapter records.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 IGNORE_INDEX = -100
-TEMPLATES = ("alpaca", "chatml", "tokenizer")
-DEFAULT_TEMPLATE = "alpaca"
+AUTO_TEMPLATE = "auto"
+TEMPLATES = ("alpaca", "chatml", "tokenizer")    # what a prompt is rendered with
+TEMPLATE_SETTINGS = (AUTO_TEMPLATE, *TEMPLATES)  # what a user may choose
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. "
@@ -100,6 +105,18 @@ def check_template(name: str) -> str:
             f"unknown template {name!r}; choose one of: {', '.join(TEMPLATES)}"
         )
     return name
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_template(setting: str, tokenizer: Any) -> str:
+    """The concrete template for a template setting: "auto" becomes "tokenizer" when the
+    tokenizer has a chat template, else "alpaca"; any other name is checked and returned."""
+    if setting == AUTO_TEMPLATE:
+        return "tokenizer" if has_chat_template(tokenizer) else "alpaca"
+    return check_template(setting)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -189,12 +206,37 @@ def stop_strings(template: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- tokens
 
 
+@functools.lru_cache(maxsize=8)
+def _chat_template_end_token(tokenizer: Any) -> int | None:
+    """The special token the tokenizer's chat template puts right after an assistant message
+    (`<|im_end|>` for ChatML models, `<|eot_id|>` for Llama 3, `</s>` for Mistral), found by
+    rendering a message and reading what follows it. None if no special token does."""
+    sentinel = "\x00sftchat-end\x00"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}],
+            tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this has no answer
+        return None
+    if sentinel not in text:
+        return None
+    after = text.split(sentinel, 1)[1]
+    ids = _tokenize(tokenizer, after, special=False) if after else []
+    if ids and ids[0] in set(getattr(tokenizer, "all_special_ids", ()) or ()):
+        return ids[0]
+    return None
+
+
 def end_token_id(template: str, tokenizer: Any) -> int:
-    """The token that ends a response: ChatML's `<|im_end|>` when the vocabulary has it,
-    else the tokenizer's EOS."""
+    """The token that ends a response: ChatML's `<|im_end|>` when the vocabulary has it; for
+    the tokenizer's chat template, the token that template ends an answer with; else EOS."""
     if template == "chatml":
         token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+            return token_id
+    if template == "tokenizer":
+        token_id = _chat_template_end_token(tokenizer)
+        if token_id is not None:
             return token_id
     if tokenizer.eos_token_id is None:
         raise TemplateError("the tokenizer has no EOS token, so a response cannot be ended")

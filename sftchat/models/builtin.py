@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when anything below changes what is written: the cache folder is keyed by it.
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2
 BUILTIN_NAME = "builtin"
 
 HIDDEN_SIZE = 256
@@ -127,12 +127,6 @@ def _tokenizer_json() -> dict:
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                   "vocab": vocab, "merges": merges},
     }
-
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -267,7 +261,7 @@ def build_builtin_model(target: Path) -> None:
         "add_bos_token": True,
         "clean_up_tokenization_spaces": False,
         "model_max_length": MAX_POSITIONS,
-        "chat_template": CHATML_TEMPLATE,
+        # No chat template: it is a base model, so template "auto" gives it Alpaca.
     })
     save_file(llama_weights(LlamaDims()), str(target / "model.safetensors"),
               metadata={"format": "pt"})

@@ -2,10 +2,11 @@
 
 `load_model(spec, device, quantize)` returns a `LoadedModel` with the model, its tokenizer and
 its identity (what an adapter records as its base and is checked against before it loads).
-The built-in model is only a local folder to this code: it loads exactly like a hub model.
+The built-in model is only a local folder to this code: it loads exactly like a hub model,
+and so does a GGUF file once `sftchat.models.gguf` has converted it into a cached folder.
 
-4-bit loading follows QLoRA: NF4 weights, double quantization, bfloat16 compute — on CUDA and
-on CPU alike (bitsandbytes' CPU backend runs NF4 forward and backward). Weights load from
+4-bit loading follows QLoRA: NF4 weights, double quantization, bfloat16 compute on CUDA
+(float32 compute on CPU, where bitsandbytes' CPU backend runs NF4 forward and backward). Weights load from
 safetensors only, and `trust_remote_code` stays off unless the caller turns it on.
 Every failure a user can cause becomes one `ModelLoadError` sentence.
 """
@@ -19,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sftchat.config import BUILTIN_MODEL
 
@@ -32,9 +33,9 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     model: Any
     tokenizer: Any
-    spec: str              # what the user asked for: "builtin", a hub id or a folder
+    spec: str              # what the user asked for: "builtin", a hub id, a folder, a .gguf
     path: str              # the folder or hub id transformers loaded from
-    identity: dict         # {"model", "revision", "fingerprint"}: see model_identity()
+    identity: dict         # {"model", "revision", "fingerprint", ...}: see model_identity()
     device: str            # "cpu" or "cuda"
     quantized: bool
     compute_dtype: str     # "bfloat16", "float32", ...
@@ -83,12 +84,25 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_model_path(spec: str) -> str:
-    """The folder or hub id to load: builds the built-in model on first use."""
+def resolve_model_path(spec: str, trust_remote_code: bool = False,
+                       progress: Callable[[str], None] | None = None):
+    """(the folder or hub id to load, the `ConvertedGGUF` when `spec` is a GGUF file).
+
+    Builds the built-in model, or converts a GGUF file, on first use (both are cached)."""
     if spec == BUILTIN_MODEL:
         from sftchat.models.builtin import ensure_builtin_model
 
-        return str(ensure_builtin_model())
+        return str(ensure_builtin_model()), None
+    from sftchat.models.gguf import GGUFError, ensure_converted, find_gguf
+
+    try:
+        gguf_file = find_gguf(spec)
+        if gguf_file is not None:
+            converted = ensure_converted(spec, gguf_file, trust_remote_code=trust_remote_code,
+                                         progress=progress)
+            return str(converted.folder), converted
+    except GGUFError as exc:
+        raise ModelLoadError(str(exc)) from exc
     path = Path(spec).expanduser()
     looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
     if looks_like_path:
@@ -97,17 +111,18 @@ def resolve_model_path(spec: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{spec!r} is not a model folder (no config.json); point --model at a folder "
-                "saved with save_pretrained, or at a Hugging Face id"
+                "saved with save_pretrained, at a .gguf file, or at a Hugging Face id"
             )
-        return str(path.resolve())
-    return spec
+        return str(path.resolve()), None
+    return spec, None
 
 
-def model_identity(spec: str, path: str, config: Any) -> dict:
+def model_identity(spec: str, path: str, config: Any, gguf=None) -> dict:
     """What makes a base model *this* base model, cheap to compute for an 8B checkpoint.
 
-    For a hub model the commit hash pins it; for every model the fingerprint covers the
-    architecture (config minus volatile fields) and the weight files' names and sizes.
+    For a hub model the commit hash pins it; for a GGUF file its content hash; for every
+    model the fingerprint covers the architecture (config minus volatile fields) and the
+    weight files' names and sizes.
     """
     config_dict = config.to_dict()
     for volatile in ("transformers_version", "_name_or_path", "_commit_hash",
@@ -118,8 +133,12 @@ def model_identity(spec: str, path: str, config: Any) -> dict:
     if folder.is_dir():
         for weight in sorted(folder.glob("*.safetensors")):
             digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
-    revision = getattr(config, "_commit_hash", None)
-    return {"model": spec, "revision": revision, "fingerprint": digest.hexdigest()}
+    identity = {"model": spec, "revision": getattr(config, "_commit_hash", None)}
+    if gguf is not None:
+        digest.update(f"gguf:{gguf.sha256}".encode())
+        identity["gguf"] = {"path": str(gguf.source), "sha256": gguf.sha256}
+    identity["fingerprint"] = digest.hexdigest()
+    return identity
 
 
 def _explain(spec: str, exc: Exception) -> ModelLoadError:
@@ -168,17 +187,22 @@ def _check_architecture(spec: str, path: str, trust_remote_code: bool) -> None:
 
 
 def load_model(spec: str, device: str = "auto", quantize: bool = True,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load tokenizer and causal LM; raises `ModelLoadError` with a user-facing message."""
+               trust_remote_code: bool = False,
+               progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load tokenizer and causal LM; raises `ModelLoadError` with a user-facing message.
+
+    `progress` hears about slow first-time work (converting a GGUF file)."""
     quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
-    path = resolve_model_path(spec)
+    path, gguf = resolve_model_path(spec, trust_remote_code, progress)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    # bfloat16 on a GPU (QLoRA); float32 on a CPU, where bfloat16 arithmetic is emulated on
+    # most chips (no AVX-512 BF16): 4-bit decoding ran 28% faster in float32 (RESULTS.md).
+    compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if quantize:
-        compute_dtype = torch.bfloat16
         try:
             from transformers import BitsAndBytesConfig
 
@@ -190,10 +214,7 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
             )
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise _explain(spec, exc) from exc
-        kwargs["dtype"] = compute_dtype
-    else:
-        compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        kwargs["dtype"] = compute_dtype
+    kwargs["dtype"] = compute_dtype
     kwargs["device_map"] = {"": 0} if device == "cuda" else "cpu"
     try:
         _check_architecture(spec, path, trust_remote_code)
@@ -209,6 +230,6 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec, path=path,
-        identity=model_identity(spec, path, model.config), device=device,
+        identity=model_identity(spec, path, model.config, gguf), device=device,
         quantized=quantize, compute_dtype=str(compute_dtype).removeprefix("torch."),
     )

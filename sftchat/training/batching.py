@@ -1,7 +1,5 @@
 """Batches and loss for instruction fine-tuning.
 
-- `plan_steps` splits the shuffled examples of each epoch into optimizer steps, each a list
-  of micro-batches (gradient accumulation).
 - `collate` right-pads a micro-batch: padding gets label `IGNORE_INDEX` and attention 0.
   The reference layout, and the fallback for models that cannot take packed rows.
 - `pack` is the fast layout: padding-free packing. The micro-batch's sequences are laid end
@@ -9,48 +7,16 @@
   with no attention mask, transformers builds a block-diagonal causal mask from the position
   ids, so no sequence attends to another and no compute goes to padding (TRL's padded
   batches on Alpaca-like data are about half padding).
-- `masked_loss_sum` is the summed cross-entropy over learned tokens only; the trainer divides
-  by the number of learned tokens in the whole optimizer step, so every response token weighs
-  the same whatever batch it lands in (the torchtune/litgpt normalisation).
+- `learned_targets` picks the positions whose next token is learned; `per_example_errors`
+  says, per example, whether greedy decoding reproduces it.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import IGNORE_INDEX, EncodedExample
-
-
-@dataclass
-class StepPlan:
-    epoch: int                      # 0-based epoch this step belongs to
-    micro_batches: list[list[int]]  # indices into the encoded examples
-
-
-def steps_per_epoch(num_examples: int, batch_size: int, grad_accum: int) -> int:
-    micro = -(-num_examples // batch_size)
-    return -(-micro // grad_accum)
-
-
-def plan_steps(num_examples: int, batch_size: int, grad_accum: int, epochs: int,
-               max_steps: int | None, seed: int) -> list[StepPlan]:
-    """Every optimizer step of the run, fixed up front (so totals and ETA are exact)."""
-    rng = random.Random(seed)
-    plans: list[StepPlan] = []
-    epoch = 0
-    while True:
-        order = list(range(num_examples))
-        rng.shuffle(order)
-        micro = [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
-        for start in range(0, len(micro), grad_accum):
-            plans.append(StepPlan(epoch, micro[start:start + grad_accum]))
-            if max_steps is not None and len(plans) >= max_steps:
-                return plans
-        epoch += 1
-        if max_steps is None and epoch >= epochs:
-            return plans
 
 
 def collate(examples: Sequence[EncodedExample], pad_id: int, device):
@@ -79,6 +45,7 @@ class PackedBatch:
     input_ids: object      # [rows, width] token ids, padding at the end of each row
     position_ids: object   # [rows, width] restarting at 0 for every sequence (and the padding)
     labels: object         # [rows, width] IGNORE_INDEX on prompts and padding
+    owners: object         # [rows, width] index of the example each token belongs to (-1: pad)
     tokens: int            # real (non-padding) tokens in the batch
 
 
@@ -109,6 +76,7 @@ def pack(examples: Sequence[EncodedExample], pad_id: int, device) -> PackedBatch
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    owners = torch.full((len(rows), width), -1, dtype=torch.long)
     for row_index, row in enumerate(rows):
         start = 0
         for index in row:
@@ -116,27 +84,36 @@ def pack(examples: Sequence[EncodedExample], pad_id: int, device) -> PackedBatch
             input_ids[row_index, start:start + length] = torch.tensor(example.input_ids)
             labels[row_index, start:start + length] = torch.tensor(example.labels)
             positions[row_index, start:start + length] = torch.arange(length)
+            owners[row_index, start:start + length] = index
             start += length
         # Padding forms its own segment (positions from 0), so no real token attends to it.
         positions[row_index, start:] = torch.arange(width - start)
     return PackedBatch(input_ids.to(device), positions.to(device), labels.to(device),
-                       tokens=sum(lengths))
+                       owners.to(device), tokens=sum(lengths))
+
+
+def per_example_errors(logits, targets, owners, count: int):
+    """For each of `count` examples: (tokens whose arg-max is not the target, the smallest
+    margin between the target's logit and the best other one).
+
+    `logits` [N, vocab], `targets` [N] and `owners` [N] are the learned positions. An example
+    with 0 errors is reproduced exactly by greedy decoding (every response token and the end
+    token are the model's first choice); the margin says how firmly.
+    """
+    import torch
+
+    logits = logits.float()
+    wrong = (logits.argmax(dim=-1) != targets).float()
+    errors = torch.zeros(count, device=logits.device).index_add_(0, owners, wrong)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=-1)
+    margins = torch.full((count,), float("inf"), device=logits.device)
+    margins = margins.scatter_reduce(0, owners, target_logit - others, reduce="amin")
+    return errors.long().cpu(), margins.cpu()
 
 
 def count_learned(examples: Sequence[EncodedExample]) -> int:
     return sum(example.num_learned for example in examples)
-
-
-def masked_loss_sum(logits, labels):
-    """Sum of next-token cross-entropy over positions whose target is not IGNORE_INDEX."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum",
-    )
 
 
 def learned_targets(labels):

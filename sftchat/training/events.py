@@ -3,11 +3,15 @@
 Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order they come:
 
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
-              truncated_prompts (ids of examples whose prompt was cut to fit), max_length
-- `step`:     step, total_steps, epoch (fractional), loss, lr, grad_norm, tokens_per_s
-              (real, non-padding tokens), elapsed_s, eta_s
+              template, regularize, truncated_prompts (ids of examples whose prompt was cut
+              to fit), max_length
+- `step`:     step, total_steps, epoch (fractional), loss, rehearsal_loss (or null), lr,
+              grad_norm, learned (curated examples reproduced exactly at their latest pass),
+              examples, tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
 - `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
-- `finished`: name, adapter (path), final_loss, steps, train_seconds
+- `finished`: name, adapter (path), final_loss, steps, stopped_early, train_seconds,
+              replay {examples, reproduced, token_accuracy, not_reproduced},
+              drift {prompts, kl_per_token, perplexity_ratio}
 - `cancelled`: message (SIGINT/SIGTERM; nothing was published)
 - `failed`:   message (one sentence: what went wrong and what to do; nothing was published)
 
@@ -55,6 +59,19 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
+def outcome_summary(replay: dict | None, drift: dict | None) -> str:
+    """What a run learned and what it changed, in one line (from a `finished` event or an
+    adapter's metrics): "reproduces 12/12 curated answers; drift ×1.03 on 12 held-out prompts"."""
+    parts = []
+    if replay and replay.get("examples"):
+        parts.append(f"reproduces {replay['reproduced']}/{replay['examples']} curated "
+                     "answers exactly")
+    if drift and drift.get("prompts"):
+        parts.append(f"drift on {drift['prompts']} held-out prompts: perplexity "
+                     f"×{drift['perplexity_ratio']:.2f}, KL {drift['kl_per_token']:.3f}/token")
+    return "; ".join(parts)
+
+
 def truncation_notice(event: dict) -> str | None:
     """For a `started` event: which examples had their prompt cut to fit, if any."""
     truncated = event.get("truncated_prompts") or []
@@ -75,15 +92,25 @@ def describe(event: dict) -> str | None:
         notice = truncation_notice(event)
         return line + (f"\nnotice: {notice}" if notice else "")
     if kind == "step":
-        return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
-                f"loss {event['loss']:.4f}  lr {event['lr']:.2e}  "
-                f"{event['tokens_per_s']:,.0f} tok/s  ETA {format_duration(event['eta_s'])}")
+        return step_line(event)
     if kind == "finished":
-        return (f"published {event['adapter']} (final loss {event['final_loss']:.4f}, "
-                f"{event['steps']} steps in {format_duration(event['train_seconds'])})")
+        stopped = ", stopped early: all learned" if event.get("stopped_early") else ""
+        line = (f"published {event['adapter']} (final loss {event['final_loss']:.4f}, "
+                f"{event['steps']} steps in {format_duration(event['train_seconds'])}{stopped})")
+        summary = outcome_summary(event.get("replay"), event.get("drift"))
+        return line + (f"\n{summary}" if summary else "")
     if kind in ("cancelled", "failed"):
         return event["message"]
     return None
+
+
+def step_line(event: dict) -> str:
+    """One `step` event as the CLI and the app's training panel show it."""
+    learned = (f"  learned {event['learned']}/{event['examples']}"
+               if event.get("examples") else "")
+    return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
+            f"loss {event['loss']:.4f}{learned}  lr {event['lr']:.2e}  "
+            f"{event['tokens_per_s']:,.0f} tok/s  ETA {format_duration(event['eta_s'])}")
 
 
 def text_emitter(stream: TextIO | None = None, every: int = 10) -> Emit:

@@ -1,4 +1,4 @@
-"""The training forward pass: masked loss for one micro-batch, without wasted work.
+"""The training forward pass: logits at learned positions, without wasted work.
 
 `LossFunction` runs the packed layout (see `batching.pack`) through the decoder stack and
 applies the output head only at the positions whose next token is learned: on instruction
@@ -7,17 +7,29 @@ model) for every prompt token. The result is the same summed cross-entropy as th
 padded forward; `LossFunction.verify` checks that on the run's first micro-batch and falls
 back to the padded layout for a model where it does not hold (an architecture that ignores
 `position_ids` for masking, or scales its logits).
+
+`learned_logits` is the shared core: the loss, the check that curated answers are
+reproduced (`batching.per_example_errors`) and the drift measure all read from it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import EncodedExample
-from sftchat.training.batching import collate, learned_targets, masked_loss_sum, pack
+from sftchat.training.batching import collate, learned_targets, pack
 
 # Relative difference between packed and padded losses above which packing is not trusted.
 PACKING_TOLERANCE = 2e-2
+
+
+@dataclass
+class LearnedLogits:
+    logits: object    # [N, vocab] at every position whose next token is learned
+    targets: object   # [N] those next tokens
+    owners: object    # [N] index (in the micro-batch) of the example each position is in
+    tokens: int       # real (non-padding) tokens processed
 
 
 class LossFunction:
@@ -39,25 +51,32 @@ class LossFunction:
     def layout(self) -> str:
         return "packed" if self.packed else "padded"
 
-    def loss_sum(self, examples: Sequence[EncodedExample]):
+    def learned_logits(self, examples: Sequence[EncodedExample]) -> LearnedLogits:
         if self.packed:
             return self._packed(examples)
         return self._padded(examples)
 
-    def _padded(self, examples):
+    def loss_sum(self, examples: Sequence[EncodedExample]):
+        out = self.learned_logits(examples)
+        return masked_loss_sum_of(out), out.tokens
+
+    def _padded(self, examples) -> LearnedLogits:
+        import torch
+
         input_ids, attention, labels = collate(examples, self.pad_id, self.device)
         logits = self.model(input_ids=input_ids, attention_mask=attention).logits
-        return masked_loss_sum(logits, labels), int(attention.sum())
+        mask, targets = learned_targets(labels)
+        owners = torch.arange(len(examples), device=labels.device)[:, None].expand_as(labels)
+        return LearnedLogits(logits[mask], targets, owners[mask], int(attention.sum()))
 
-    def _packed(self, examples):
-        import torch.nn.functional as F
-
+    def _packed(self, examples) -> LearnedLogits:
         batch = pack(examples, self.pad_id, self.device)
         hidden = self.decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
                               use_cache=False).last_hidden_state
         mask, targets = learned_targets(batch.labels)
         logits = self.head(hidden[mask].to(self.head.weight.dtype))
-        return F.cross_entropy(logits.float(), targets, reduction="sum"), batch.tokens
+        # A position that predicts a learned token is in the same example as that token.
+        return LearnedLogits(logits, targets, batch.owners[mask], batch.tokens)
 
     def verify(self, examples: Sequence[EncodedExample]) -> bool:
         """Check packed == padded loss on `examples`; switch to padded if not. True if packed."""
@@ -66,8 +85,17 @@ class LossFunction:
         if not self.packed:
             return False
         with torch.no_grad():
-            packed, _ = self._packed(examples)
-            padded, _ = self._padded(examples)
+            packed = masked_loss_sum_of(self._packed(examples))
+            padded = masked_loss_sum_of(self._padded(examples))
         difference = abs(float(packed) - float(padded)) / max(abs(float(padded)), 1e-6)
         self.packed = difference <= PACKING_TOLERANCE
         return self.packed
+
+
+def masked_loss_sum_of(out: LearnedLogits):
+    """Summed cross-entropy over the learned positions; the trainer divides it by the number
+    of learned tokens in the whole optimizer step, so every response token weighs the same
+    whatever batch it lands in (the torchtune/litgpt normalisation)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(out.logits.float(), out.targets, reduction="sum")

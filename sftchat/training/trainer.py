@@ -4,14 +4,19 @@
 which isolates crashes and GPU memory and makes cancel a signal):
 
 1. setup: snapshot the dataset in one read transaction, write it to a hidden staging folder,
-   load the base in 4-bit NF4, wrap it with LoRA on all linear layers (or continue from an
-   existing adapter), tokenize every example through `sftchat.prompts` (the same template as
-   inference) with the prompt masked out.
-2. train: AdamW on the LoRA weights; gradient accumulation; the loss is the summed masked
-   cross-entropy divided by the number of learned tokens in the optimizer step; linear
-   warm-up then cosine decay; gradient clipping; a fixed seed. A `step` event per step.
-3. save: PEFT files (safetensors), `sftchat.json`, `train.jsonl`; then one atomic rename
-   publishes `adapters/NAME/`. Any failure or cancel deletes the staging folder instead.
+   load the base in 4-bit NF4, tokenize every example through `sftchat.prompts` (the same
+   template as inference) with the prompt masked out, fit the schedule to the dataset's size
+   (`schedule`), and have the base answer the anchor prompts (`anchors`, cached).
+2. train: wrap the base with LoRA on all linear layers (or continue from an existing
+   adapter); AdamW on the LoRA weights; gradient accumulation; the loss is the summed masked
+   cross-entropy divided by the number of learned tokens in the optimizer step, plus the
+   same loss on a batch of the base's own answers (rehearsal, which keeps what it knew);
+   linear warm-up then cosine decay; gradient clipping; a fixed seed. A `step` event per
+   step; the run stops early once every curated answer is reproduced. Then `evaluation`
+   measures curated replay and drift on held-out prompts.
+3. save: PEFT files (safetensors), `sftchat.json` (with those measures), `train.jsonl`;
+   then one atomic rename publishes `adapters/NAME/`. Any failure or cancel deletes the
+   staging folder instead.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import datetime as dt
 import json
 import math
 import shutil
+import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sftchat import __version__
@@ -30,10 +36,13 @@ from sftchat import adapters as adapter_registry
 from sftchat.adapters import AdapterError
 from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
-from sftchat.prompts import ExampleTooLongError, encode_example
-from sftchat.training.batching import count_learned, plan_steps
-from sftchat.training.forward import LossFunction
+from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
+from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
+from sftchat.training.batching import count_learned, per_example_errors
+from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
+from sftchat.training.forward import LossFunction, masked_loss_sum_of
+from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
 
 
@@ -128,9 +137,40 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 
 # --------------------------------------------------------------------------- train
 
+# Early stopping asks every target token to beat the runner-up by this many logits (nats),
+# so that an answer learned exactly does not flip under cached decoding's arithmetic.
+EARLY_STOP_MARGIN = 1.0
+# Base-model answers rehearsed in each optimizer step (see `anchors`), cycling through the pool.
+REHEARSAL_PER_STEP = 4
+
+
+@dataclass
+class Rehearsal:
+    """The base model's own answers, trained on beside the curated examples."""
+
+    examples: list
+    weight: float
+    cursor: int = 0
+
+    def next_batch(self) -> list:
+        count = min(REHEARSAL_PER_STEP, len(self.examples))
+        batch = [self.examples[(self.cursor + i) % len(self.examples)] for i in range(count)]
+        self.cursor = (self.cursor + count) % len(self.examples)
+        return batch
+
+
+def _all_learned(loss_function, model, encoded) -> bool:
+    """Whether greedy decoding reproduces every example, each by a safe margin (eval mode)."""
+    model.eval()
+    try:
+        report = replay(loss_function, encoded)
+    finally:
+        model.train()
+    return all(report.exact) and min(report.margins) >= EARLY_STOP_MARGIN
+
 
 def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
-                emit: Emit, stop: threading.Event) -> dict:
+                emit: Emit, stop: threading.Event, rehearsal: Rehearsal | None = None) -> dict:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -141,11 +181,16 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
     steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
     losses: list[float] = []
     epoch_losses: list[float] = []
+    # Per example: reproduced exactly at its latest training pass (read off the training
+    # logits for free; confirmed in eval mode before stopping early).
+    learned_now = [False] * len(encoded)
+    stopped_early = False
     tokens_seen = 0
     started = time.perf_counter()
     model.train()
     loss_function = LossFunction(model, pad_id, device)
     loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
+    index = 0
     for index, plan in enumerate(plans, start=1):
         step_examples = [encoded[i] for batch in plan.micro_batches for i in batch]
         learned = count_learned(step_examples)
@@ -153,11 +198,23 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
         for batch in plan.micro_batches:
             if stop.is_set():
                 raise TrainingCancelled("training cancelled; nothing was published")
-            loss_sum, tokens = loss_function.loss_sum([encoded[i] for i in batch])
-            loss = loss_sum / learned
+            out = loss_function.learned_logits([encoded[i] for i in batch])
+            loss = masked_loss_sum_of(out) / learned
             loss.backward()
             step_loss += loss.item()
-            tokens_seen += tokens
+            tokens_seen += out.tokens
+            errors, _ = per_example_errors(out.logits.detach(), out.targets, out.owners,
+                                           len(batch))
+            for example_index, wrong in zip(batch, errors.tolist()):
+                learned_now[example_index] = wrong == 0
+        rehearsal_loss = None
+        if rehearsal is not None and rehearsal.weight > 0:
+            anchors = rehearsal.next_batch()
+            anchor_sum, anchor_tokens = loss_function.loss_sum(anchors)
+            anchor_loss = anchor_sum / count_learned(anchors)
+            (rehearsal.weight * anchor_loss).backward()
+            rehearsal_loss = round(anchor_loss.item(), 6)
+            tokens_seen += anchor_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -169,53 +226,61 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
         emit(make_event(
             "step", step=index, total_steps=total,
             epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
-            loss=round(step_loss, 6), lr=lr, grad_norm=round(float(grad_norm), 6),
-            tokens_per_s=round(tokens_seen / elapsed, 1), elapsed_s=round(elapsed, 3),
-            eta_s=round(elapsed / index * (total - index), 1),
+            loss=round(step_loss, 6), rehearsal_loss=rehearsal_loss, lr=lr,
+            grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
+            examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
+            elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
         ))
         if index == total or plans[index].epoch != plan.epoch:
             emit(make_event("epoch", epoch=plan.epoch + 1,
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
             epoch_losses = []
+            if training.early_stop and index < total and all(learned_now) \
+                    and _all_learned(loss_function, model, encoded):
+                stopped_early = True
+                break
     model.eval()
     elapsed = time.perf_counter() - started
     return {
-        "steps": total, "warmup_steps": warmup, "final_loss": losses[-1],
+        "steps": index, "planned_steps": total, "stopped_early": stopped_early,
+        "warmup_steps": warmup, "final_loss": losses[-1],
         "loss_curve": [round(loss, 6) for loss in losses],
         "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
         "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
         "batch_layout": loss_function.layout,
-    }
+    }, loss_function
 
 
 # --------------------------------------------------------------------------- save
 
 
-def _write_meta(staging: Path, *, name, loaded, settings: Settings, training, model,
-                records, encoded, metrics, from_adapter, started_at) -> dict:
+def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, model,
+                metrics: dict, evaluation: dict) -> dict:
     lora = model.peft_config["default"]
+    loaded = run.loaded
     meta = {
         "format": 1,
-        "name": name,
+        "name": run.name,
         "sftchat_version": __version__,
         "base_model": loaded.identity,
         "quantization": {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
                          "compute_dtype": loaded.compute_dtype} if loaded.quantized else None,
         "device": loaded.device,
-        "template": settings.template,
+        "template": run.template,
         "hyperparameters": asdict(training),
+        "schedule": asdict(run.schedule),
         "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                  "target_modules": sorted(lora.target_modules or [])},
-        "from_adapter": from_adapter.name if from_adapter else None,
+        "from_adapter": run.source.name if run.source else None,
         "dataset": {
-            "snapshot_sha256": snapshot_hash(records),
-            "examples": len(records),
-            "example_ids": [record["id"] for record in records],
-            "learned_tokens": count_learned(encoded),
-            "truncated_prompts": sum(1 for example in encoded if example.prompt.truncated),
+            "snapshot_sha256": snapshot_hash(run.records),
+            "examples": len(run.records),
+            "example_ids": [record["id"] for record in run.records],
+            "learned_tokens": count_learned(run.encoded),
+            "truncated_prompts": sum(1 for example in run.encoded if example.prompt.truncated),
         },
-        "metrics": metrics,
-        "started_at": started_at,
+        "metrics": {**metrics, **evaluation},
+        "started_at": run.started_at,
         "finished_at": _now_iso(),
     }
     (staging / adapter_registry.META_FILE).write_text(
@@ -246,63 +311,125 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
                 f"with `sftchat adapters rm {name}`"
             )
         source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
-        return _train_and_publish(settings, training, emit, name, source, stop)
-
-
-def _train_and_publish(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
-                       source, stop: threading.Event) -> Path:
-    adapters_dir = settings.adapters_dir
-    staging = adapter_registry.staging_dir(adapters_dir, name)
-    staging.mkdir()
-    started_at = _now_iso()
-    try:
-        records = _snapshot(settings, staging)
-        from sftchat.models.loader import load_model
-        import torch
-
-        torch.manual_seed(training.seed)
-        loaded = load_model(settings.model, settings.device, settings.quantize,
-                            settings.trust_remote_code)
-        if source is not None:
-            expected = source.meta.get("base_model", {}).get("fingerprint")
-            if expected and expected != loaded.identity["fingerprint"]:
-                raise AdapterError(
-                    f"--from {source.name}: that adapter was trained on another base model "
-                    f"({source.meta['base_model'].get('model')!r})"
-                )
-        encoded = _encode_all(records, loaded.tokenizer, settings.template,
-                              training.max_length)
-        plans = plan_steps(len(encoded), training.batch_size, training.grad_accum,
-                           training.epochs, training.max_steps, training.seed)
-        truncated = [record["id"] for record, example in zip(records, encoded)
-                     if example.prompt.truncated]
-        emit(make_event(
-            "started", name=name, base_model=settings.model, examples=len(records),
-            truncated_prompts=truncated, max_length=training.max_length,
-            total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=training.batch_size,
-            grad_accum=training.grad_accum, device=loaded.device,
-        ))
-        model = _wrap_with_lora(loaded, training, source)
+        staging = adapter_registry.staging_dir(adapters_dir, name)
+        staging.mkdir()
         try:
-            metrics = _train_loop(model, encoded, plans, training,
-                                  loaded.tokenizer.pad_token_id, loaded.model.device, emit, stop)
-        except torch.OutOfMemoryError as exc:
-            raise TrainingError(
-                f"CUDA ran out of memory at batch size {training.batch_size} and max length "
-                f"{training.max_length}; retry with a smaller --batch-size (raise grad_accum "
-                "to keep the effective batch) or a smaller --max-length"
-            ) from exc
-        if stop.is_set():
-            raise TrainingCancelled("training cancelled; nothing was published")
-        model.save_pretrained(str(staging), safe_serialization=True)
-        _write_meta(staging, name=name, loaded=loaded, settings=settings, training=training,
-                    model=model, records=records, encoded=encoded, metrics=metrics,
-                    from_adapter=source, started_at=started_at)
-        target = adapter_registry.publish(staging, adapters_dir, name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            run = setup(settings, training, emit, name, source, staging)
+            model, metrics, evaluation = train(run, training, emit, stop)
+            save(run, training, model, metrics, evaluation)
+            target = adapter_registry.publish(staging, adapters_dir, name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     emit(make_event("finished", name=name, adapter=str(target),
                     final_loss=metrics["final_loss"], steps=metrics["steps"],
-                    train_seconds=metrics["train_seconds"]))
+                    stopped_early=metrics["stopped_early"],
+                    train_seconds=metrics["train_seconds"], **evaluation))
     return target
+
+
+@dataclass
+class PreparedRun:
+    """Everything `setup` prepares for `train` and `save`."""
+
+    name: str
+    staging: Path
+    started_at: str
+    records: list[dict]
+    loaded: object            # models.loader.LoadedModel
+    template: str             # the concrete template the adapter is trained (and answers) with
+    encoded: list
+    schedule: Schedule
+    plans: list
+    source: object            # the --from adapter's AdapterInfo, or None
+    rehearsal: Rehearsal | None
+    drift_anchors: list
+
+
+def _run_template(settings: Settings, source, tokenizer) -> str:
+    """An adapter continued with --from keeps the template it was trained with; otherwise
+    the setting (auto: the model's chat template if it has one, else Alpaca)."""
+    if source is not None and source.meta.get("template"):
+        return source.meta["template"]
+    return resolve_template(settings.template, tokenizer)
+
+
+def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str, source,
+          staging: Path) -> PreparedRun:
+    """Snapshot the data, load the base, answer the anchor prompts, plan the steps."""
+    started_at = _now_iso()
+    records = _snapshot(settings, staging)
+    from sftchat.models.loader import load_model
+    import torch
+
+    torch.manual_seed(training.seed)
+    loaded = load_model(settings.model, settings.device, settings.quantize,
+                        settings.trust_remote_code, progress=_progress_to_stderr)
+    if source is not None:
+        expected = source.meta.get("base_model", {}).get("fingerprint")
+        if expected and expected != loaded.identity["fingerprint"]:
+            raise AdapterError(
+                f"--from {source.name}: that adapter was trained on another base model "
+                f"({source.meta['base_model'].get('model')!r})"
+            )
+    template = _run_template(settings, source, loaded.tokenizer)
+    encoded = _encode_all(records, loaded.tokenizer, template, training.max_length)
+    schedule = fit_schedule(len(encoded), training)
+    plans = plan_schedule(schedule, len(encoded), training.seed)
+    # The base answers its anchor prompts before any adapter is attached (cached after the
+    # first run on this model).
+    pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
+    answers = base_answers(loaded, template, pools)
+    rehearsal = None
+    if training.regularize == "rehearsal":
+        rehearsal = Rehearsal(answers[:len(REHEARSAL_PROMPTS)], training.rehearsal_weight)
+    truncated = [record["id"] for record, example in zip(records, encoded)
+                 if example.prompt.truncated]
+    emit(make_event(
+        "started", name=name, base_model=settings.model, examples=len(records),
+        truncated_prompts=truncated, max_length=training.max_length, template=template,
+        total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
+        grad_accum=schedule.grad_accum, regularize=training.regularize,
+        device=loaded.device,
+    ))
+    return PreparedRun(name=name, staging=staging, started_at=started_at, records=records,
+                       loaded=loaded, template=template, encoded=encoded, schedule=schedule,
+                       plans=plans, source=source, rehearsal=rehearsal,
+                       drift_anchors=answers[len(REHEARSAL_PROMPTS):])
+
+
+def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event):
+    """Wrap the base with LoRA, train, then measure replay and drift: (model, metrics,
+    evaluation)."""
+    import torch
+
+    model = _wrap_with_lora(run.loaded, training, run.source)
+    try:
+        metrics, loss_function = _train_loop(
+            model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
+            run.loaded.model.device, emit, stop, run.rehearsal)
+        if stop.is_set():
+            raise TrainingCancelled("training cancelled; nothing was published")
+        evaluation = {
+            "replay": replay(loss_function, run.encoded).to_dict(
+                [record["id"] for record in run.records]),
+            "drift": measure_drift(loss_function, model, run.drift_anchors),
+        }
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(
+            f"CUDA ran out of memory at batch size {run.schedule.batch_size} and max length "
+            f"{training.max_length}; retry with a smaller --batch-size (raise grad_accum "
+            "to keep the effective batch) or a smaller --max-length"
+        ) from exc
+    return model, metrics, evaluation
+
+
+def save(run: PreparedRun, training: TrainingSettings, model, metrics: dict,
+         evaluation: dict) -> None:
+    """PEFT files (safetensors), sftchat.json, train.jsonl (written by setup) into staging."""
+    model.save_pretrained(str(run.staging), safe_serialization=True)
+    _write_meta(run.staging, run, training, model, metrics, evaluation)
+
+
+def _progress_to_stderr(message: str) -> None:
+    print(f"sftchat: {message}", file=sys.stderr, flush=True)

@@ -7,7 +7,8 @@ import torch
 
 from sftchat.prompts import IGNORE_INDEX, encode_example
 from sftchat.training import batching
-from sftchat.training.batching import pack, pack_rows, plan_steps
+from sftchat.training.batching import pack, pack_rows
+from sftchat.training.schedule import plan_steps
 from sftchat.training.fast_dropout import FastDropout, use_fast_dropout
 
 RECORDS = [

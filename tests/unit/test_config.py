@@ -46,7 +46,7 @@ def test_defaults_without_toml_env_or_flags(ws):
     assert settings.is_builtin
     assert settings.device == "auto"
     assert settings.quantize is True
-    assert settings.template == "alpaca"
+    assert settings.template == "auto"   # resolved per model: see test_prompts
     assert settings.trust_remote_code is False
     assert settings.generation == GenerationSettings()
     assert settings.data_dir == ws.resolve() / "data"
@@ -75,7 +75,7 @@ def test_workspace_flag_beats_sftchat_home(monkeypatch, tmp_path, ws):
 @pytest.mark.parametrize("field, default, toml, env_name, env, flag", [
     ("model", BUILTIN_MODEL, 'model = "toml/model"', "SFTCHAT_MODEL", "env/model", "flag/model"),
     ("device", "auto", 'device = "cpu"', "SFTCHAT_DEVICE", "cuda", "cpu"),
-    ("template", "alpaca", 'template = "chatml"', "SFTCHAT_TEMPLATE", "tokenizer", "alpaca"),
+    ("template", "auto", 'template = "chatml"', "SFTCHAT_TEMPLATE", "tokenizer", "alpaca"),
 ])
 def test_flag_beats_env_beats_toml_beats_default(monkeypatch, ws, field, default, toml,
                                                  env_name, env, flag):
@@ -137,17 +137,30 @@ def test_builtin_model_gets_the_builtin_training_preset(ws):
     assert training == dataclasses.replace(TrainingSettings(), **BUILTIN_TRAINING)
     for name, value in BUILTIN_TRAINING.items():
         assert getattr(training, name) == value, name
-    # The preset really differs from the real-model defaults (high lr, many epochs).
+    # The preset is small: a higher learning rate, and no rehearsal of random answers.
     assert training.lr > TrainingSettings().lr
-    assert training.epochs > TrainingSettings().epochs
+    assert training.regularize == "off" and TrainingSettings().regularize == "rehearsal"
+    assert set(BUILTIN_TRAINING) == {"lr", "regularize"}
 
 
-def test_real_model_gets_the_qlora_defaults(monkeypatch, ws):
+def test_real_model_gets_the_adaptive_defaults(monkeypatch, ws):
     assert load_settings(workspace=str(ws), model=REAL_MODEL).training == TrainingSettings()
     monkeypatch.setenv("SFTCHAT_MODEL", REAL_MODEL)
     training = load_settings(workspace=str(ws)).training
     assert training == TrainingSettings()
-    assert (training.lr, training.rank, training.alpha, training.epochs) == (2e-4, 64, 16, 3)
+    assert (training.lr, training.rank, training.alpha, training.epochs) == (1e-3, 16, 32,
+                                                                              "auto")
+    assert training.early_stop and training.regularize == "rehearsal"
+
+
+def test_epochs_auto_or_a_number_and_booleans_from_toml(ws):
+    write_toml(ws, '[training]\nepochs = "auto"\nearly_stop = false\nregularize = "off"\n')
+    training = load_settings(workspace=str(ws)).training
+    assert (training.epochs, training.early_stop, training.regularize) == ("auto", False, "off")
+    write_toml(ws, '[training]\nepochs = "many"\n')
+    assert "epochs" in _config_error(ws)
+    write_toml(ws, '[training]\nregularize = "kl"\n')
+    assert "regularize must be one of rehearsal, off" in _config_error(ws)
 
 
 def test_builtin_chosen_by_flag_over_a_real_model_in_toml_gets_the_preset(ws):
@@ -163,8 +176,7 @@ def test_toml_training_overrides_the_builtin_preset(ws):
     assert training.lr == 1e-3
     assert training.epochs == 5
     assert training.max_steps == 20
-    assert training.rank == BUILTIN_TRAINING["rank"]          # untouched preset values stay
-    assert training.batch_size == BUILTIN_TRAINING["batch_size"]
+    assert training.regularize == BUILTIN_TRAINING["regularize"]  # untouched preset values stay
 
 
 def test_toml_training_overrides_the_real_model_defaults(ws):
@@ -216,6 +228,7 @@ def test_unknown_key_names_the_key(ws, text, name):
     ('trust_remote_code = "no"\n', "trust_remote_code"),
     ("[training]\nepochs = 2.5\n", "epochs"),
     ("[training]\nepochs = true\n", "epochs"),
+    ('[training]\nearly_stop = "yes"\n', "early_stop"),
     ('[training]\nlr = "fast"\n', "lr"),
     ("[training]\nlr = true\n", "lr"),
     ('[generation]\nmax_new_tokens = "many"\n', "max_new_tokens"),

@@ -8,13 +8,23 @@ from sftchat import prompts
 from sftchat.prompts import IGNORE_INDEX, ExampleTooLongError, Turn
 
 
+# A ChatML chat template, as instruct models ship (the built-in model is a base model and
+# has none): the "tokenizer" template's tests use the built-in tokenizer with it attached.
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(builtin_cache):
     from transformers import AutoTokenizer
 
     from sftchat.models.builtin import ensure_builtin_model
 
-    return AutoTokenizer.from_pretrained(ensure_builtin_model())
+    tokenizer = AutoTokenizer.from_pretrained(ensure_builtin_model())
+    tokenizer.chat_template = CHATML_CHAT_TEMPLATE
+    return tokenizer
 
 
 EXAMPLE = {"instruction": "Name a colour.", "input": "", "response": "Blue — or 青."}
@@ -151,3 +161,27 @@ def test_tokenizer_template_needs_a_chat_template():
 
     with pytest.raises(prompts.TemplateError, match="has none"):
         prompts.render_prompt("tokenizer", "hi", tokenizer=NoTemplate())
+
+
+def test_auto_is_the_chat_template_when_there_is_one_else_alpaca(tokenizer):
+    assert prompts.resolve_template("auto", tokenizer) == "tokenizer"
+
+    class Base:
+        chat_template = None
+
+    assert prompts.resolve_template("auto", Base()) == "alpaca"
+    assert prompts.resolve_template("chatml", Base()) == "chatml"
+    with pytest.raises(prompts.TemplateError):
+        prompts.resolve_template("vicuna", Base())
+
+
+def test_the_chat_templates_own_end_token_ends_a_response(tokenizer):
+    # ChatML ends an assistant turn with <|im_end|>, not with the tokenizer's EOS (</s>).
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != tokenizer.eos_token_id
+    assert prompts.end_token_id("tokenizer", tokenizer) == im_end
+    encoded = prompts.encode_example(tokenizer, "tokenizer", EXAMPLE, 256)
+    assert encoded.labels[-1] == im_end
+    assert prompts.supervision_view(tokenizer, encoded.input_ids, encoded.labels).endswith(
+        "<|im_start|>assistant\n⟦Blue — or 青.<|im_end|>⟧")
+    assert im_end in prompts.stop_token_ids("tokenizer", tokenizer)

@@ -18,7 +18,7 @@ from textual.widgets import Footer
 
 from sftchat.cli import TrainOptionsError, parse_train_options
 from sftchat.prompts import Turn
-from sftchat.training.events import truncation_notice
+from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.tui.messages import (
     AdapterSwapFailed, AdapterSwapped, ModelLoaded, ModelLoadFailed, ResponseChunkReceived,
     ResponseCompleted, ResponseFailed, TrainingEnded, TrainingProgressed,
@@ -313,8 +313,12 @@ class ChatScreen(Screen):
         self.query_one(TrainingPanel).ended()
         self.status.training = "idle"
         if event["event"] == "finished":
+            summary = outcome_summary(event.get("replay"), event.get("drift"))
             self.notify(f"Training finished: adapter {event['name']} "
-                        f"(final loss {event['final_loss']:.4f}).", markup=False)
+                        f"(final loss {event['final_loss']:.4f}). " + summary.capitalize()
+                        + ("." if summary else ""), markup=False, timeout=12)
+            if summary:
+                self.log_view.add_notice(f"Adapter {event['name']}: {summary}.")
             if self.generating:
                 self.pending_swap = event["name"]
             else:

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline
 
-from sftchat.training.events import format_duration
+from sftchat.training.events import step_line
 
 
 class TrainingPanel(Vertical):
@@ -37,10 +37,7 @@ class TrainingPanel(Vertical):
         self.losses.append(event["loss"])
         self.query_one(ProgressBar).update(total=event["total_steps"], progress=event["step"])
         self.query_one(Sparkline).data = self.losses[-120:]
-        self.query_one("#training-stats", Label).update(Text(
-            f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
-            f"loss {event['loss']:.4f}  {event['tokens_per_s']:,.0f} tok/s  "
-            f"ETA {format_duration(event['eta_s'])}"))
+        self.query_one("#training-stats", Label).update(Text(step_line(event)))
 
     def ended(self) -> None:
         self.display = False

@@ -1,0 +1,97 @@
+"""What a run learned and what it changed, measured before the adapter is published.
+
+- `replay`: how many curated examples the model reproduces exactly under greedy decoding.
+  Greedy decoding reproduces a response exactly when, fed the response so far, the model's
+  first choice is always the next response token and finally the end token; so one
+  teacher-forced forward pass per example decides it, instead of generating every answer
+  (`batching.per_example_errors`). The smallest margin by which a target token beats the
+  runner-up says how firmly; the trainer's early stopping asks for a small positive one, so
+  that an answer does not flip under the slightly different arithmetic of cached decoding.
+- `measure_drift`: on held-out general prompts (`anchors.DRIFT_PROMPTS`), the base model's own
+  greedy answers are scored under the adapter and under the base (PEFT's
+  `disable_adapter()`: the same weights, adapter off). Reported as the mean per-token KL
+  divergence KL(base ‖ adapter) and the perplexity ratio of those answers (1.0: unchanged;
+  1.5: the adapter finds the base's answers 50% more surprising per token).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from sftchat.prompts import EncodedExample
+from sftchat.training.batching import per_example_errors
+
+EVAL_BATCH = 8
+
+
+@dataclass
+class ReplayReport:
+    exact: list[bool]       # per example: reproduced exactly under greedy decoding
+    margins: list[float]    # per example: smallest logit margin of a target token
+    token_accuracy: float   # share of learned tokens that are the model's first choice
+
+    @property
+    def reproduced(self) -> int:
+        return sum(self.exact)
+
+    def to_dict(self, ids: Sequence[int] | None = None) -> dict:
+        out = {"examples": len(self.exact), "reproduced": self.reproduced,
+               "token_accuracy": round(self.token_accuracy, 4),
+               "method": "greedy (teacher-forced arg-max)"}
+        if ids is not None:
+            out["not_reproduced"] = [i for i, ok in zip(ids, self.exact) if not ok]
+        return out
+
+
+def replay(loss_function, examples: Sequence[EncodedExample],
+           batch_size: int = EVAL_BATCH) -> ReplayReport:
+    """Which `examples` the model reproduces exactly (run under `torch.no_grad`, eval mode)."""
+    import torch
+
+    exact: list[bool] = []
+    margins: list[float] = []
+    wrong_tokens = total_tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            out = loss_function.learned_logits(chunk)
+            errors, chunk_margins = per_example_errors(out.logits, out.targets, out.owners,
+                                                       len(chunk))
+            exact += [int(e) == 0 for e in errors]
+            margins += [float(m) for m in chunk_margins]
+            wrong_tokens += int(errors.sum())
+            total_tokens += int(out.targets.numel())
+    accuracy = 1 - wrong_tokens / total_tokens if total_tokens else 1.0
+    return ReplayReport(exact, margins, accuracy)
+
+
+def measure_drift(loss_function, model, anchors: Sequence[EncodedExample],
+                  batch_size: int = EVAL_BATCH) -> dict:
+    """KL(base ‖ adapter) per token and the perplexity ratio on `anchors` (see above)."""
+    import torch
+    import torch.nn.functional as F
+
+    kl_sum = nll_adapter = nll_base = 0.0
+    tokens = 0
+    with torch.no_grad():
+        for start in range(0, len(anchors), batch_size):
+            chunk = anchors[start:start + batch_size]
+            tuned = loss_function.learned_logits(chunk)
+            with model.disable_adapter():
+                base = loss_function.learned_logits(chunk)
+            tuned_logp = F.log_softmax(tuned.logits.float(), dim=-1)
+            base_logp = F.log_softmax(base.logits.float(), dim=-1)
+            kl_sum += float((base_logp.exp() * (base_logp - tuned_logp)).sum())
+            nll_adapter -= float(tuned_logp.gather(1, tuned.targets[:, None]).sum())
+            nll_base -= float(base_logp.gather(1, base.targets[:, None]).sum())
+            tokens += int(tuned.targets.numel())
+    if not tokens:
+        return {"prompts": 0}
+    return {
+        "prompts": len(anchors),
+        "tokens": tokens,
+        "kl_per_token": round(kl_sum / tokens, 5),
+        "perplexity_ratio": round(math.exp((nll_adapter - nll_base) / tokens), 4),
+    }
