@@ -122,7 +122,7 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     parser.add_argument("--max-length", type=int, help="max tokens per example")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--regularize", choices=("rehearsal", "off"),
+    parser.add_argument("--regularize", choices=("rehearsal", "distill", "off"),
                         help="rehearsal (default): also train on the base model's own answers "
                              "to general prompts, so it keeps what it knew; off: curated only")
     parser.add_argument("--no-early-stop", dest="early_stop", action="store_false",

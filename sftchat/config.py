@@ -55,7 +55,7 @@ class GenerationSettings:
 
 
 AUTO = "auto"
-REGULARIZERS = ("rehearsal", "off")
+REGULARIZERS = ("rehearsal", "distill", "off")
 
 
 @dataclass(frozen=True)

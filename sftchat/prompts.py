@@ -222,7 +222,11 @@ def _chat_template_end_token(tokenizer: Any) -> int | None:
         return None
     after = text.split(sentinel, 1)[1]
     ids = _tokenize(tokenizer, after, special=False) if after else []
-    if ids and ids[0] in set(getattr(tokenizer, "all_special_ids", ()) or ()):
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    special |= {token_id for token_id, token in
+                (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(token, "special", False)}
+    if ids and ids[0] in special:
         return ids[0]
     return None
 

@@ -5,7 +5,7 @@ Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order t
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
               template, regularize, truncated_prompts (ids of examples whose prompt was cut
               to fit), max_length
-- `step`:     step, total_steps, epoch (fractional), loss, rehearsal_loss (or null), lr,
+- `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null), lr,
               grad_norm, learned (curated examples reproduced exactly at their latest pass),
               examples, tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
 - `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
@@ -87,8 +87,13 @@ def describe(event: dict) -> str | None:
     """A one-line human rendering of an event (None for events not worth a line)."""
     kind = event["event"]
     if kind == "started":
-        line = (f"training {event['name']} on {event['examples']} examples: "
-                f"{event['total_steps']} steps on {event['device']}")
+        keep = event.get("regularize")
+        details = ", ".join(part for part in (
+            f"template {event['template']}" if event.get("template") else "",
+            f"keeping what it knew by {keep}" if keep and keep != "off" else "") if part)
+        line = (f"training {event['name']} on {event['examples']} examples"
+                f"{f' ({details})' if details else ''}: up to {event['total_steps']} steps "
+                f"on {event['device']}")
         notice = truncation_notice(event)
         return line + (f"\nnotice: {notice}" if notice else "")
     if kind == "step":

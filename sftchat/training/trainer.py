@@ -42,6 +42,7 @@ from sftchat.training.batching import count_learned, per_example_errors
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
 from sftchat.training.forward import LossFunction, masked_loss_sum_of
+from sftchat.training.regularizer import Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
 
@@ -140,25 +141,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 # Early stopping asks every target token to beat the runner-up by this many logits (nats),
 # so that an answer learned exactly does not flip under cached decoding's arithmetic.
 EARLY_STOP_MARGIN = 1.0
-# Base-model answers rehearsed in each optimizer step (see `anchors`), cycling through the pool.
-REHEARSAL_PER_STEP = 4
-
-
-@dataclass
-class Rehearsal:
-    """The base model's own answers, trained on beside the curated examples."""
-
-    examples: list
-    weight: float
-    cursor: int = 0
-
-    def next_batch(self) -> list:
-        count = min(REHEARSAL_PER_STEP, len(self.examples))
-        batch = [self.examples[(self.cursor + i) % len(self.examples)] for i in range(count)]
-        self.cursor = (self.cursor + count) % len(self.examples)
-        return batch
-
-
 def _all_learned(loss_function, model, encoded) -> bool:
     """Whether greedy decoding reproduces every example, each by a safe margin (eval mode)."""
     model.eval()
@@ -170,7 +152,7 @@ def _all_learned(loss_function, model, encoded) -> bool:
 
 
 def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
-                emit: Emit, stop: threading.Event, rehearsal: Rehearsal | None = None) -> dict:
+                emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None):
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -190,6 +172,8 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
     model.train()
     loss_function = LossFunction(model, pad_id, device)
     loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
+    if regularizer is not None:
+        regularizer.prepare(loss_function, model)
     index = 0
     for index, plan in enumerate(plans, start=1):
         step_examples = [encoded[i] for batch in plan.micro_batches for i in batch]
@@ -207,13 +191,11 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
                                            len(batch))
             for example_index, wrong in zip(batch, errors.tolist()):
                 learned_now[example_index] = wrong == 0
-        rehearsal_loss = None
-        if rehearsal is not None and rehearsal.weight > 0:
-            anchors = rehearsal.next_batch()
-            anchor_sum, anchor_tokens = loss_function.loss_sum(anchors)
-            anchor_loss = anchor_sum / count_learned(anchors)
-            (rehearsal.weight * anchor_loss).backward()
-            rehearsal_loss = round(anchor_loss.item(), 6)
+        anchor_loss = None
+        if regularizer is not None and regularizer.weight > 0:
+            weighted, anchor_loss, anchor_tokens = regularizer.step_loss(loss_function)
+            weighted.backward()
+            anchor_loss = round(anchor_loss, 6)
             tokens_seen += anchor_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -226,7 +208,7 @@ def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, 
         emit(make_event(
             "step", step=index, total_steps=total,
             epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
-            loss=round(step_loss, 6), rehearsal_loss=rehearsal_loss, lr=lr,
+            loss=round(step_loss, 6), anchor_loss=anchor_loss, lr=lr,
             grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
             examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
             elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
@@ -342,7 +324,7 @@ class PreparedRun:
     schedule: Schedule
     plans: list
     source: object            # the --from adapter's AdapterInfo, or None
-    rehearsal: Rehearsal | None
+    regularizer: Regularizer | None
     drift_anchors: list
 
 
@@ -380,9 +362,10 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
     # first run on this model).
     pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
     answers = base_answers(loaded, template, pools)
-    rehearsal = None
-    if training.regularize == "rehearsal":
-        rehearsal = Rehearsal(answers[:len(REHEARSAL_PROMPTS)], training.rehearsal_weight)
+    regularizer = None
+    if training.regularize != "off":
+        regularizer = Regularizer(training.regularize, answers[:len(REHEARSAL_PROMPTS)],
+                                  training.rehearsal_weight)
     truncated = [record["id"] for record, example in zip(records, encoded)
                  if example.prompt.truncated]
     emit(make_event(
@@ -394,7 +377,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
     ))
     return PreparedRun(name=name, staging=staging, started_at=started_at, records=records,
                        loaded=loaded, template=template, encoded=encoded, schedule=schedule,
-                       plans=plans, source=source, rehearsal=rehearsal,
+                       plans=plans, source=source, regularizer=regularizer,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):])
 
 
@@ -407,7 +390,7 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
     try:
         metrics, loss_function = _train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
-            run.loaded.model.device, emit, stop, run.rehearsal)
+            run.loaded.model.device, emit, stop, run.regularizer)
         if stop.is_set():
             raise TrainingCancelled("training cancelled; nothing was published")
         evaluation = {

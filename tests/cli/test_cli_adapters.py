@@ -29,8 +29,13 @@ DEAD_PID = 999999
 
 
 
+REPLAY = {"examples": 3, "reproduced": 3, "token_accuracy": 1.0}
+DRIFT = {"prompts": 12, "tokens": 480, "kl_per_token": 0.02, "perplexity_ratio": 1.034}
+
+
 def make_adapter(folder: Path, finished_at: str = "2024-01-01T00:00:00+00:00",
-                 example_ids=(1, 2), final_loss: float = 0.5, steps: int = 3) -> Path:
+                 example_ids=(1, 2), final_loss: float = 0.5, steps: int = 3,
+                 measures: dict | None = None) -> Path:
     """A hand-made adapter folder: the files and metadata, no real weights."""
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16}))
@@ -39,7 +44,8 @@ def make_adapter(folder: Path, finished_at: str = "2024-01-01T00:00:00+00:00",
         "finished_at": finished_at,
         "base_model": {"model": "builtin", "fingerprint": "x"},
         "dataset": {"example_ids": list(example_ids)},
-        "metrics": {"final_loss": final_loss, "steps": steps},
+        "template": "alpaca",
+        "metrics": {"final_loss": final_loss, "steps": steps, **(measures or {})},
     }))
     return folder
 
@@ -51,7 +57,7 @@ def three(ws) -> Path:
     make_adapter(root / "zeta", "2024-01-01T10:00:00+00:00", example_ids=[1], final_loss=0.9,
                  steps=1)
     make_adapter(root / "alpha", "2024-03-01T10:00:00+00:00", example_ids=[1, 2, 3],
-                 final_loss=0.1, steps=30)
+                 final_loss=0.1, steps=30, measures={"replay": REPLAY, "drift": DRIFT})
     make_adapter(root / "mid", "2024-02-01T10:00:00+00:00")
     return ws
 
@@ -91,6 +97,9 @@ def test_list_json_is_ordered_by_finished_at_with_summary_fields(three):
         "examples": 3,
         "steps": 30,
         "final_loss": 0.1,
+        "template": "alpaca",
+        "replay": REPLAY,
+        "drift": DRIFT,
         "path": str((three / "adapters" / "alpha").resolve()),
     }
 
@@ -100,6 +109,16 @@ def test_list_human_shows_one_row_per_adapter_in_order(three):
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["zeta", "mid", "alpha"]
     assert "0.1000" in lines[-1] and "builtin" in lines[-1]
+    # What each run learned and changed; "-" for an adapter that predates the measures.
+    assert "replay 3/3" in lines[-1] and "drift ×1.03" in lines[-1]
+    assert "replay -" in lines[0] and "drift -" in lines[0]
+
+
+def test_show_prints_the_metadata_and_says_what_the_run_learned(three):
+    result = ok(sftchat(three, "adapters", "show", "alpha"))
+    assert json.loads(result.stdout)["metrics"]["replay"] == REPLAY
+    assert result.stderr == ("alpha: reproduces 3/3 curated answers exactly; drift on 12 "
+                             "held-out prompts: perplexity ×1.03, KL 0.020/token\n")
 
 
 def test_list_of_a_workspace_without_adapters(ws):

@@ -164,3 +164,20 @@ def test_a_slot_for_another_config_is_left_alone(trained_workspace, fresh_builti
     assert engine._slot[0] == slot_key  # still waiting for a rank-4 adapter
     question, answer = CURATED[0]
     assert engine.generate(question, settings=GREEDY).collect() == answer
+
+
+def test_an_adapter_answers_through_the_template_it_was_trained_with(trained_workspace,
+                                                                     fresh_builtin):
+    # The app is now set to ChatML, but `first` was trained with Alpaca (auto, for the
+    # built-in base model): it must still be asked in Alpaca, or it would not answer.
+    engine = ChatEngine(fresh_builtin, "chatml", trained_workspace / "adapters")
+    question, answer = CURATED[0]
+    assert engine.template == "chatml"
+    base_prompt_tokens = engine.generate(question, settings=GREEDY).prompt_tokens
+    engine.use_adapter("first")
+    assert engine.template == "alpaca"
+    generation = engine.generate(question, settings=GREEDY)
+    assert generation.collect() == answer
+    assert generation.prompt_tokens != base_prompt_tokens
+    engine.use_adapter("none")
+    assert engine.template == "chatml"

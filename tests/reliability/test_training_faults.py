@@ -80,7 +80,7 @@ def _run_in_process(workspace, monkeypatch, failure: BaseException):
     def explode(self, examples):
         raise failure
 
-    monkeypatch.setattr(forward.LossFunction, "loss_sum", explode)
+    monkeypatch.setattr(forward.LossFunction, "learned_logits", explode)
     settings = load_settings(workspace=str(workspace))
     events = []
     with pytest.raises(Exception) as raised:

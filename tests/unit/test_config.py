@@ -160,7 +160,7 @@ def test_epochs_auto_or_a_number_and_booleans_from_toml(ws):
     write_toml(ws, '[training]\nepochs = "many"\n')
     assert "epochs" in _config_error(ws)
     write_toml(ws, '[training]\nregularize = "kl"\n')
-    assert "regularize must be one of rehearsal, off" in _config_error(ws)
+    assert "regularize must be one of rehearsal, distill, off" in _config_error(ws)
 
 
 def test_builtin_chosen_by_flag_over_a_real_model_in_toml_gets_the_preset(ws):
