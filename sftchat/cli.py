@@ -124,7 +124,8 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--regularize", choices=("rehearsal", "distill", "off"),
                         help="rehearsal (default): also train on the base model's own answers "
-                             "to general prompts, so it keeps what it knew; off: curated only")
+                             "to general prompts, so it keeps what it knew; distill: match its "
+                             "next-token distributions there instead; off: curated only")
     parser.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                         default=None,
                         help="run every planned step, even after all curated answers are learned")
@@ -179,7 +180,9 @@ def _add_train_parser(sub, common) -> None:
         "train", parents=[common], help="QLoRA-train an adapter on the dataset",
         description="Train a LoRA adapter on a snapshot of the curated dataset and publish it "
                     "as adapters/NAME. Unset values come from sftchat.toml [training], else "
-                    "from defaults suited to the model (a preset for the built-in model).")
+                    "from the defaults: a schedule fitted to the dataset's size that stops once "
+                    "every curated answer is reproduced (the built-in model only differs in "
+                    "its learning rate and no rehearsal).")
     _train_options(train)
     train.add_argument("--json", action="store_true",
                        help="one JSON event per line on stdout")
