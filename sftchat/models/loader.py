@@ -200,7 +200,7 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
     path, gguf = resolve_model_path(spec, trust_remote_code, progress)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     # bfloat16 on a GPU (QLoRA); float32 on a CPU, where bfloat16 arithmetic is emulated on
-    # most chips (no AVX-512 BF16): 4-bit decoding ran 28% faster in float32 (RESULTS.md).
+    # most chips (no AVX-512 BF16): 4-bit decoding ran 12% faster in float32 (RESULTS.md §8).
     compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if quantize:
         try:

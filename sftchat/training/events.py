@@ -64,8 +64,10 @@ def outcome_summary(replay: dict | None, drift: dict | None) -> str:
     adapter's metrics): "reproduces 12/12 curated answers; drift ×1.03 on 12 held-out prompts"."""
     parts = []
     if replay and replay.get("examples"):
+        sample = (f" (a sample of {replay['sampled_from']})"
+                  if replay.get("sampled_from") else "")
         parts.append(f"reproduces {replay['reproduced']}/{replay['examples']} curated "
-                     "answers exactly")
+                     f"answers exactly{sample}")
     if drift and drift.get("prompts"):
         parts.append(f"drift on {drift['prompts']} held-out prompts: perplexity "
                      f"×{drift['perplexity_ratio']:.2f}, KL {drift['kl_per_token']:.3f}/token")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import random
 import shutil
 import sys
 import threading
@@ -141,6 +142,8 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
 # Early stopping asks every target token to beat the runner-up by this many logits (nats),
 # so that an answer learned exactly does not flip under cached decoding's arithmetic.
 EARLY_STOP_MARGIN = 1.0
+
+
 def _all_learned(loss_function, model, encoded) -> bool:
     """Whether greedy decoding reproduces every example, each by a safe margin (eval mode)."""
     model.eval()
@@ -394,8 +397,7 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
         if stop.is_set():
             raise TrainingCancelled("training cancelled; nothing was published")
         evaluation = {
-            "replay": replay(loss_function, run.encoded).to_dict(
-                [record["id"] for record in run.records]),
+            "replay": _final_replay(loss_function, run.encoded, run.records, training.seed),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
         }
     except torch.OutOfMemoryError as exc:
@@ -405,6 +407,22 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
             "to keep the effective batch) or a smaller --max-length"
         ) from exc
     return model, metrics, evaluation
+
+
+# Beyond this many curated examples the final replay measures a fixed random sample of them:
+# one forward pass each is cheap for a dozen, but a third of an epoch for fifty thousand.
+REPLAY_SAMPLE = 1000
+
+
+def _final_replay(loss_function, encoded: list, records: list[dict], seed: int) -> dict:
+    indices = list(range(len(encoded)))
+    if len(indices) > REPLAY_SAMPLE:
+        indices = sorted(random.Random(seed).sample(indices, REPLAY_SAMPLE))
+    report = replay(loss_function, [encoded[i] for i in indices])
+    out = report.to_dict([records[i]["id"] for i in indices])
+    if len(indices) < len(encoded):
+        out["sampled_from"] = len(encoded)
+    return out
 
 
 def save(run: PreparedRun, training: TrainingSettings, model, metrics: dict,
