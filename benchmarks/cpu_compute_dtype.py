@@ -24,7 +24,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from sftchat.models.loader import quiet_libraries, resolve_model_path
+    from sftchat.models.loader import NF4, quiet_libraries, resolve_model_path
 
     quiet_libraries()
     spec = args.model
@@ -36,9 +36,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     def nf4(dtype):
-        return {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype), "dtype": dtype}
+        return {"quantization_config": BitsAndBytesConfig(**NF4, bnb_4bit_compute_dtype=dtype),
+                "dtype": dtype}
 
     variants = {"4-bit NF4, bfloat16 compute": nf4(torch.bfloat16),
                 "4-bit NF4, float32 compute (sftchat on CPU)": nf4(torch.float32),

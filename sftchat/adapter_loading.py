@@ -28,6 +28,15 @@ def _live_name(saved: str, adapter: str) -> str | None:
     return saved[:match.start()] + f".{match.group(1)}.{adapter}{match.group(2) or ''}"
 
 
+def lora_config(rank: int, alpha: int, dropout: float = 0.0):
+    """THE LoRA configuration sftchat trains and prepares swap slots with: all linear
+    layers, no bias. The trainer and the engine's slot both call this, so they match."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+
+
 def config_signature(config) -> tuple:
     """What must match for an adapter to fill layers injected for another config."""
     targets = config.target_modules

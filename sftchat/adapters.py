@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftchat.errors import SftchatError
+
 META_FILE = "sftchat.json"
 SNAPSHOT_FILE = "train.jsonl"
 STAGING_PREFIX = ".staging-"
@@ -30,7 +32,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RESERVED = ("latest", "none")
 
 
-class AdapterError(Exception):
+class AdapterError(SftchatError):
     """An adapter cannot be found, named, loaded or removed (message says why and what to do)."""
 
 
@@ -130,6 +132,18 @@ def resolve(adapters_dir: Path, name: str | None) -> AdapterInfo | None:
     raise AdapterError(f"no adapter named {name!r} (available: {names})")
 
 
+def check_base(info: AdapterInfo, identity: dict) -> None:
+    """An adapter only ever loads onto the base model it was trained on (GUIDE §4): compare
+    its recorded base with the loaded model's `identity` (see `models.loader`)."""
+    expected = info.meta.get("base_model") or {}
+    if expected.get("fingerprint") and expected["fingerprint"] != identity["fingerprint"]:
+        raise AdapterError(
+            f"adapter {info.name!r} was trained on base model {expected.get('model')!r}, "
+            f"not on the loaded {identity['model']!r}; start sftchat with "
+            f"--model {expected.get('model')} to use it"
+        )
+
+
 def remove(adapters_dir: Path, name: str) -> None:
     info = resolve(adapters_dir, check_name(name))
     assert info is not None
@@ -169,14 +183,20 @@ def staging_dir(adapters_dir: Path, name: str) -> Path:
     return adapters_dir / f"{STAGING_PREFIX}{name}-{os.getpid()}"
 
 
-def publish(staging: Path, adapters_dir: Path, name: str) -> Path:
-    """Atomically move a complete staging folder to `adapters/NAME`."""
+def check_free(adapters_dir: Path, name: str) -> Path:
+    """`adapters/NAME`, which must not exist yet."""
     target = adapters_dir / check_name(name)
     if target.exists():
         raise AdapterError(
             f"an adapter named {name!r} already exists; pick another --name or "
             f"remove it with `sftchat adapters rm {name}`"
         )
+    return target
+
+
+def publish(staging: Path, adapters_dir: Path, name: str) -> Path:
+    """Atomically move a complete staging folder to `adapters/NAME`."""
+    target = check_free(adapters_dir, name)
     os.rename(staging, target)
     # Make the rename itself durable.
     fd = os.open(adapters_dir, os.O_RDONLY)

@@ -16,6 +16,8 @@ import sys
 from typing import Sequence
 
 from sftchat import __version__
+from sftchat.errors import SftchatError
+from sftchat.training.options import add_train_options
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -107,74 +109,6 @@ def _add_data_parsers(sub, common) -> None:
                           "alpaca records in JSONL)")
 
 
-def _train_options(parser: argparse.ArgumentParser) -> None:
-    """The options `sftchat train` and the app's `/train` share."""
-    parser.add_argument("--name", help="adapter name (default: sft-DATE-TIME)")
-    parser.add_argument("--epochs", type=_epochs, metavar="N|auto",
-                        help="passes over the dataset (default auto: enough steps to learn a "
-                             "small dataset, 3 passes over a large one)")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--rank", type=int, help="LoRA rank")
-    parser.add_argument("--alpha", type=int, help="LoRA alpha")
-    parser.add_argument("--dropout", type=float, help="LoRA dropout")
-    parser.add_argument("--batch-size", type=int, help="examples per micro-batch")
-    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    parser.add_argument("--max-length", type=int, help="max tokens per example")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--regularize", choices=("rehearsal", "distill", "off"),
-                        help="rehearsal (default): also train on the base model's own answers "
-                             "to general prompts, so it keeps what it knew; distill: match its "
-                             "next-token distributions there instead; off: curated only")
-    parser.add_argument("--no-early-stop", dest="early_stop", action="store_false",
-                        default=None,
-                        help="run every planned step, even after all curated answers are learned")
-    parser.add_argument("--from", dest="from_adapter", metavar="ADAPTER",
-                       help="continue training from this adapter")
-
-
-def _epochs(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', not {text!r}")
-
-
-class _InAppParser(_Parser):
-    """For text typed in the app: a usage error is an exception to show, not an exit."""
-
-    def error(self, message: str):
-        usage = " ".join(self.format_usage().split()[1:])  # one line, without "usage:"
-        raise TrainOptionsError(f"{message}; accepted: {usage}")
-
-    def exit(self, status: int = 0, message: str | None = None):
-        raise TrainOptionsError(message or "/train takes options only, e.g. /train --epochs 3")
-
-
-class TrainOptionsError(ValueError):
-    """`/train` options the app cannot pass on (the message says which and what is accepted)."""
-
-
-def parse_train_options(text: str) -> list[str]:
-    """Check the options typed after `/train` and return them as `sftchat train` arguments.
-
-    The same parser definitions as the command line, so both accept exactly the same options;
-    values are range-checked by the trainer, which reports a bad one as its failure.
-    """
-    import shlex
-
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:  # an unclosed quote
-        raise TrainOptionsError(f"cannot read the options: {exc}") from None
-    parser = _InAppParser(prog="/train", add_help=False)
-    _train_options(parser)
-    parser.parse_args(words)
-    return words
-
-
 def _add_train_parser(sub, common) -> None:
     train = sub.add_parser(
         "train", parents=[common], help="QLoRA-train an adapter on the dataset",
@@ -183,7 +117,7 @@ def _add_train_parser(sub, common) -> None:
                     "from the defaults: a schedule fitted to the dataset's size that stops once "
                     "every curated answer is reproduced (the built-in model only differs in "
                     "its learning rate and no rehearsal).")
-    _train_options(train)
+    add_train_options(train)
     train.add_argument("--json", action="store_true",
                        help="one JSON event per line on stdout")
 
@@ -227,28 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is meant for the user (imported lazily where heavy)."""
-    from sftchat.adapters import AdapterError
-    from sftchat.config import ConfigError
-    from sftchat.dataset.formats import FormatError
-    from sftchat.dataset.store import StoreError
-    from sftchat.prompts import ExampleTooLongError, TemplateError
-
-    errors: list[type[BaseException]] = [AdapterError, ConfigError, FormatError, StoreError,
-                                         TemplateError, ExampleTooLongError]
-    if "sftchat.models.loader" in sys.modules:
-        errors.append(sys.modules["sftchat.models.loader"].ModelLoadError)
-    if "sftchat.training.trainer" in sys.modules:
-        errors.append(sys.modules["sftchat.training.trainer"].TrainingError)
-    if "sftchat.training.workspace_lock" in sys.modules:
-        errors.append(sys.modules["sftchat.training.workspace_lock"].WorkspaceBusyError)
-    from sftchat.commands import CommandError
-
-    errors.append(CommandError)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -256,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from sftchat import commands
 
-        return commands.dispatch(args, parser)
+        return commands.dispatch(args)
     except KeyboardInterrupt:
         print("sftchat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -267,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - user errors become one line; others too
         if debug:
             raise
-        if isinstance(exc, _user_errors()):
+        if isinstance(exc, SftchatError):
             print(f"sftchat: error: {exc}", file=sys.stderr)
         else:
             print(f"sftchat: error: {type(exc).__name__}: {exc} "

@@ -17,10 +17,12 @@ from dataclasses import replace
 from sftchat import adapters as adapter_registry
 from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
 from sftchat.config import validate_training
+from sftchat.errors import SftchatError
 from sftchat.text import StreamSanitizer, one_line, strip_control
+from sftchat.training.options import training_overrides
 from sftchat.training.events import outcome_summary
 
-class CommandError(Exception):
+class CommandError(SftchatError):
     """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
 
 
@@ -63,7 +65,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         elif command == "list":
             examples = store.iter_examples(search=args.search, limit=args.limit)
             if args.json:
-                _write_json_list(example.to_dict() for example in examples)
+                formats.write_json_lines(sys.stdout, (example.to_dict() for example in examples),
+                                         as_list=True)
             else:
                 for example in examples:
                     _print_text(f"{example.id:>6}  {one_line(example.instruction, 50):<50}  "
@@ -109,15 +112,6 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(f"exported {count} examples to {args.file} "
                   f"({formats.describe_export(args.file, fmt)})", file=sys.stderr)
     return 0
-
-
-def _write_json_list(items) -> None:
-    """Stream a JSON list without building it in memory (50,000 examples stay instant)."""
-    out = sys.stdout
-    out.write("[")
-    for index, item in enumerate(items):
-        out.write(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False))
-    out.write("\n]\n")
 
 
 def _print_text(text: str) -> None:
@@ -213,15 +207,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _training_settings(args: argparse.Namespace, settings: Settings):
-    names = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "batch_size",
-             "grad_accum", "max_length", "seed", "regularize", "early_stop")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return validate_training(replace(settings.training, **overrides), "train")
+    return validate_training(replace(settings.training, **training_overrides(args)), "train")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sftchat.training.events import json_emitter, make_event, text_emitter
-    from sftchat.training.trainer import TrainingCancelled, TrainingError, run_training
+    from sftchat.training.trainer import TrainingCancelled, run_training
 
     settings = _settings(args)
     training = _training_settings(args, settings)
@@ -245,9 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     except Exception as exc:
         if args.json:
-            from sftchat.cli import _user_errors
-
-            user_error = isinstance(exc, (TrainingError, *_user_errors()))
+            user_error = isinstance(exc, SftchatError)
             message = str(exc) if user_error else f"{type(exc).__name__}: {exc}"
             emit(make_event("failed", message=message))
         raise
@@ -265,7 +254,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def dispatch(args: argparse.Namespace) -> int:
     command = args.command or "chat"
     handler = {"chat": cmd_chat, "data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
                "train": cmd_train}[command]

@@ -30,19 +30,25 @@ This module imports nothing heavy: the `data` and `adapters` commands use it.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from sftchat.errors import SftchatError
 from sftchat.prompts import AUTO_TEMPLATE, TEMPLATE_SETTINGS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 CONFIG_FILE = "sftchat.toml"
 BUILTIN_MODEL = "builtin"
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(SftchatError, ValueError):
     """A setting has an invalid value (in the toml file, the environment or a flag)."""
 
 
@@ -55,35 +61,59 @@ class GenerationSettings:
 
 
 AUTO = "auto"
-REGULARIZERS = ("rehearsal", "distill", "off")
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field documented for every place that shows it: `sftchat train --help`,
+    `/train` (both through `training.options`) and this file."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
     """QLoRA hyperparameters: one recipe that learns a dozen curated answers and keeps what
-    the model knew (measured on SmolLM2-135M-Instruct, benchmarks/RESULTS.md)."""
+    the model knew (measured on SmolLM2-135M-Instruct, benchmarks/RESULTS.md §8). Each field
+    is a `[training]` key in sftchat.toml and a `sftchat train` / `/train` option."""
 
-    epochs: int | str = AUTO        # passes over the dataset; auto: enough steps for small
-                                    # sets (at least `min_steps`), 3 for large ones
-    max_steps: int | None = None    # optimizer steps; overrides epochs when set
-    min_steps: int = 60             # with epochs = auto: at least this many optimizer steps
-    early_stop: bool = True         # stop once every curated answer is reproduced exactly
-    lr: float = 1e-3                # peak learning rate (AdamW)
-    rank: int = 16                  # LoRA rank r
-    alpha: int = 32                 # LoRA alpha (the update is scaled by alpha / r)
-    dropout: float = 0.0            # LoRA dropout (off: small curated sets are meant to be
-                                    # learned exactly; off also saves a copy of every input)
-    batch_size: int = 4             # examples per micro-batch (never more than the dataset)
-    grad_accum: int = 4             # micro-batches per optimizer step (idem)
-    max_length: int = 1024          # tokens per example; the prompt side is cut beyond it
-    warmup_ratio: float = 0.03      # share of steps with a linear learning-rate warm-up
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0      # gradient clipping
-    regularize: str = "rehearsal"   # rehearsal: also train on the base model's own answers
-                                    # to general prompts, so it keeps them | off
-    rehearsal_weight: float = 1.0   # weight of the rehearsal loss beside the curated loss
-    seed: int = 42
-    gradient_checkpointing: str = "auto"  # auto (on for CUDA) | on | off
+    epochs: int | str = _setting(
+        AUTO, "passes over the dataset; auto: at least --min-steps optimizer steps for a small "
+              "dataset, 3 passes over a large one")
+    max_steps: int | None = _setting(None, "optimizer steps (overrides --epochs)")
+    min_steps: int = _setting(60, "with epochs auto: at least this many optimizer steps")
+    early_stop: bool = _setting(
+        True, "stop once every curated answer is reproduced exactly under greedy decoding")
+    lr: float = _setting(1e-3, "peak learning rate (AdamW, warm-up then cosine decay)")
+    rank: int = _setting(16, "LoRA rank r")
+    alpha: int = _setting(32, "LoRA alpha (the update is scaled by alpha / r)")
+    # Off by default: a dozen curated answers are meant to be learned exactly, and dropout
+    # makes every LoRA layer keep its own copy of its input for the backward pass.
+    dropout: float = _setting(0.0, "LoRA dropout")
+    batch_size: int = _setting(4, "examples per micro-batch (never more than the dataset)")
+    grad_accum: int = _setting(4, "micro-batches per optimizer step (never more than needed)")
+    max_length: int = _setting(1024, "tokens per example; the prompt side is cut beyond it")
+    strict: bool = _setting(
+        False, "refuse to train when an example's answer alone is longer than --max-length "
+               "(default: skip it, with a notice naming it)")
+    warmup_ratio: float = _setting(0.03, "share of steps with a linear learning-rate warm-up")
+    weight_decay: float = _setting(0.0, "AdamW weight decay")
+    max_grad_norm: float = _setting(1.0, "gradient clipping")
+    regularize: str = _setting(
+        "rehearsal", "how to keep what the model knew: rehearsal trains on the base model's own "
+                     "answers to general prompts too; distill matches its next-token "
+                     "distributions there; off trains on the curated examples only",
+        choices=("rehearsal", "distill", "off"))
+    rehearsal_weight: float = _setting(1.0, "weight of that loss beside the curated loss")
+    seed: int = _setting(42, "seed for shuffling and initialisation")
+    gradient_checkpointing: str = _setting(
+        "auto", "recompute activations in the backward pass (auto: on for CUDA)",
+        choices=GRADIENT_CHECKPOINTING)
+
+
+REGULARIZERS = next(f for f in fields(TrainingSettings) if f.name == "regularize") \
+    .metadata["choices"]
 
 
 # The built-in tiny model's random weights know nothing worth keeping (no rehearsal), and
@@ -173,7 +203,7 @@ def validate_training(settings: TrainingSettings, where: str = "training") -> Tr
         raise ConfigError(f"{where}: dropout must be in [0, 1), not {settings.dropout}")
     if not 0 <= settings.warmup_ratio < 1:
         raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), not {settings.warmup_ratio}")
-    if settings.gradient_checkpointing not in ("auto", "on", "off"):
+    if settings.gradient_checkpointing not in GRADIENT_CHECKPOINTING:
         raise ConfigError(f"{where}: gradient_checkpointing must be auto, on or off")
     if settings.max_length < 64:
         raise ConfigError(f"{where}: max_length must be at least 64, not {settings.max_length}")

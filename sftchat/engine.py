@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 from sftchat import adapters as adapter_registry
 from sftchat.adapter_loading import (
-    add_lora_adapter, config_signature, inject_empty_adapter, read_adapter_config,
+    add_lora_adapter, config_signature, inject_empty_adapter, lora_config, read_adapter_config,
 )
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
@@ -125,14 +125,7 @@ class ChatEngine:
     # ------------------------------------------------------------------ adapters
 
     def _check_base(self, info: AdapterInfo) -> None:
-        expected = info.meta.get("base_model", {})
-        mine = self.loaded.identity
-        if expected and expected.get("fingerprint") != mine["fingerprint"]:
-            raise AdapterError(
-                f"adapter {info.name!r} was trained on base model {expected.get('model')!r}, "
-                f"not on the loaded {mine['model']!r}; start sftchat with "
-                f"--model {expected.get('model')} to use it"
-            )
+        adapter_registry.check_base(info, self.loaded.identity)
         if not (info.path / "adapter_model.safetensors").is_file():
             raise AdapterError(
                 f"adapter {info.name!r} has no adapter_model.safetensors; sftchat loads "
@@ -177,10 +170,7 @@ class ChatEngine:
         """Inject empty LoRA layers for the adapter a training run will publish (r, alpha,
         all linear layers), so that its swap only has to copy weights. Call it while the
         trainer runs; the layers stay unused until an adapter with that config loads."""
-        from peft import LoraConfig
-
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                            target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+        config = lora_config(rank, alpha, dropout)
         with self._lock:
             if self._slot is not None:
                 return

@@ -159,6 +159,24 @@ def describe_export(path: Path, fmt: str) -> str:
     return f"{schema}, {'JSONL' if encoding == 'jsonl' else 'JSON list'}"
 
 
+def write_json_lines(out, items: Iterable, as_list: bool) -> int:
+    """Stream `items` to `out` as JSON Lines, or as one JSON list one item a line, without
+    building the whole in memory (50,000 examples stay instant); return their count."""
+    count = 0
+    if as_list:
+        out.write("[")
+    for item in items:
+        line = json.dumps(item, ensure_ascii=False)
+        if as_list:
+            out.write(("," if count else "") + "\n  " + line)
+        else:
+            out.write(line + "\n")
+        count += 1
+    if as_list:
+        out.write("\n]\n")
+    return count
+
+
 def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
     """Write the store's {instruction, input, output} records atomically; return their count."""
     schema, encoding = _export_plan(path, fmt)
@@ -170,20 +188,10 @@ def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
-    count = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            if encoding == "json":
-                out.write("[")
-            for record in records:
-                line = json.dumps(render_record(record, schema), ensure_ascii=False)
-                if encoding == "json":
-                    out.write(("," if count else "") + "\n  " + line)
-                else:
-                    out.write(line + "\n")
-                count += 1
-            if encoding == "json":
-                out.write("\n]\n")
+            count = write_json_lines(out, (render_record(record, schema) for record in records),
+                                     as_list=encoding == "json")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -30,6 +30,8 @@ leading system message. Decisions, and why:
 
 from __future__ import annotations
 
+from sftchat.errors import SftchatError
+
 SCHEMAS = ("alpaca", "sharegpt", "messages")
 
 # schema -> (the record's list field, the role and text fields it writes, role names it writes)
@@ -44,7 +46,7 @@ _SHAPES = ("alpaca {instruction, input, output}, sharegpt {conversations: [{from
            "messages {messages: [{role, content}]}")
 
 
-class FormatError(ValueError):
+class FormatError(SftchatError, ValueError):
     """The file cannot be read as an instruction dataset (the message says where and why)."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from sftchat.errors import SftchatError
+
 DB_NAME = "examples.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
 
@@ -44,7 +46,7 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
+class StoreError(SftchatError):
     """A dataset operation failed in a way the user can fix (message says how)."""
 
 

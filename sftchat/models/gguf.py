@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sftchat.errors import SftchatError
+
 GGUF_SUFFIX = ".gguf"
 INFO_FILE = "sftchat-gguf.json"
 INDEX_FILE = "gguf-index.json"
@@ -35,7 +37,7 @@ CONVERSION_VERSION = 1
 Progress = Callable[[str], None]
 
 
-class GGUFError(RuntimeError):
+class GGUFError(SftchatError, RuntimeError):
     """A GGUF file cannot be used; the message says which, why and what to do."""
 
 

@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftchat.config import BUILTIN_MODEL
+from sftchat.errors import SftchatError
 
 
-class ModelLoadError(RuntimeError):
+# QLoRA's 4-bit settings (the compute dtype depends on the device: see load_model).
+NF4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+
+
+class ModelLoadError(SftchatError, RuntimeError):
     """The model cannot be loaded; the message says which model, why, and what to do."""
 
 
@@ -48,6 +53,15 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return 2048
+
+    @property
+    def quantization(self) -> dict | None:
+        """How the base is quantized (what an adapter records), None when it is not."""
+        if not self.quantized:
+            return None
+        return {"load_in_4bit": True, "quant_type": NF4["bnb_4bit_quant_type"],
+                "double_quant": NF4["bnb_4bit_use_double_quant"],
+                "compute_dtype": self.compute_dtype}
 
     def describe(self) -> str:
         quant = "4-bit NF4" if self.quantized else self.compute_dtype
@@ -207,11 +221,7 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=compute_dtype,
-            )
+                **NF4, bnb_4bit_compute_dtype=compute_dtype)
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise _explain(spec, exc) from exc
     kwargs["dtype"] = compute_dtype

@@ -3,8 +3,9 @@
 Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order they come:
 
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
-              template, regularize, truncated_prompts (ids of examples whose prompt was cut
-              to fit), max_length
+              template, regularize, lora {rank, alpha, dropout} (the adapter's shape),
+              skipped_too_long (ids of examples whose answer alone exceeds max_length),
+              truncated_prompts (ids of examples whose prompt was cut to fit), max_length
 - `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null), lr,
               grad_norm, learned (curated examples reproduced exactly at their latest pass),
               examples, tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
@@ -26,7 +27,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
-EVENT_KINDS = ("started", "step", "epoch", "finished", "cancelled", "failed")
+TERMINAL_EVENTS = ("finished", "cancelled", "failed")   # every run ends with exactly one
+EVENT_KINDS = ("started", "step", "epoch", *TERMINAL_EVENTS)
 Emit = Callable[[dict], None]
 
 
@@ -74,15 +76,26 @@ def outcome_summary(replay: dict | None, drift: dict | None) -> str:
     return "; ".join(parts)
 
 
+def _ids(ids: list) -> str:
+    return ", ".join(str(i) for i in ids[:10]) + (", …" if len(ids) > 10 else "")
+
+
 def truncation_notice(event: dict) -> str | None:
-    """For a `started` event: which examples had their prompt cut to fit, if any."""
+    """For a `started` event: which examples were skipped or had their prompt cut to fit."""
+    notices = []
+    skipped = event.get("skipped_too_long") or []
+    if skipped:
+        notices.append(
+            f"skipped {len(skipped)} example{'' if len(skipped) == 1 else 's'} whose answer "
+            f"alone is longer than max length {event.get('max_length')} (ids {_ids(skipped)}); "
+            "raise --max-length to train on them")
     truncated = event.get("truncated_prompts") or []
-    if not truncated:
-        return None
-    shown = ", ".join(str(i) for i in truncated[:10]) + (", …" if len(truncated) > 10 else "")
-    return (f"{len(truncated)} example(s) longer than max length {event.get('max_length')}: "
-            f"their prompts were cut to fit (ids {shown}); raise --max-length to keep them "
-            "whole")
+    if truncated:
+        notices.append(
+            f"{len(truncated)} example(s) longer than max length {event.get('max_length')}: "
+            f"their prompts were cut to fit (ids {_ids(truncated)}); raise --max-length to "
+            "keep them whole")
+    return "; ".join(notices) or None
 
 
 def describe(event: dict) -> str | None:

@@ -22,9 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sftchat.training.events import make_event, parse_event
-
-TERMINAL_EVENTS = ("finished", "cancelled", "failed")
+from sftchat.training.events import TERMINAL_EVENTS, make_event, parse_event
 
 
 def trainer_command(workspace: Path, global_args: Sequence[str] = (),

@@ -32,9 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sftchat.errors import SftchatError
 from sftchat import __version__
 from sftchat import adapters as adapter_registry
-from sftchat.adapters import AdapterError
 from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
 from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
@@ -48,7 +48,7 @@ from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SftchatError, RuntimeError):
     """Training cannot start or failed; the message is one user-facing sentence."""
 
 
@@ -86,14 +86,30 @@ def _snapshot(settings: Settings, staging: Path) -> list[dict]:
     return records
 
 
-def _encode_all(records: list[dict], tokenizer, template: str, max_length: int):
-    encoded = []
+def _encode_all(records: list[dict], tokenizer, template: str, max_length: int,
+                strict: bool = False):
+    """(records kept, their encodings, ids of examples skipped as too long).
+
+    An example whose response alone does not fit in `max_length` is skipped, as axolotl
+    drops long samples, so one long answer does not refuse the whole run; with `strict`, or
+    when nothing is left, the run is refused instead, naming the example."""
+    kept, encoded, skipped = [], [], []
+    reason = None
     for record in records:
         try:
             encoded.append(encode_example(tokenizer, template, record, max_length))
+            kept.append(record)
         except ExampleTooLongError as exc:
-            raise TrainingError(f"example {record['id']}: {exc}") from exc
-    return encoded
+            if strict:
+                raise TrainingError(f"example {record['id']}: {exc} (or drop --strict to "
+                                    "skip it)") from exc
+            skipped.append(record["id"])
+            reason = exc
+    if not kept:
+        ids = ", ".join(str(i) for i in skipped[:10]) + (", …" if len(skipped) > 10 else "")
+        raise TrainingError(f"no example fits in max length {max_length} (ids {ids}): "
+                            f"{reason}")
+    return kept, encoded, skipped
 
 
 def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool:
@@ -103,7 +119,9 @@ def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool
 
 
 def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    from sftchat.adapter_loading import lora_config
 
     model = loaded.model
     checkpointing = _use_gradient_checkpointing(training, loaded.device)
@@ -116,11 +134,8 @@ def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
     if from_adapter is not None:
         model = PeftModel.from_pretrained(model, str(from_adapter.path), is_trainable=True)
     else:
-        config = LoraConfig(
-            r=training.rank, lora_alpha=training.alpha, lora_dropout=training.dropout,
-            target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora_config(training.rank, training.alpha,
+                                                  training.dropout))
     if loaded.device == "cpu":
         from sftchat.training.fast_dropout import use_fast_dropout
 
@@ -248,8 +263,7 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
         "name": run.name,
         "sftchat_version": __version__,
         "base_model": loaded.identity,
-        "quantization": {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
-                         "compute_dtype": loaded.compute_dtype} if loaded.quantized else None,
+        "quantization": loaded.quantization,
         "device": loaded.device,
         "template": run.template,
         "hyperparameters": asdict(training),
@@ -263,6 +277,7 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
             "example_ids": [record["id"] for record in run.records],
             "learned_tokens": count_learned(run.encoded),
             "truncated_prompts": sum(1 for example in run.encoded if example.prompt.truncated),
+            "skipped_too_long": run.skipped,
         },
         "metrics": {**metrics, **evaluation},
         "started_at": run.started_at,
@@ -290,11 +305,7 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
         adapter_registry.clean_leftovers(adapters_dir)
         name = name or default_adapter_name(adapters_dir)
         lock.record(name)
-        if (adapters_dir / name).exists():
-            raise AdapterError(
-                f"an adapter named {name!r} already exists; pick another --name or remove it "
-                f"with `sftchat adapters rm {name}`"
-            )
+        adapter_registry.check_free(adapters_dir, name)  # before an hour of training
         source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
         staging = adapter_registry.staging_dir(adapters_dir, name)
         staging.mkdir()
@@ -320,7 +331,8 @@ class PreparedRun:
     name: str
     staging: Path
     started_at: str
-    records: list[dict]
+    records: list[dict]       # the examples trained on (the snapshot less `skipped`)
+    skipped: list[int]        # ids of examples too long for max_length
     loaded: object            # models.loader.LoadedModel
     template: str             # the concrete template the adapter is trained (and answers) with
     encoded: list
@@ -339,6 +351,16 @@ def _run_template(settings: Settings, source, tokenizer) -> str:
     return resolve_template(settings.template, tokenizer)
 
 
+def _lora_shape(training: TrainingSettings, source) -> dict:
+    """The LoRA shape the run's adapter will have (the app prepares its swap slot from it):
+    the --from adapter's own, else the run's settings."""
+    if source is not None:
+        config = json.loads((source.path / "adapter_config.json").read_text(encoding="utf-8"))
+        return {"rank": config.get("r"), "alpha": config.get("lora_alpha"),
+                "dropout": config.get("lora_dropout", 0.0)}
+    return {"rank": training.rank, "alpha": training.alpha, "dropout": training.dropout}
+
+
 def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str, source,
           staging: Path) -> PreparedRun:
     """Snapshot the data, load the base, answer the anchor prompts, plan the steps."""
@@ -351,14 +373,10 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
     loaded = load_model(settings.model, settings.device, settings.quantize,
                         settings.trust_remote_code, progress=_progress_to_stderr)
     if source is not None:
-        expected = source.meta.get("base_model", {}).get("fingerprint")
-        if expected and expected != loaded.identity["fingerprint"]:
-            raise AdapterError(
-                f"--from {source.name}: that adapter was trained on another base model "
-                f"({source.meta['base_model'].get('model')!r})"
-            )
+        adapter_registry.check_base(source, loaded.identity)
     template = _run_template(settings, source, loaded.tokenizer)
-    encoded = _encode_all(records, loaded.tokenizer, template, training.max_length)
+    records, encoded, skipped = _encode_all(records, loaded.tokenizer, template,
+                                            training.max_length, training.strict)
     schedule = fit_schedule(len(encoded), training)
     plans = plan_schedule(schedule, len(encoded), training.seed)
     # The base answers its anchor prompts before any adapter is attached (cached after the
@@ -373,12 +391,13 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
                  if example.prompt.truncated]
     emit(make_event(
         "started", name=name, base_model=settings.model, examples=len(records),
-        truncated_prompts=truncated, max_length=training.max_length, template=template,
+        truncated_prompts=truncated, skipped_too_long=skipped, max_length=training.max_length, template=template,
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,
-        device=loaded.device,
+        lora=_lora_shape(training, source), device=loaded.device,
     ))
     return PreparedRun(name=name, staging=staging, started_at=started_at, records=records,
+                       skipped=skipped,
                        loaded=loaded, template=template, encoded=encoded, schedule=schedule,
                        plans=plans, source=source, regularizer=regularizer,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):])

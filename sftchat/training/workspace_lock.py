@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from sftchat.errors import SftchatError
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are not serialised there.
@@ -29,7 +31,7 @@ except ImportError:  # Windows: no flock; runs are not serialised there.
 LOCK_FILE = ".train.lock"
 
 
-class WorkspaceBusyError(RuntimeError):
+class WorkspaceBusyError(SftchatError, RuntimeError):
     """Another training run holds this workspace (the message names it and what to do)."""
 
 

@@ -16,6 +16,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from sftchat.config import Settings
 from sftchat.dataset.store import ExampleStore
+from sftchat.training.events import TERMINAL_EVENTS
 from sftchat.training.runner import TrainerProcess, trainer_command
 from sftchat.tui.messages import TrainingEnded, TrainingProgressed
 from sftchat.tui.screens.chat import ChatScreen
@@ -130,7 +131,7 @@ class SftchatApp(App):
 
     def _on_trainer_event(self, event: dict) -> None:
         screen = self.screen_for_events()
-        if event["event"] in ("finished", "cancelled", "failed"):
+        if event["event"] in TERMINAL_EVENTS:
             screen.post_message(TrainingEnded(event))
         else:
             screen.post_message(TrainingProgressed(event))
@@ -154,7 +155,8 @@ class SftchatApp(App):
 
         def answered(stop: bool | None) -> None:
             if stop:
-                self.trainer.cancel()
+                if self.trainer is not None:  # it may have ended while the question was open
+                    self.trainer.cancel()
                 self.exit()
 
         self.push_screen(ConfirmModal("Training is running. Stop it and quit?",

@@ -94,3 +94,25 @@ def test_continue_from_an_adapter(tmp_path):
             check=True)
     meta = json.loads((tmp_path / "adapters" / "two" / "sftchat.json").read_text())
     assert meta["from_adapter"] == "one"
+
+
+def test_an_example_too_long_is_skipped_with_a_notice_or_refused_with_strict(tmp_path):
+    """Issue 11, defect 5: one long answer no longer refuses the whole run."""
+    _add(tmp_path, "Ping?", "Pong.")
+    _add(tmp_path, "Write a lot.", "word " * 1500)   # its answer alone exceeds max length
+    _add(tmp_path, "Pong?", "Ping.")
+    result = run_cli("train", "--json", "--name", "kept", "--max-steps", "2",
+                     "--max-length", "256", workspace=tmp_path, check=True)
+    started = parse_event(result.stdout.splitlines()[0])
+    assert started["skipped_too_long"] == [2] and started["examples"] == 2
+    meta = json.loads((tmp_path / "adapters" / "kept" / "sftchat.json").read_text())
+    assert meta["dataset"]["example_ids"] == [1, 3]
+    assert meta["dataset"]["skipped_too_long"] == [2]
+    text = run_cli("train", "--name", "kept2", "--max-steps", "1", "--max-length", "256",
+                   workspace=tmp_path, check=True)
+    assert "skipped 1 example whose answer alone is longer than max length 256 (ids 2)" \
+        in text.stderr
+    strict = run_cli("train", "--strict", "--max-length", "256", workspace=tmp_path)
+    assert strict.returncode == 1
+    assert "example 2: the response is" in strict.stderr and "--strict" in strict.stderr
+    assert strict.stderr.count("\n") == 1

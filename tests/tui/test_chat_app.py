@@ -280,11 +280,15 @@ async def test_slash_train_takes_the_command_lines_options(tmp_path):
             assert fragment in message, message
             assert app.trainer is None
         status = app.screen.query_one(StatusLine)
-        await pilot.press(*"/train --name custom --max-steps 2", "enter")
+        await pilot.press(*"/train --name custom --max-steps 2 --rank 8 --alpha 16", "enter")
         await wait_until(pilot, lambda: status.adapter == "custom", timeout=300,
                          what="the custom adapter to be trained and swapped in")
+        # Issue 11, defect 4: the swap slot was sized from the run's own LoRA shape (rank 8,
+        # not the settings' 16), so the adapter filled it instead of loading anew.
+        assert app.engine._loaded_adapters["custom"][0].startswith("slot")
     meta = json.loads((workspace / "adapters" / "custom" / "sftchat.json").read_text())
     assert meta["metrics"]["steps"] == 2 and meta["hyperparameters"]["max_steps"] == 2
+    assert (meta["lora"]["r"], meta["lora"]["alpha"]) == (8, 16)
 
 
 async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):
@@ -292,3 +296,67 @@ async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
         assert app.screen.query_one(PromptInput).text == "a\nb\nc"
+
+
+async def test_quitting_after_training_ended_under_the_question_does_not_crash(tmp_path):
+    """Issue 11, defect 3: training ends while "Stop and quit?" is open; yes must quit."""
+    from sftchat.tui.screens.confirm import ConfirmModal
+
+    # A run of a few seconds: long enough to ask, short enough to end under the question.
+    workspace = make_workspace(tmp_path,
+                               extra="[training]\nmin_steps = 30\nearly_stop = false\n")
+    app = create_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _start_training(pilot, app)
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
+        await wait_until(pilot, lambda: app.trainer is None, timeout=300,
+                         what="the run to end while the question is open")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to quit")
+    assert app.return_code in (0, None)
+
+
+async def test_save_while_an_answer_streams_says_why_and_then_saves_one_example(tmp_path):
+    """Issue 11, defect 6: ctrl+s mid-answer says why it waits; counts read naturally."""
+    app = create_app(settings_for(make_workspace(tmp_path, max_new_tokens=400,
+                                                 temperature=1.0)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.screen.query_one(PromptInput).text = "Talk for a while."
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.generating and answers(app)[0].text,
+                         what="the answer to start streaming")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("still coming" in t for t in toasts(app)),
+                         what="the explanation")
+        assert not isinstance(app.screen, CurateModal)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: finished_answers(app), what="the stop")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.store.count() == 1, what="the save")
+        await wait_until(pilot, lambda: any("the dataset has 1 example." in t
+                                            for t in toasts(app)), what="the confirmation")
+
+
+async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path):
+    """Issue 11, defect 2: the cancelled answer must not land in the new conversation."""
+    app = create_app(settings_for(make_workspace(tmp_path, max_new_tokens=4000,
+                                                 temperature=1.0)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.screen.query_one(PromptInput).text = "Talk for a long time."
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: answers(app) and answers(app)[0].text,
+                         what="the first piece")
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: not app.screen.generating, what="the cancel")
+        assert app.screen.turns == [] and app.screen.last_exchange is None
+        await pilot.press("ctrl+s")  # nothing to save: the abandoned answer is gone
+        await wait_until(pilot, lambda: any("No answer to save yet" in t for t in toasts(app)),
+                         what="the refusal")
+        # The next conversation works as usual.
+        await ask(pilot, "Hello?")
+        assert len(app.screen.turns) == 1 and app.screen.turns[0].instruction == "Hello?"

@@ -44,3 +44,54 @@ def test_no_module_outside_tui_mentions_textual():
                  if "tui" not in path.relative_to(root).parts
                  and ("import textual" in path.read_text() or "from textual" in path.read_text())]
     assert offenders == []
+
+
+def _imports(path) -> set[str]:
+    """Every module a source file imports, at any depth (lazy imports inside functions too),
+    read statically from its syntax tree."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _package_modules():
+    from pathlib import Path
+
+    import sftchat
+
+    root = Path(sftchat.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        yield ".".join(p for p in parts if p != "__init__"), path
+
+
+def _uses(imports: set[str], module: str) -> bool:
+    return any(name == module or name.startswith(module + ".") for name in imports)
+
+
+def test_import_contracts_hold_statically():
+    """Issue 11, item 7: no import circles through the CLI or the interface. The core never
+    imports `sftchat.tui` or `sftchat.cli`/`commands`; the interface never imports the CLI;
+    only `cli` and `commands` import each other's layer."""
+    broken = []
+    for module, path in _package_modules():
+        imports = _imports(path)
+        in_tui = module.startswith("sftchat.tui")
+        in_cli = module in ("sftchat.cli", "sftchat.commands")
+        if not in_tui and not in_cli and _uses(imports, "sftchat.tui"):
+            broken.append(f"{module} imports sftchat.tui")
+        if not in_cli and (_uses(imports, "sftchat.cli") or _uses(imports, "sftchat.commands")):
+            broken.append(f"{module} imports the command line")
+        if not in_tui and _uses(imports, "textual"):
+            broken.append(f"{module} imports textual")
+    assert broken == []
+    # The check reads real imports: the chat screen does import the core.
+    chat = dict(_package_modules())["sftchat.tui.screens.chat"]
+    assert _uses(_imports(chat), "sftchat.training.options")

@@ -9,14 +9,13 @@ middle of an answer; the screen also defers an automatic swap until the answer c
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from textual import on, work
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from sftchat.cli import TrainOptionsError, parse_train_options
+from sftchat.training.options import TrainOptionsError, parse_train_options
 from sftchat.prompts import Turn
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.tui.messages import (
@@ -29,14 +28,6 @@ from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from sftchat.tui.widgets.training_panel import TrainingPanel
-
-
-@dataclass
-class Exchange:
-    """The last finished question and answer (what ctrl+s curates)."""
-
-    question: str
-    answer: str
 
 
 class ChatScreen(Screen):
@@ -55,12 +46,14 @@ class ChatScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.turns: list[Turn] = []
-        self.last_exchange: Exchange | None = None
+        self.last_exchange: Turn | None = None  # the last finished turn: what ctrl+s curates
         self.pending: list[str] = []          # prompts typed before the model was ready
         self.model_error: str | None = None   # why the model could not be loaded, if so
         self.pending_swap: str | None = None  # adapter to swap in once the answer completes
         self._turn_counter = 0
         self._active_turn: tuple[int, str] | None = None
+        # A turn whose conversation was left (ctrl+n) mid-answer: its late result is dropped.
+        self._abandoned_turn: int | None = None
         self._cancel = threading.Event()
 
     # ------------------------------------------------------------------ layout
@@ -209,10 +202,11 @@ class ChatScreen(Screen):
             await answer.finish(message.text, meta)
         if message.notice:
             self.log_view.add_notice(message.notice)
-        if self._active_turn and self._active_turn[0] == message.turn_id:
+        if self._active_turn and self._active_turn[0] == message.turn_id \
+                and message.turn_id != self._abandoned_turn:
             question = self._active_turn[1]
             self.turns.append(Turn(question, message.text))
-            self.last_exchange = Exchange(question, message.text)
+            self.last_exchange = Turn(question, message.text)
         self._answer_finished()
 
     def on_response_failed(self, message: ResponseFailed) -> None:
@@ -242,6 +236,7 @@ class ChatScreen(Screen):
     def action_new_chat(self) -> None:
         if self.generating:
             self._cancel.set()
+            self._abandoned_turn = self._active_turn[0]
         self.turns.clear()
         self.last_exchange = None
         self.log_view.remove_children()
@@ -250,31 +245,37 @@ class ChatScreen(Screen):
     # ------------------------------------------------------------------ curate
 
     def action_save(self) -> None:
+        if self.generating:
+            # The answer on screen is not finished: saving the one before it would surprise.
+            self.notify("The answer is still coming: save it once it is finished (Esc "
+                        "stops it).", markup=False)
+            return
         if self.last_exchange is None:
             self.notify("No answer to save yet: ask something first.", markup=False)
             return
         exchange = self.last_exchange
-        self.app.push_screen(CurateModal(exchange.question, exchange.answer),
+        self.app.push_screen(CurateModal(exchange.instruction, exchange.response),
                              lambda result: self._saved(exchange, result))
 
-    def _saved(self, exchange: Exchange, result: CurateResult | None) -> None:
+    def _saved(self, exchange: Turn, result: CurateResult | None) -> None:
         if result is None:
             return
         try:
             example_id = self.app.store.add(result.instruction, result.response,
-                                            original_response=exchange.answer, source="chat")
+                                            original_response=exchange.response, source="chat")
         except Exception as exc:  # noqa: BLE001 - a store error is shown, nothing is lost
             self.notify(str(exc), title="Not saved", severity="error", markup=False)
             return
         # The corrected answer replaces the model's in the conversation's context too.
         for index in range(len(self.turns) - 1, -1, -1):
-            if self.turns[index].instruction == exchange.question \
-                    and self.turns[index].response == exchange.answer:
+            if self.turns[index].instruction == exchange.instruction \
+                    and self.turns[index].response == exchange.response:
                 self.turns[index] = Turn(result.instruction, result.response)
                 break
         self.refresh_dataset_size()
-        self.notify(f"Saved example #{example_id} — the dataset has "
-                    f"{self.status.examples} examples.", markup=False)
+        count = self.status.examples
+        self.notify(f"Saved example #{example_id} — the dataset has {count} "
+                    f"example{'' if count == 1 else 's'}.", markup=False)
 
     # ------------------------------------------------------------------ training
 
@@ -303,7 +304,7 @@ class ChatScreen(Screen):
             notice = truncation_notice(event)
             if notice:
                 self.log_view.add_notice(f"Training: {notice}")
-            self.prepare_swap_slot()
+            self.prepare_swap_slot(event.get("lora"))
         elif event["event"] == "step":
             panel.stepped(event)
             self.status.training = f"step {event['step']}/{event['total_steps']}"
@@ -334,13 +335,14 @@ class ChatScreen(Screen):
     # ------------------------------------------------------------------ adapters
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="slot")
-    def prepare_swap_slot(self) -> None:
-        """While the trainer runs, inject the empty LoRA layers its adapter will fill, so the
-        swap at the end only copies weights (it waits for an answer in progress)."""
-        engine, training = self.app.engine, self.app.settings.training
-        if engine is not None:
+    def prepare_swap_slot(self, lora: dict | None) -> None:
+        """While the trainer runs, inject the empty LoRA layers its adapter will fill (the
+        shape its `started` event announced), so the swap at the end only copies weights
+        (it waits for an answer in progress)."""
+        engine = self.app.engine
+        if engine is not None and lora and lora.get("rank") and lora.get("alpha"):
             try:
-                engine.prepare_slot(training.rank, training.alpha, training.dropout)
+                engine.prepare_slot(lora["rank"], lora["alpha"], lora.get("dropout") or 0.0)
             except Exception:  # noqa: BLE001 - only an optimisation: the swap loads normally
                 pass
 
