@@ -117,7 +117,8 @@ def main() -> None:
         tuned_right = right(_greedy(engine, kind, questions, 20))
         kept = sum(1 for b, t in zip(base_right, tuned_right) if b and t)
         speed = _decode_speed(engine, kind)
-        print(f"| {kind} (`{' '.join(VARIANTS[kind]) or 'no flags'}`) | {run.seconds:.0f} s | {run.peak_rss_mb:,.0f} MB | "
+        flags = " ".join(VARIANTS[kind]) or "no flags"
+        print(f"| {kind} (`{flags}`) | {run.seconds:.0f} s | {run.peak_rss_mb:,.0f} MB | "
               f"{metrics['steps']} | {metrics['replay']['reproduced']}/12 | {back}/12 | "
               f"{kept}/{sum(base_right)} | {metrics['drift']['perplexity_ratio']:.3f} | "
               f"{metrics['drift']['kl_per_token']:.3f} | {base_speed:.1f} → {speed:.1f} |")

@@ -68,7 +68,8 @@ def time_dataset_screen(workspace: Path) -> float:
             started = time.perf_counter()
             app.push_screen(DatasetScreen(workspace / "data"))
             while not (isinstance(app.screen, DatasetScreen)
-                       and app.screen.query(DataTable) and app.screen.query_one(DataTable).row_count):
+                       and app.screen.query(DataTable)
+                       and app.screen.query_one(DataTable).row_count):
                 await pilot.pause(0.005)
             return time.perf_counter() - started
 

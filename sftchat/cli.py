@@ -17,6 +17,7 @@ from typing import Sequence
 
 from sftchat import __version__
 from sftchat.errors import SftchatError
+from sftchat.prompts import TEMPLATE_SETTINGS
 from sftchat.training.options import add_train_options
 
 EXIT_ERROR = 1
@@ -45,7 +46,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="where the model runs (env SFTCHAT_DEVICE; default auto)")
     group.add_argument("--no-quantize", action="store_true", **default,
                        help="load without 4-bit quantization (env SFTCHAT_NO_QUANTIZE=1)")
-    group.add_argument("--template", choices=("auto", "alpaca", "chatml", "tokenizer"), **default,
+    group.add_argument("--template", choices=TEMPLATE_SETTINGS, **default,
                        help="prompt template (env SFTCHAT_TEMPLATE; default auto: the model's "
                             "chat template when it has one, else alpaca)")
     group.add_argument("--debug", action="store_true", **default,

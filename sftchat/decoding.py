@@ -1,4 +1,9 @@
-"""Token-by-token decoding for the chat engine: a generator, no thread, no streamer.
+"""Token-by-token decoding for the chat engine: token ids in, text out, as it comes.
+
+- `decode_tokens`: a generator of token ids, no thread, no streamer;
+- `IncrementalDecoder`: those ids to text in constant time per token;
+- `cut_at_stop` / `safe_length`: where a stop string (the model starting a new turn) cuts the
+  text, and how much of it can be shown before a stop string might still begin.
 
 `decode_tokens` prefills the prompt once, then feeds back one token at a time with the
 key/value cache, yielding each new token id as soon as it is chosen. Running in the
@@ -87,3 +92,70 @@ def decode_tokens(model, prompt_ids: Sequence[int], settings: GenerationSettings
                 cache = output.past_key_values
             output = model(input_ids=torch.tensor([[token]], device=device),
                            use_cache=True, **{cache_argument: cache})
+
+
+class IncrementalDecoder:
+    """Token ids in, new text out, in constant time per token.
+
+    Decoding the whole answer again for every token costs O(n) each, O(n²) in all, and
+    competes with generation for the GIL. Like text-generation-inference, this decodes only
+    a short window: the text of the tokens since `prefix` minus the text they had before the
+    newest ones. A character split over several byte tokens shows as U+FFFD until its last
+    byte arrives, so such a delta is held back.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0   # start of the decoding window
+        self.read = 0     # tokens whose text has been returned
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is held back at the end (an incomplete character is dropped)."""
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:]).rstrip("\ufffd")
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):] if len(after) > len(before) else ""
+
+
+def cut_at_stop(text: str, stops: Sequence[str], new_from: int = 0) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string (and the blank line leading to it).
+
+    Only a stop that ends at or after `new_from` is looked for: the text before it was
+    already checked, which keeps this constant-time per token."""
+    cut = min((index for index in (
+        text.find(stop, max(0, new_from - len(stop) + 1)) for stop in stops) if index >= 0),
+        default=-1)
+    if cut < 0:
+        return text, False
+    return text[:cut].rstrip("\n"), True
+
+
+def safe_length(text: str, stops: Sequence[str]) -> int:
+    """How much of `text` can be shown now: hold back an incomplete UTF-8 character and any
+    tail that might be the start of a stop string (or the newlines before one)."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for stop in stops:
+        if stop[0] not in text[max(0, end - len(stop) + 1):end]:
+            continue  # the tail cannot be the start of this stop string
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:size]):
+                end -= size
+                break
+    while end and text[end - 1] == "\n":
+        end -= 1
+    return end

@@ -33,10 +33,10 @@ from sftchat.adapter_loading import (
 )
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
-from sftchat.decoding import decode_tokens
+from sftchat.decoding import IncrementalDecoder, cut_at_stop, decode_tokens, safe_length
 from sftchat.models.loader import LoadedModel, load_model
 from sftchat.prompts import (
-    Turn, check_template, encode_prompt, resolve_template, stop_strings, stop_token_ids,
+    ALPACA, Turn, check_template, encode_prompt, resolve_template, stop_strings, stop_token_ids,
 )
 
 # The prompt always keeps at least this share of the context, even for long answers.
@@ -163,7 +163,8 @@ class ChatEngine:
                     f"or made for another model: remove it with `sftchat adapters rm {info.name}`"
                 ) from exc
             self._loaded_adapters[info.name] = (key, stamp)
-            self._templates[info.name] = check_template(info.meta.get("template") or "alpaca")
+            # Adapters from before templates were recorded were all trained with Alpaca.
+            self._templates[info.name] = check_template(info.meta.get("template") or ALPACA)
             return True
 
     def prepare_slot(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
@@ -299,11 +300,11 @@ class ChatEngine:
                 if not piece:
                     continue
                 text += piece
-                text, hit = _cut_at_stop(text, stops, len(text) - len(piece))
+                text, hit = cut_at_stop(text, stops, len(text) - len(piece))
                 if hit:
                     generation.finish_reason = "stop"
                     break
-                safe = _safe_length(text, stops)
+                safe = safe_length(text, stops)
                 if safe > emitted:
                     generation.text = text
                     yield text[emitted:safe]
@@ -311,76 +312,9 @@ class ChatEngine:
             if cancel.is_set() and generation.finish_reason == "length":
                 generation.finish_reason = "cancelled"
             if generation.finish_reason != "stop":
-                text = _cut_at_stop(text + decoder.flush(), stops)[0]
+                text = cut_at_stop(text + decoder.flush(), stops)[0]
             generation.text = text
             if emitted < len(text):
                 yield text[emitted:]
         finally:
             generation.seconds = time.perf_counter() - generation._started
-
-
-class IncrementalDecoder:
-    """Token ids in, new text out, in constant time per token.
-
-    Decoding the whole answer again for every token costs O(n) each, O(n²) in all, and
-    competes with generation for the GIL. Like text-generation-inference, this decodes only
-    a short window: the text of the tokens since `prefix` minus the text they had before the
-    newest ones. A character split over several byte tokens shows as U+FFFD until its last
-    byte arrives, so such a delta is held back.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0   # start of the decoding window
-        self.read = 0     # tokens whose text has been returned
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def add(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is held back at the end (an incomplete character is dropped)."""
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:]).rstrip("\ufffd")
-        self.prefix = self.read = len(self.ids)
-        return after[len(before):] if len(after) > len(before) else ""
-
-
-def _cut_at_stop(text: str, stops: Sequence[str], new_from: int = 0) -> tuple[str, bool]:
-    """Cut `text` before the earliest stop string (and the blank line leading to it).
-
-    Only a stop that ends at or after `new_from` is looked for: the text before it was
-    already checked, which keeps this constant-time per token."""
-    cut = min((index for index in (
-        text.find(stop, max(0, new_from - len(stop) + 1)) for stop in stops) if index >= 0),
-        default=-1)
-    if cut < 0:
-        return text, False
-    return text[:cut].rstrip("\n"), True
-
-
-def _safe_length(text: str, stops: Sequence[str]) -> int:
-    """How much of `text` can be shown now: hold back an incomplete UTF-8 character and any
-    tail that might be the start of a stop string (or the newlines before one)."""
-    end = len(text)
-    while end and text[end - 1] == "\ufffd":
-        end -= 1
-    for stop in stops:
-        if stop[0] not in text[max(0, end - len(stop) + 1):end]:
-            continue  # the tail cannot be the start of this stop string
-        for size in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:size]):
-                end -= size
-                break
-    while end and text[end - 1] == "\n":
-        end -= 1
-    return end

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Sequence
 
 IGNORE_INDEX = -100
 AUTO_TEMPLATE = "auto"
-TEMPLATES = ("alpaca", "chatml", "tokenizer")    # what a prompt is rendered with
+ALPACA = "alpaca"
+TEMPLATES = (ALPACA, "chatml", "tokenizer")      # what a prompt is rendered with
 TEMPLATE_SETTINGS = (AUTO_TEMPLATE, *TEMPLATES)  # what a user may choose
 
 ALPACA_HEADER = (
@@ -115,7 +116,7 @@ def resolve_template(setting: str, tokenizer: Any) -> str:
     """The concrete template for a template setting: "auto" becomes "tokenizer" when the
     tokenizer has a chat template, else "alpaca"; any other name is checked and returned."""
     if setting == AUTO_TEMPLATE:
-        return "tokenizer" if has_chat_template(tokenizer) else "alpaca"
+        return "tokenizer" if has_chat_template(tokenizer) else ALPACA
     return check_template(setting)
 
 

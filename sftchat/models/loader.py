@@ -6,8 +6,9 @@ The built-in model is only a local folder to this code: it loads exactly like a 
 and so does a GGUF file once `sftchat.models.gguf` has converted it into a cached folder.
 
 4-bit loading follows QLoRA: NF4 weights, double quantization, bfloat16 compute on CUDA
-(float32 compute on CPU, where bitsandbytes' CPU backend runs NF4 forward and backward). Weights load from
-safetensors only, and `trust_remote_code` stays off unless the caller turns it on.
+(float32 compute on CPU, where bitsandbytes' CPU backend runs NF4 forward and backward).
+Weights load from safetensors only, and `trust_remote_code` stays off unless the caller
+turns it on.
 Every failure a user can cause becomes one `ModelLoadError` sentence.
 """
 

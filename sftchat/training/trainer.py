@@ -391,7 +391,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
                  if example.prompt.truncated]
     emit(make_event(
         "started", name=name, base_model=settings.model, examples=len(records),
-        truncated_prompts=truncated, skipped_too_long=skipped, max_length=training.max_length, template=template,
+        truncated_prompts=truncated, skipped_too_long=skipped,
+        max_length=training.max_length, template=template,
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,
         lora=_lora_shape(training, source), device=loaded.device,

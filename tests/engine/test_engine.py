@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from sftchat.config import GenerationSettings
-from sftchat.engine import ChatEngine, _cut_at_stop, _safe_length
+from sftchat.decoding import cut_at_stop, safe_length
+from sftchat.engine import ChatEngine
 from sftchat.prompts import Turn
 
 GREEDY = GenerationSettings(max_new_tokens=24, temperature=0)
@@ -99,19 +100,19 @@ def test_history_is_rendered_into_the_prompt(engine):
 
 def test_stop_strings_cut_a_new_instruction():
     text = "Sure.\n\n### Instruction:\nAnother question"
-    assert _cut_at_stop(text, ("### Instruction:",)) == ("Sure.", True)
-    assert _cut_at_stop("plain", ("### Instruction:",)) == ("plain", False)
+    assert cut_at_stop(text, ("### Instruction:",)) == ("Sure.", True)
+    assert cut_at_stop("plain", ("### Instruction:",)) == ("plain", False)
 
 
 def test_partial_stop_string_and_partial_characters_are_held_back():
-    assert _safe_length("Sure.\n\n###", ("### Instruction:",)) == len("Sure.")
-    assert _safe_length("Sure.\n\n### Instr", ("### Instruction:",)) == len("Sure.")
-    assert _safe_length("café\ufffd", ()) == len("café")
-    assert _safe_length("ok then", ("### Instruction:",)) == len("ok then")
+    assert safe_length("Sure.\n\n###", ("### Instruction:",)) == len("Sure.")
+    assert safe_length("Sure.\n\n### Instr", ("### Instruction:",)) == len("Sure.")
+    assert safe_length("café\ufffd", ()) == len("café")
+    assert safe_length("ok then", ("### Instruction:",)) == len("ok then")
 
 
 def test_incremental_decoding_equals_full_decoding(builtin_model):
-    from sftchat.engine import IncrementalDecoder
+    from sftchat.decoding import IncrementalDecoder
 
     tokenizer = builtin_model.tokenizer
     text = "Hello — こんにちは 🙂!\n\n```py\nprint('é')\n```"

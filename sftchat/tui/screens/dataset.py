@@ -49,7 +49,8 @@ COUNT_DELAY_S = 0.25
 OUTSIDE_CHANGES_POLL_S = 1.0
 # A busy or broken database file surfaces as sqlite3.Error, not only as StoreError.
 DB_ERRORS = (StoreError, sqlite3.Error)
-EMPTY_TEXT = "No examples yet — save an answer from the chat with ctrl+s, or use `sftchat data add`."
+EMPTY_TEXT = ("No examples yet — save an answer from the chat with ctrl+s, or use "
+              "`sftchat data add`.")
 
 
 def _cell(text: str, width: int) -> Text:
