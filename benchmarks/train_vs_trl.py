@@ -90,9 +90,12 @@ def main() -> None:
                   "--rank", str(args.rank), "--alpha", str(args.alpha),
                   "--dropout", str(args.dropout), "--lr", str(args.lr),
                   "--max-length", str(args.max_length)]
+        # The same recipe as the TRL side: every planned step, no rehearsal, its clipping.
+        same_recipe = ["--no-early-stop", "--regularize", "off", "--max-grad-norm", "0.3"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         sft = run_measured([sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace),
-                            "--model", str(model), "train", "--json", "--grad-accum", "1",
+                            "--model", str(model), "--template", "alpaca", "train", "--json",
+                            "--grad-accum", "1", *same_recipe,
                             *common], env=env)
         if sft.returncode:
             sys.exit(f"sftchat train failed:\n{sft.stderr}")

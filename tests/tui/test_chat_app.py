@@ -357,6 +357,9 @@ async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path
         await pilot.press("ctrl+s")  # nothing to save: the abandoned answer is gone
         await wait_until(pilot, lambda: any("No answer to save yet" in t for t in toasts(app)),
                          what="the refusal")
-        # The next conversation works as usual.
+        # The next conversation works as usual (with short answers from here on).
+        from sftchat.config import GenerationSettings
+
+        app.engine.generation = GenerationSettings(max_new_tokens=8, temperature=0)
         await ask(pilot, "Hello?")
         assert len(app.screen.turns) == 1 and app.screen.turns[0].instruction == "Hello?"
