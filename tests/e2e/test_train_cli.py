@@ -39,7 +39,7 @@ def test_sigterm_stops_cleanly_and_publishes_nothing(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
     process = subprocess.Popen(
         [sys.executable, "-m", "sftchat.cli", "--workspace", str(tmp_path), "train", "--json",
-         "--name", "stopped", "--max-steps", "100000"],
+         "--name", "stopped", "--max-steps", "100000", "--no-early-stop"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = []
     for line in process.stdout:

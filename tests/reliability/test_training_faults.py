@@ -32,7 +32,7 @@ def _visible(workspace):
 def _start_trainer(workspace, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace), "train", "--json",
-         "--max-steps", "100000", *extra],
+         "--max-steps", "100000", "--no-early-stop", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -22,7 +22,8 @@ from sftchat.training.workspace_lock import LOCK_FILE
 from sftchat.tui.app import create_app
 from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.status_line import StatusLine
-from tui.tui_helpers import ask, make_workspace, notices, settings_for, wait_until
+from tui.tui_helpers import (ENDLESS_TRAINING, ask, make_workspace, notices, settings_for,
+                              wait_until)
 
 SIZE = (120, 40)
 
@@ -39,7 +40,7 @@ async def _ask_and_save(pilot, question: str, response: str) -> None:
 async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
     # Long runs (they are stopped, never finished) and short greedy answers.
     workspace = make_workspace(tmp_path / "ws", max_new_tokens=16,
-                               extra="[training]\nepochs = 100000\n")
+                               extra=ENDLESS_TRAINING)
     app_a = PtyApp(workspace)
     app_b = create_app(settings_for(workspace))
     try:

@@ -19,14 +19,27 @@ async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 60.0
         await pilot.pause(0.05)
 
 
+# A training run that goes on until it is cancelled (no early stop once the answers are learned).
+ENDLESS_TRAINING = "[training]\nepochs = 100000\nearly_stop = false\n"
+
+# With this seed the built-in model samples 300 tokens before any end token (checked), so a
+# long answer is reliably still streaming when a test presses a key.
+LONG_ANSWER_SEED = 0
+
+
 def make_workspace(path: Path, max_new_tokens: int = 48, temperature: float = 0.0,
-                   extra: str = "") -> Path:
+                   extra: str = "", seed: int | None = None) -> Path:
     """A workspace whose answers are short and greedy (deterministic) unless told otherwise."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "sftchat.toml").write_text(
         f"[generation]\nmax_new_tokens = {max_new_tokens}\ntemperature = {temperature}\n"
-        + extra)
+        + (f"seed = {seed}\n" if seed is not None else "") + extra)
     return path
+
+
+def make_long_answer_workspace(path: Path) -> Path:
+    """Answers that run for thousands of tokens, deterministically (see LONG_ANSWER_SEED)."""
+    return make_workspace(path, max_new_tokens=4000, temperature=1.0, seed=LONG_ANSWER_SEED)
 
 
 def settings_for(path: Path):
