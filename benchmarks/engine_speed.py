@@ -111,7 +111,7 @@ def generation(model: str, tokens: int, repeats: int) -> dict:
     from sftchat.config import GenerationSettings
     from sftchat.engine import ChatEngine
     from sftchat.models.loader import load_model
-    from sftchat.prompts import encode_prompt
+    from sftchat.prompts import encode_prompt, stop_token_ids
 
     loaded = load_model(model, "auto", True)
     engine = ChatEngine(loaded, "alpaca")
@@ -122,7 +122,7 @@ def generation(model: str, tokens: int, repeats: int) -> dict:
     inputs = torch.tensor([ids], device=loaded.model.device)
     kwargs = dict(attention_mask=torch.ones_like(inputs), do_sample=False, top_p=None,
                   top_k=None, temperature=None, pad_token_id=loaded.tokenizer.pad_token_id,
-                  eos_token_id=engine._stop_ids)
+                  eos_token_id=stop_token_ids(engine.template, loaded.tokenizer))
 
     def run_streamed() -> int:
         answer = engine.generate(prompt, settings=settings)

@@ -1,9 +1,7 @@
 """ChatEngine: streaming, cancellable generation and LoRA adapter hot-swap on one loaded base.
 
-The engine owns one base model for the life of the process. Adapters load into it with PEFT
-(`PeftModel.from_pretrained` for the first, `load_adapter` for the next) and switch with
-`set_adapter`; "no adapter" runs under `disable_adapter()`. The base weights are never
-reloaded, which is what makes a swap take milliseconds instead of a full model load.
+The engine owns one base model for the life of the process and the adapters loaded into it
+(`sftchat.adapter_slots`: PEFT adapters switched in milliseconds, never a base reload).
 
 `generate()` returns a `Generation`: iterate it for text pieces as they are produced, in the
 consumer's own thread (`sftchat.decoding`); it stops at the template's end token, at a stop
@@ -20,7 +18,6 @@ No Textual here: the TUI talks to this class; tests and the CLI use it directly.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,15 +25,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from sftchat import adapters as adapter_registry
-from sftchat.adapter_loading import (
-    add_lora_adapter, config_signature, inject_empty_adapter, lora_config, read_adapter_config,
-)
+from sftchat.adapter_slots import AdapterSlots
 from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
 from sftchat.decoding import IncrementalDecoder, cut_at_stop, decode_tokens, safe_length
 from sftchat.models.loader import LoadedModel, load_model
 from sftchat.prompts import (
-    ALPACA, Turn, check_template, encode_prompt, resolve_template, stop_strings, stop_token_ids,
+    Turn, encode_prompt, resolve_template, stop_strings, stop_token_ids,
 )
 
 # The prompt always keeps at least this share of the context, even for long answers.
@@ -83,11 +78,7 @@ class ChatEngine:
         self.base_template = resolve_template(template, loaded.tokenizer)
         self.adapters_dir = adapters_dir
         self.generation = generation or GenerationSettings()
-        self._peft = None
-        self._active: str | None = None
-        self._slot: tuple[str, tuple] | None = None  # (peft key, config signature)
-        self._loaded_adapters: dict[str, tuple[str, str]] = {}  # name -> (peft key, stamp)
-        self._templates: dict[str, str] = {}  # adapter name -> the template it was trained with
+        self.slots = AdapterSlots(loaded)
         self._lock = threading.RLock()
 
     @classmethod
@@ -100,7 +91,7 @@ class ChatEngine:
 
     @property
     def model(self):
-        return self._peft if self._peft is not None else self.loaded.model
+        return self.slots.model
 
     @property
     def tokenizer(self):
@@ -108,99 +99,32 @@ class ChatEngine:
 
     @property
     def active_adapter(self) -> str | None:
-        return self._active
+        return self.slots.active
 
     @property
     def template(self) -> str:
         """The template the next answer is rendered with: the active adapter's own."""
         with self._lock:
-            if self._active is not None:
-                return self._templates[self._active]
+            if self.slots.active is not None:
+                return self.slots.template_of(self.slots.active)
             return self.base_template
 
     @property
     def loaded_adapters(self) -> list[str]:
-        return list(self._loaded_adapters)
+        return self.slots.names
 
     # ------------------------------------------------------------------ adapters
 
-    def _check_base(self, info: AdapterInfo) -> None:
-        adapter_registry.check_base(info, self.loaded.identity)
-        if not (info.path / "adapter_model.safetensors").is_file():
-            raise AdapterError(
-                f"adapter {info.name!r} has no adapter_model.safetensors; sftchat loads "
-                "adapters from safetensors only"
-            )
-
     def load_adapter(self, info: AdapterInfo) -> bool:
         """Load `info` into the base model unless already loaded; True if read from disk."""
-        stamp = f"{info.created_at}:{(info.path / 'adapter_model.safetensors').stat().st_mtime}"
         with self._lock:
-            current = self._loaded_adapters.get(info.name)
-            if current and current[1] == stamp:
-                return False
-            self._check_base(info)
-            if current:  # same name, new folder (removed and retrained): replace it
-                self._peft.delete_adapter(current[0])
-                del self._loaded_adapters[info.name]
-            # PEFT keys adapters in a ModuleDict, where "." is not allowed.
-            key = f"a{len(self._loaded_adapters)}_" + "".join(
-                c if c.isalnum() else "_" for c in info.name)
-            while self._peft is not None and key in self._peft.peft_config:
-                key += "_"
-            injected = False
-            try:
-                if self._slot is not None and self._slot[1] == config_signature(
-                        read_adapter_config(info.path)):
-                    key, injected, self._slot = self._slot[0], True, None
-                self._peft = add_lora_adapter(self._peft, self.loaded.model, info.path, key,
-                                              self.loaded.model.device, injected=injected)
-            except Exception as exc:  # noqa: BLE001 - becomes one clear message
-                self._undo_failed_load(key)
-                raise AdapterError(
-                    f"adapter {info.name!r} could not be loaded ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be corrupted "
-                    f"or made for another model: remove it with `sftchat adapters rm {info.name}`"
-                ) from exc
-            self._loaded_adapters[info.name] = (key, stamp)
-            # Adapters from before templates were recorded were all trained with Alpaca.
-            self._templates[info.name] = check_template(info.meta.get("template") or ALPACA)
-            return True
+            return self.slots.load(info)
 
     def prepare_slot(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
-        """Inject empty LoRA layers for the adapter a training run will publish (r, alpha,
-        all linear layers), so that its swap only has to copy weights. Call it while the
-        trainer runs; the layers stay unused until an adapter with that config loads."""
-        config = lora_config(rank, alpha, dropout)
+        """Inject empty LoRA layers for the adapter a training run will publish, so that its
+        swap only has to copy weights. Call it while the trainer runs."""
         with self._lock:
-            if self._slot is not None:
-                return
-            key = f"slot{len(self._loaded_adapters)}"
-            while self._peft is not None and key in self._peft.peft_config:
-                key += "_"
-            self._peft = inject_empty_adapter(self._peft, self.loaded.model, config, key)
-            self._slot = (key, config_signature(self._peft.peft_config[key]))
-
-    def _undo_failed_load(self, key: str) -> None:
-        """Leave the model as it was before a failed load: PEFT injects LoRA layers before it
-        reads the weights, so a bad file would otherwise leave them behind."""
-        if self._peft is not None:
-            if key in self._peft.peft_config:
-                try:
-                    self._peft.delete_adapter(key)
-                except Exception:  # noqa: BLE001 - best effort; the adapter stays unused
-                    pass
-            return
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        model = self.loaded.model
-        for name, module in list(model.named_modules()):
-            if isinstance(module, BaseTunerLayer) and hasattr(module, "base_layer"):
-                parent_name, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent_name), child, module.base_layer)
-        for attribute in ("peft_config", "_hf_peft_config_loaded"):
-            if attribute in model.__dict__:
-                delattr(model, attribute)
+            self.slots.prepare(rank, alpha, dropout)
 
     def use_adapter(self, name: str | None) -> SwapResult:
         """Make `name` ("latest", "none"/None, or an adapter name) answer from the next turn.
@@ -212,29 +136,14 @@ class ChatEngine:
             raise AdapterError("this engine has no adapters folder")
         info = adapter_registry.resolve(self.adapters_dir, name) if self.adapters_dir else None
         with self._lock:
-            if info is None:
-                self._active = None
-                return SwapResult(None, False, time.perf_counter() - started)
-            loaded = self.load_adapter(info)
-            self._peft.set_adapter(self._loaded_adapters[info.name][0])
-            self._active = info.name
-        return SwapResult(info.name, loaded, time.perf_counter() - started)
+            loaded = info is not None and self.slots.load(info)
+            self.slots.activate(info.name if info else None)
+        return SwapResult(info.name if info else None, loaded, time.perf_counter() - started)
 
     def unload_adapter(self, name: str) -> None:
         """Forget a loaded adapter (e.g. after `adapters rm`); the base answers if it was active."""
         with self._lock:
-            entry = self._loaded_adapters.pop(name, None)
-            if entry is None:
-                return
-            if self._active == name:
-                self._active = None
-            if self._loaded_adapters:
-                if self._peft.active_adapter == entry[0]:
-                    # PEFT refuses to delete the adapter it considers active.
-                    self._peft.set_adapter(next(iter(self._loaded_adapters.values()))[0])
-                self._peft.delete_adapter(entry[0])
-            # PEFT cannot delete its only adapter: its weights stay, unused, until the next
-            # adapter loads; nothing is active, so generation runs with adapters disabled.
+            self.slots.unload(name)
 
     # ------------------------------------------------------------------ generation
 
@@ -256,7 +165,7 @@ class ChatEngine:
         template = self.template
         prompt = encode(template)
         generation = Generation(pieces=iter(()), notice=prompt.notice(),
-                                adapter=self._active, prompt_tokens=len(prompt.ids))
+                                adapter=self.slots.active, prompt_tokens=len(prompt.ids))
         generation.pieces = self._stream(generation, template, prompt.ids, encode, settings,
                                          cancel)
         return generation
@@ -264,8 +173,8 @@ class ChatEngine:
     def _stream(self, generation: Generation, template: str, prompt_ids: list[int], encode,
                 settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:
         # Holding the lock for the whole answer is what keeps swaps out of it.
-        with self._lock, self._adapter_context():
-            generation.adapter = self._active
+        with self._lock, self.slots.answering_context():
+            generation.adapter = self.slots.active
             if self.template != template:
                 # An adapter with another template was swapped in since generate() was
                 # called: the prompt must be the one that adapter was trained on.
@@ -274,11 +183,6 @@ class ChatEngine:
                 prompt_ids, generation.notice = prompt.ids, prompt.notice()
                 generation.prompt_tokens = len(prompt_ids)
             yield from self._stream_locked(generation, template, prompt_ids, settings, cancel)
-
-    def _adapter_context(self):
-        if self._peft is not None and self._active is None:
-            return self._peft.disable_adapter()
-        return contextlib.nullcontext()
 
     def _stream_locked(self, generation: Generation, template: str, prompt_ids: list[int],
                        settings: GenerationSettings, cancel: threading.Event) -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""Batches and loss for instruction fine-tuning.
+"""Micro-batch layouts for instruction fine-tuning (the loss that reads them is `loss.py`).
 
 - `collate` right-pads a micro-batch: padding gets label `IGNORE_INDEX` and attention 0.
   The reference layout, and the fallback for models that cannot take packed rows.
@@ -7,8 +7,7 @@
   with no attention mask, transformers builds a block-diagonal causal mask from the position
   ids, so no sequence attends to another and no compute goes to padding (TRL's padded
   batches on Alpaca-like data are about half padding).
-- `learned_targets` picks the positions whose next token is learned; `per_example_errors`
-  says, per example, whether greedy decoding reproduces it.
+- `count_learned` is the number of tokens a batch learns (the loss normaliser).
 """
 
 from __future__ import annotations
@@ -92,35 +91,5 @@ def pack(examples: Sequence[EncodedExample], pad_id: int, device) -> PackedBatch
                        owners.to(device), tokens=sum(lengths))
 
 
-def per_example_errors(logits, targets, owners, count: int):
-    """For each of `count` examples: (tokens whose arg-max is not the target, the smallest
-    margin between the target's logit and the best other one).
-
-    `logits` [N, vocab], `targets` [N] and `owners` [N] are the learned positions. An example
-    with 0 errors is reproduced exactly by greedy decoding (every response token and the end
-    token are the model's first choice); the margin says how firmly.
-    """
-    import torch
-
-    logits = logits.float()
-    wrong = (logits.argmax(dim=-1) != targets).float()
-    errors = torch.zeros(count, device=logits.device).index_add_(0, owners, wrong)
-    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=-1)
-    margins = torch.full((count,), float("inf"), device=logits.device)
-    margins = margins.scatter_reduce(0, owners, target_logit - others, reduce="amin")
-    return errors.long().cpu(), margins.cpu()
-
-
 def count_learned(examples: Sequence[EncodedExample]) -> int:
     return sum(example.num_learned for example in examples)
-
-
-def learned_targets(labels):
-    """(mask over positions whose *next* token is learned, those next tokens)."""
-    import torch
-
-    next_labels = torch.full_like(labels, IGNORE_INDEX)
-    next_labels[:, :-1] = labels[:, 1:]
-    mask = next_labels != IGNORE_INDEX
-    return mask, next_labels[mask]

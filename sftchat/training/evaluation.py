@@ -4,7 +4,7 @@
   Greedy decoding reproduces a response exactly when, fed the response so far, the model's
   first choice is always the next response token and finally the end token; so one
   teacher-forced forward pass per example decides it, instead of generating every answer
-  (`batching.per_example_errors`). The smallest margin by which a target token beats the
+  (`loss.per_example_errors`). The smallest margin by which a target token beats the
   runner-up says how firmly; the trainer's early stopping asks for a small positive one, so
   that an answer does not flip under the slightly different arithmetic of cached decoding.
 - `measure_drift`: on held-out general prompts (`anchors.DRIFT_PROMPTS`), the base model's own
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import EncodedExample
-from sftchat.training.batching import per_example_errors
+from sftchat.training.loss import per_example_errors
 
 EVAL_BATCH = 8
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from sftchat.prompts import EncodedExample
-from sftchat.training.forward import LearnedLogits, masked_loss_sum_of
+from sftchat.training.loss import LearnedLogits, masked_loss_sum_of
 
 PER_STEP = 4      # anchors per optimizer step
 TOP_K = 64        # base-model probabilities kept per position for `distill`

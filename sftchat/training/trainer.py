@@ -39,10 +39,10 @@ from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
 from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
-from sftchat.training.batching import count_learned, per_example_errors
+from sftchat.training.batching import count_learned
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
-from sftchat.training.forward import LossFunction, masked_loss_sum_of
+from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
 from sftchat.training.regularizer import Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock

@@ -149,19 +149,19 @@ def test_a_prepared_slot_takes_the_published_adapter(trained_workspace, fresh_bu
     engine.prepare_slot(preset.rank, preset.alpha, preset.dropout)
     # An empty slot changes nothing while the base model answers.
     assert engine.generate(question, settings=GREEDY).collect() == before
-    slot_key = engine._slot[0]
+    slot_key = engine.slots.prepared_key
     swap = engine.use_adapter("first")
-    assert swap.loaded and engine._slot is None
-    assert engine._loaded_adapters["first"][0] == slot_key
+    assert swap.loaded and engine.slots.prepared_key is None
+    assert engine.slots.key_of("first") == slot_key
     assert engine.generate(question, settings=GREEDY).collect() == answer
 
 
 def test_a_slot_for_another_config_is_left_alone(trained_workspace, fresh_builtin):
     engine = ChatEngine(fresh_builtin, "alpaca", trained_workspace / "adapters")
     engine.prepare_slot(rank=4, alpha=8)
-    slot_key = engine._slot[0]
+    slot_key = engine.slots.prepared_key
     engine.use_adapter("first")
-    assert engine._slot[0] == slot_key  # still waiting for a rank-4 adapter
+    assert engine.slots.prepared_key == slot_key  # still waiting for a rank-4 adapter
     question, answer = CURATED[0]
     assert engine.generate(question, settings=GREEDY).collect() == answer
 

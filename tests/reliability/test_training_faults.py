@@ -74,13 +74,13 @@ def test_curating_during_training_does_not_change_what_it_trains_on(ws):
 
 def _run_in_process(workspace, monkeypatch, failure: BaseException):
     """Run the real trainer in-process with its loss function made to raise `failure`."""
-    from sftchat.training import forward
+    from sftchat.training import loss
     from sftchat.training.trainer import run_training
 
     def explode(self, examples):
         raise failure
 
-    monkeypatch.setattr(forward.LossFunction, "learned_logits", explode)
+    monkeypatch.setattr(loss.LossFunction, "learned_logits", explode)
     settings = load_settings(workspace=str(workspace))
     events = []
     with pytest.raises(Exception) as raised:

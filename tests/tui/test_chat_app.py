@@ -290,7 +290,7 @@ async def test_slash_train_takes_the_command_lines_options(tmp_path):
                          what="the custom adapter to be trained and swapped in")
         # Issue 11, defect 4: the swap slot was sized from the run's own LoRA shape (rank 8,
         # not the settings' 16), so the adapter filled it instead of loading anew.
-        assert app.engine._loaded_adapters["custom"][0].startswith("slot")
+        assert app.engine.slots.key_of("custom").startswith("slot")
     meta = json.loads((workspace / "adapters" / "custom" / "sftchat.json").read_text())
     assert meta["metrics"]["steps"] == 2 and meta["hyperparameters"]["max_steps"] == 2
     assert (meta["lora"]["r"], meta["lora"]["alpha"]) == (8, 16)

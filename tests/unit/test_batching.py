@@ -72,7 +72,7 @@ def test_packed_loss_equals_padded_loss(builtin_cache, quantize, tolerance):
     """The optimisation changes no number: same summed loss, and same gradients."""
     from sftchat.config import TrainingSettings
     from sftchat.models.loader import load_model
-    from sftchat.training.forward import LossFunction
+    from sftchat.training.loss import LossFunction
     from sftchat.training.trainer import _wrap_with_lora
 
     loaded = load_model("builtin", "cpu", quantize=quantize)

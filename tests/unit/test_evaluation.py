@@ -8,9 +8,8 @@ import torch
 from sftchat.config import TrainingSettings
 from sftchat.prompts import encode_example
 from sftchat.training import trainer
-from sftchat.training.batching import per_example_errors
 from sftchat.training.evaluation import measure_drift, replay
-from sftchat.training.forward import LossFunction
+from sftchat.training.loss import LossFunction, per_example_errors
 
 
 def test_per_example_errors_counts_misses_and_the_smallest_margin():

@@ -7,7 +7,7 @@ import pytest
 from sftchat.config import TrainingSettings
 from sftchat.prompts import IGNORE_INDEX
 from sftchat.training import anchors
-from sftchat.training.forward import LossFunction
+from sftchat.training.loss import LossFunction
 from sftchat.training.regularizer import Regularizer
 
 PROMPTS = ("What is the capital of Japan?", "Give me a synonym for 'happy'.",

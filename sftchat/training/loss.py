@@ -1,4 +1,4 @@
-"""The training forward pass: logits at learned positions, without wasted work.
+"""The training loss: logits at learned positions, without wasted work.
 
 `LossFunction` runs the packed layout (see `batching.pack`) through the decoder stack and
 applies the output head only at the positions whose next token is learned: on instruction
@@ -9,7 +9,7 @@ back to the padded layout for a model where it does not hold (an architecture th
 `position_ids` for masking, or scales its logits).
 
 `learned_logits` is the shared core: the loss, the check that curated answers are
-reproduced (`batching.per_example_errors`) and the drift measure all read from it.
+reproduced (`per_example_errors`) and the drift measure all read from it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from sftchat.prompts import EncodedExample
-from sftchat.training.batching import collate, learned_targets, pack
+from sftchat.prompts import IGNORE_INDEX, EncodedExample
+from sftchat.training.batching import collate, pack
 
 # Relative difference between packed and padded losses above which packing is not trusted.
 PACKING_TOLERANCE = 2e-2
@@ -99,3 +99,33 @@ def masked_loss_sum_of(out: LearnedLogits):
     import torch.nn.functional as F
 
     return F.cross_entropy(out.logits.float(), out.targets, reduction="sum")
+
+
+def learned_targets(labels):
+    """(mask over positions whose *next* token is learned, those next tokens)."""
+    import torch
+
+    next_labels = torch.full_like(labels, IGNORE_INDEX)
+    next_labels[:, :-1] = labels[:, 1:]
+    mask = next_labels != IGNORE_INDEX
+    return mask, next_labels[mask]
+
+
+def per_example_errors(logits, targets, owners, count: int):
+    """For each of `count` examples: (tokens whose arg-max is not the target, the smallest
+    margin between the target's logit and the best other one).
+
+    `logits` [N, vocab], `targets` [N] and `owners` [N] are the learned positions. An example
+    with 0 errors is reproduced exactly by greedy decoding (every response token and the end
+    token are the model's first choice); the margin says how firmly.
+    """
+    import torch
+
+    logits = logits.float()
+    wrong = (logits.argmax(dim=-1) != targets).float()
+    errors = torch.zeros(count, device=logits.device).index_add_(0, owners, wrong)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=-1)
+    margins = torch.full((count,), float("inf"), device=logits.device)
+    margins = margins.scatter_reduce(0, owners, target_logit - others, reduce="amin")
+    return errors.long().cpu(), margins.cpu()

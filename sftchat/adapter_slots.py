@@ -1,0 +1,167 @@
+"""The LoRA adapters loaded into one live base model: load, prepare, activate, unload.
+
+An `AdapterSlots` owns the PEFT wrapper around the engine's base model. Adapters load into it
+with PEFT (`PeftModel.from_pretrained` for the first, `load_adapter` for the next) and switch
+with `set_adapter`; "no adapter" runs under `disable_adapter()`. The base weights are never
+reloaded, which is what makes a swap take milliseconds instead of a full model load.
+
+A *prepared slot* is a set of empty LoRA layers injected while a training run is still going
+(shaped as its `started` event announced), so that publishing its adapter only copies weights.
+
+Not thread-safe on its own: `ChatEngine` calls it under the lock that also covers generation,
+which is what keeps a swap out of the middle of an answer. PEFT keys (`a0_name`, `slot1`)
+are an implementation detail; callers speak adapter names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from sftchat import adapters as adapter_registry
+from sftchat.adapter_loading import (
+    add_lora_adapter, config_signature, inject_empty_adapter, lora_config, read_adapter_config,
+)
+from sftchat.adapters import AdapterError, AdapterInfo
+from sftchat.models.loader import LoadedModel
+from sftchat.prompts import ALPACA, check_template
+
+
+class AdapterSlots:
+    """Adapters resident in `loaded.model`, by name, and which one answers (None: the base)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.peft = None                      # the PeftModel, once an adapter or slot exists
+        self.active: str | None = None
+        self._keys: dict[str, tuple[str, str]] = {}   # name -> (peft key, file stamp)
+        self._templates: dict[str, str] = {}          # name -> the template it was trained with
+        self._prepared: tuple[str, tuple] | None = None  # (peft key, config signature)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def model(self):
+        return self.peft if self.peft is not None else self.loaded.model
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._keys)
+
+    @property
+    def prepared_key(self) -> str | None:
+        """The PEFT key of the prepared (still empty) slot, if one is waiting."""
+        return self._prepared[0] if self._prepared else None
+
+    def key_of(self, name: str) -> str:
+        return self._keys[name][0]
+
+    def template_of(self, name: str) -> str:
+        return self._templates[name]
+
+    def answering_context(self):
+        """Wrap a generation: adapters disabled when the base answers."""
+        if self.peft is not None and self.active is None:
+            return self.peft.disable_adapter()
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ changing
+
+    def load(self, info: AdapterInfo) -> bool:
+        """Load `info` unless already loaded from the same files; True if read from disk."""
+        stamp = f"{info.created_at}:{(info.path / 'adapter_model.safetensors').stat().st_mtime}"
+        current = self._keys.get(info.name)
+        if current and current[1] == stamp:
+            return False
+        self._check(info)
+        if current:  # same name, new folder (removed and retrained): replace it
+            self.peft.delete_adapter(current[0])
+            del self._keys[info.name]
+        key = self._free_key("a" + str(len(self._keys)) + "_" + "".join(
+            c if c.isalnum() else "_" for c in info.name))  # PEFT keys allow no "."
+        injected = False
+        try:
+            if self._prepared is not None and self._prepared[1] == config_signature(
+                    read_adapter_config(info.path)):
+                key, injected, self._prepared = self._prepared[0], True, None
+            self.peft = add_lora_adapter(self.peft, self.loaded.model, info.path, key,
+                                         self.loaded.model.device, injected=injected)
+        except Exception as exc:  # noqa: BLE001 - becomes one clear message
+            self._undo_failed_load(key)
+            raise AdapterError(
+                f"adapter {info.name!r} could not be loaded ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); it may be corrupted "
+                f"or made for another model: remove it with `sftchat adapters rm {info.name}`"
+            ) from exc
+        self._keys[info.name] = (key, stamp)
+        # Adapters from before templates were recorded were all trained with Alpaca.
+        self._templates[info.name] = check_template(info.meta.get("template") or ALPACA)
+        return True
+
+    def activate(self, name: str | None) -> None:
+        """Make loaded adapter `name` answer (None: the base model)."""
+        if name is not None:
+            self.peft.set_adapter(self._keys[name][0])
+        self.active = name
+
+    def prepare(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
+        """Inject empty LoRA layers for the adapter a training run will publish (r, alpha,
+        all linear layers); they stay unused until an adapter with that config loads."""
+        if self._prepared is not None:
+            return
+        key = self._free_key(f"slot{len(self._keys)}")
+        self.peft = inject_empty_adapter(self.peft, self.loaded.model,
+                                         lora_config(rank, alpha, dropout), key)
+        self._prepared = (key, config_signature(self.peft.peft_config[key]))
+
+    def unload(self, name: str) -> None:
+        """Forget a loaded adapter (e.g. after `adapters rm`); the base answers if it was
+        active."""
+        entry = self._keys.pop(name, None)
+        if entry is None:
+            return
+        self._templates.pop(name, None)
+        if self.active == name:
+            self.active = None
+        if self._keys:
+            if self.peft.active_adapter == entry[0]:
+                # PEFT refuses to delete the adapter it considers active.
+                self.peft.set_adapter(next(iter(self._keys.values()))[0])
+            self.peft.delete_adapter(entry[0])
+        # PEFT cannot delete its only adapter: its weights stay, unused, until the next
+        # adapter loads; nothing is active, so generation runs with adapters disabled.
+
+    # ------------------------------------------------------------------ internals
+
+    def _check(self, info: AdapterInfo) -> None:
+        adapter_registry.check_base(info, self.loaded.identity)
+        if not (info.path / "adapter_model.safetensors").is_file():
+            raise AdapterError(
+                f"adapter {info.name!r} has no adapter_model.safetensors; sftchat loads "
+                "adapters from safetensors only"
+            )
+
+    def _free_key(self, key: str) -> str:
+        while self.peft is not None and key in self.peft.peft_config:
+            key += "_"
+        return key
+
+    def _undo_failed_load(self, key: str) -> None:
+        """Leave the model as it was before a failed load: PEFT injects LoRA layers before it
+        reads the weights, so a bad file would otherwise leave them behind."""
+        if self.peft is not None:
+            if key in self.peft.peft_config:
+                try:
+                    self.peft.delete_adapter(key)
+                except Exception:  # noqa: BLE001 - best effort; the adapter stays unused
+                    pass
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        model = self.loaded.model
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer) and hasattr(module, "base_layer"):
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, module.base_layer)
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):
+            if attribute in model.__dict__:
+                delattr(model, attribute)
