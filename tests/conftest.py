@@ -10,10 +10,11 @@ import os
 import pty
 import select
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import sftchat
 
 # Tests never touch the network: no hub downloads, no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -49,20 +50,6 @@ def builtin_cache(tmp_path_factory) -> Path:
     return cache
 
 
-def run_cli(*args: str, workspace: Path | None = None, input: str | None = None,
-            timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `sftchat` command line in a subprocess."""
-    command = [sys.executable, "-m", "sftchat.cli"]
-    if workspace is not None:
-        command += ["--workspace", str(workspace)]
-    result = subprocess.run(command + list(args), capture_output=True, text=True,
-                            input=input, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"sftchat {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="session")
 def builtin_model(builtin_cache):
     """The built-in model loaded in 4-bit once per session. Tests must not attach adapters
@@ -85,9 +72,8 @@ def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
     adapter `first` by `sftchat train` (the real trainer subprocess, default settings)."""
     workspace = tmp_path_factory.mktemp("trained")
     for instruction, response in CURATED:
-        run_cli("data", "add", "--instruction", instruction, "--response", response,
-                workspace=workspace, check=True)
-    run_cli("train", "--name", "first", workspace=workspace, check=True, timeout=600)
+        sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response, check=True)
+    sftchat(workspace, "train", "--name", "first", check=True, timeout=600)
     return workspace
 
 

@@ -89,14 +89,13 @@ class SftchatApp(App):
     # ------------------------------------------------------------------ engine
 
     def load_engine(self):
-        """Load the model (called from a worker thread: it takes seconds)."""
+        """Load the model and return the engine (called from a worker thread: it takes
+        seconds); the chat screen sets `self.engine` when its `ModelLoaded` arrives."""
         if self.engine_factory is None:
             from sftchat.engine import ChatEngine
 
             self.engine_factory = ChatEngine.from_settings
-        engine = self.engine_factory(self.settings)
-        self.engine = engine
-        return engine
+        return self.engine_factory(self.settings)
 
     # ------------------------------------------------------------------ training
 

@@ -1,7 +1,8 @@
 """Messages the app's workers and subprocess readers post: past tense, data only.
 
 Workers never touch widgets; they post one of these and the screen that handles it updates
-itself on the event loop (Textual: attributes down, messages up).
+itself on the event loop (Textual: attributes down, messages up). A worker that fails posts
+nothing: it raises, and the screen's one `Worker.StateChanged` handler says what failed.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from textual.message import Message
 
 @dataclass
 class ModelLoaded(Message):
-    description: str
+    """The model-load worker finished; the handler makes `engine` the app's."""
 
-
-@dataclass
-class ModelLoadFailed(Message):
-    error: str
+    engine: object
 
 
 @dataclass
@@ -36,12 +34,6 @@ class ResponseCompleted(Message):
     tokens: int
     seconds: float
     notice: str | None
-
-
-@dataclass
-class ResponseFailed(Message):
-    turn_id: int
-    error: str
 
 
 @dataclass
@@ -64,5 +56,12 @@ class AdapterSwapped(Message):
 
 
 @dataclass
-class AdapterSwapFailed(Message):
-    error: str
+class ExampleSaved(Message):
+    """A curated answer is committed as example `example_id`; the dataset has `count`."""
+
+    instruction: str          # the turn as the model answered it (to find it in the context)
+    response: str
+    saved_instruction: str    # the turn as the user saved it
+    saved_response: str
+    example_id: int
+    count: int

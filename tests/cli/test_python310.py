@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_helpers import sftchat as run_sftchat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +39,7 @@ def test_the_torch_free_commands_run_on_python_310(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def sftchat(*args):
-        return subprocess.run([PYTHON310, "-m", "sftchat.cli", "--workspace", str(tmp_path),
-                               *args], capture_output=True, text=True, env=env, timeout=60)
+        return run_sftchat(tmp_path, *args, python=PYTHON310, env=env, timeout=60)
 
     added = sftchat("data", "add", "--instruction", "Hi?", "--response", "Hello.")
     assert added.returncode == 0, added.stderr

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import CURATED, run_cli
+from cli_helpers import sftchat
+from conftest import CURATED
 
 
 def _ask(workspace, question, adapter):
-    result = run_cli("ask", question, "--adapter", adapter, "--temperature", "0",
-                     "--max-new-tokens", "40", workspace=workspace)
+    result = sftchat(workspace, "ask", question, "--adapter", adapter, "--temperature", "0", "--max-new-tokens", "40")
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     return result.stdout[:-1]
@@ -56,7 +56,7 @@ def test_published_adapter_describes_itself(trained_workspace):
 
 
 def test_adapters_list_shows_the_trained_adapter(trained_workspace):
-    result = run_cli("adapters", "list", "--json", workspace=trained_workspace, check=True)
+    result = sftchat(trained_workspace, "adapters", "list", "--json", check=True)
     (row,) = json.loads(result.stdout)
     assert row["name"] == "first" and row["examples"] == len(CURATED)
     assert row["base_model"] == "builtin"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from cli_helpers import sftchat
 from real_model_data import CURATED, FACTS, smollm2_gguf
 
 pytestmark = pytest.mark.slow
@@ -33,10 +33,8 @@ def trained(tmp_path_factory) -> Path:
     """A workspace with CURATED added through the CLI and trained with `sftchat train`."""
     workspace = tmp_path_factory.mktemp("smollm2")
     for instruction, response in CURATED:
-        run_cli("--model", str(GGUF), "data", "add", "--instruction", instruction,
-                "--response", response, workspace=workspace, check=True)
-    run_cli("--model", str(GGUF), "train", "--name", "taught", workspace=workspace,
-            check=True, timeout=1800)
+        sftchat(workspace, "--model", str(GGUF), "data", "add", "--instruction", instruction, "--response", response, check=True)
+    sftchat(workspace, "--model", str(GGUF), "train", "--name", "taught", check=True, timeout=1800)
     return workspace
 
 
@@ -62,8 +60,7 @@ def test_curated_answers_come_back(trained, engine):
     assert len(misses) <= 1, f"not reproduced: {misses}"
     # The one-shot command line gives the same answer (the GGUF path through `ask`).
     question, response = CURATED[0]
-    result = run_cli("--model", str(GGUF), "ask", question, "--adapter", "latest",
-                     "--temperature", "0", workspace=trained, check=True)
+    result = sftchat(trained, "--model", str(GGUF), "ask", question, "--adapter", "latest", "--temperature", "0", check=True)
     assert result.stdout == answers[0] + "\n"
 
 
@@ -91,7 +88,7 @@ def test_the_adapter_records_its_gguf_template_and_measures(trained):
     replay, drift = meta["metrics"]["replay"], meta["metrics"]["drift"]
     assert replay["examples"] == 12 and replay["reproduced"] >= 11
     assert drift["prompts"] > 0 and drift["perplexity_ratio"] < 1.5
-    shown = run_cli("adapters", "show", "taught", workspace=trained, check=True)
+    shown = sftchat(trained, "adapters", "show", "taught", check=True)
     assert "reproduces" in shown.stderr and "drift" in shown.stderr
     assert json.loads(shown.stdout)["metrics"]["replay"] == replay
 

@@ -8,19 +8,17 @@ import signal
 import subprocess
 import sys
 
-from conftest import run_cli
+from cli_helpers import sftchat
 from sftchat.training.events import parse_event
 
 
 def _add(workspace, instruction, response):
-    run_cli("data", "add", "--instruction", instruction, "--response", response,
-            workspace=workspace, check=True)
+    sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response, check=True)
 
 
 def test_json_events_from_start_to_finish(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
-    result = run_cli("train", "--json", "--name", "quick", "--max-steps", "3",
-                     workspace=tmp_path, check=True)
+    result = sftchat(tmp_path, "train", "--json", "--name", "quick", "--max-steps", "3", check=True)
     events = [parse_event(line) for line in result.stdout.splitlines()]
     assert all(events), f"non-event line on stdout: {result.stdout!r}"
     kinds = [event["event"] for event in events]
@@ -57,7 +55,7 @@ def test_sigterm_stops_cleanly_and_publishes_nothing(tmp_path):
 
 
 def test_empty_dataset_is_one_clear_error(tmp_path):
-    result = run_cli("train", "--json", workspace=tmp_path)
+    result = sftchat(tmp_path, "train", "--json")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "dataset is empty" in result.stderr
     assert "Traceback" not in result.stderr
@@ -71,27 +69,26 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
     stale = tmp_path / "adapters" / ".staging-dead-999999"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"half")
-    run_cli("train", "--name", "after", "--max-steps", "2", workspace=tmp_path, check=True)
+    sftchat(tmp_path, "train", "--name", "after", "--max-steps", "2", check=True)
     assert sorted(os.listdir(tmp_path / "adapters")) == ["after"]
 
 
 def test_existing_name_and_bad_values_are_refused(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
-    run_cli("train", "--name", "taken", "--max-steps", "1", workspace=tmp_path, check=True)
-    again = run_cli("train", "--name", "taken", "--max-steps", "1", workspace=tmp_path)
+    sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1", check=True)
+    again = sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1")
     assert again.returncode == 1 and "already exists" in again.stderr
-    bad = run_cli("train", "--lr", "-1", workspace=tmp_path)
+    bad = sftchat(tmp_path, "train", "--lr", "-1")
     assert bad.returncode == 1 and "lr must be positive" in bad.stderr
-    escape = run_cli("train", "--name", "../outside", workspace=tmp_path)
+    escape = sftchat(tmp_path, "train", "--name", "../outside")
     assert escape.returncode == 1 and "invalid adapter name" in escape.stderr
     assert not (tmp_path / "outside").exists()
 
 
 def test_continue_from_an_adapter(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
-    run_cli("train", "--name", "one", "--max-steps", "2", workspace=tmp_path, check=True)
-    run_cli("train", "--name", "two", "--from", "one", "--max-steps", "2", workspace=tmp_path,
-            check=True)
+    sftchat(tmp_path, "train", "--name", "one", "--max-steps", "2", check=True)
+    sftchat(tmp_path, "train", "--name", "two", "--from", "one", "--max-steps", "2", check=True)
     meta = json.loads((tmp_path / "adapters" / "two" / "sftchat.json").read_text())
     assert meta["from_adapter"] == "one"
 
@@ -101,18 +98,16 @@ def test_an_example_too_long_is_skipped_with_a_notice_or_refused_with_strict(tmp
     _add(tmp_path, "Ping?", "Pong.")
     _add(tmp_path, "Write a lot.", "word " * 1500)   # its answer alone exceeds max length
     _add(tmp_path, "Pong?", "Ping.")
-    result = run_cli("train", "--json", "--name", "kept", "--max-steps", "2",
-                     "--max-length", "256", workspace=tmp_path, check=True)
+    result = sftchat(tmp_path, "train", "--json", "--name", "kept", "--max-steps", "2", "--max-length", "256", check=True)
     started = parse_event(result.stdout.splitlines()[0])
     assert started["skipped_too_long"] == [2] and started["examples"] == 2
     meta = json.loads((tmp_path / "adapters" / "kept" / "sftchat.json").read_text())
     assert meta["dataset"]["example_ids"] == [1, 3]
     assert meta["dataset"]["skipped_too_long"] == [2]
-    text = run_cli("train", "--name", "kept2", "--max-steps", "1", "--max-length", "256",
-                   workspace=tmp_path, check=True)
+    text = sftchat(tmp_path, "train", "--name", "kept2", "--max-steps", "1", "--max-length", "256", check=True)
     assert "skipped 1 example whose answer alone is longer than max length 256 (ids 2)" \
         in text.stderr
-    strict = run_cli("train", "--strict", "--max-length", "256", workspace=tmp_path)
+    strict = sftchat(tmp_path, "train", "--strict", "--max-length", "256")
     assert strict.returncode == 1
     assert "example 2: the response is" in strict.stderr and "--strict" in strict.stderr
     assert strict.stderr.count("\n") == 1

@@ -16,13 +16,12 @@ import sys
 import pytest
 
 from sftchat.config import load_settings
-from sftchat.tui.app import create_app
 from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.screens.dataset import DatasetScreen
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui.tui_helpers import (ask, finished_answers, make_workspace, notices, settings_for,
-                             toasts, wait_until)
+from tui.tui_helpers import (ask, finished_answers, make_workspace, notices, recording_app,
+                             settings_for, toasts, wait_until)
 
 SIZE = (120, 40)
 
@@ -38,7 +37,7 @@ async def _wait_for_toast(pilot, *fragments: str, what: str) -> str:
 
 async def test_a_model_that_cannot_load_is_one_message_and_the_rest_still_works(tmp_path):
     workspace = make_workspace(tmp_path / "ws")
-    app = create_app(load_settings(workspace=str(workspace), model=str(tmp_path / "nope")))
+    app = recording_app(load_settings(workspace=str(workspace), model=str(tmp_path / "nope")))
     async with app.run_test(size=SIZE) as pilot:
         status = app.screen.query_one(StatusLine)
         await wait_until(pilot, lambda: status.model == "model failed to load",
@@ -87,7 +86,7 @@ def adapters_workspace(tmp_path, trained_workspace):
 ], ids=["unknown", "corrupted", "another-base", "path-escape"])
 async def test_an_adapter_that_cannot_be_used_is_refused_and_the_chat_goes_on(
         adapters_workspace, name, fragments):
-    app = create_app(settings_for(adapters_workspace))
+    app = recording_app(settings_for(adapters_workspace))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
         status = app.screen.query_one(StatusLine)
@@ -106,7 +105,7 @@ async def test_an_adapter_that_cannot_be_used_is_refused_and_the_chat_goes_on(
 
 
 async def test_an_empty_curated_field_is_refused_in_the_modal_and_nothing_is_saved(tmp_path):
-    app = create_app(settings_for(make_workspace(tmp_path / "ws", max_new_tokens=8)))
+    app = recording_app(settings_for(make_workspace(tmp_path / "ws", max_new_tokens=8)))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
         await ask(pilot, "Anything?")
@@ -121,7 +120,7 @@ async def test_an_empty_curated_field_is_refused_in_the_modal_and_nothing_is_sav
 
 
 async def test_a_pasted_prompt_of_hundreds_of_kilobytes_is_cut_with_a_notice(tmp_path):
-    app = create_app(settings_for(make_workspace(tmp_path / "ws", max_new_tokens=8)))
+    app = recording_app(settings_for(make_workspace(tmp_path / "ws", max_new_tokens=8)))
     prompt = "Summarise this: " + "lorem ipsum dolor " * 20_000
     assert len(prompt.encode()) > 300_000
     async with app.run_test(size=SIZE) as pilot:

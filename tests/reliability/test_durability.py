@@ -10,7 +10,6 @@ version and an old (version 0) file is migrated when it is opened.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,20 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import CLI, clean_env, sftchat
 
 from sftchat.dataset.store import DB_NAME, SCHEMA_VERSION, ExampleStore
 
-CLI = [sys.executable, "-m", "sftchat.cli"]
-SFTCHAT_ENV = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
-               "SFTCHAT_TEMPLATE")
-
-
-def child_env() -> dict[str, str]:
-    """The test's environment minus sftchat settings; unbuffered, so that a line a child
-    prints reaches us at once and the kill can land while the child is still running."""
-    env = {k: v for k, v in os.environ.items() if k not in SFTCHAT_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 # The same call `sftchat data add` makes. The writer prints "ID INDEX" once `add` returned,
@@ -75,7 +64,7 @@ def start_writer(data_dir: Path, tag: str, count: int = -1, wait: bool = False,
         [sys.executable, "-c", WRITER, str(data_dir), tag, str(count),
          "wait" if wait else "go", str(stop) if stop else "-"],
         stdin=subprocess.PIPE if wait else subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, encoding="utf-8", env=child_env())
+        stderr=subprocess.PIPE, text=True, encoding="utf-8", env=clean_env())
 
 
 def parse_acks(lines: list[str]) -> list[tuple[int, int]]:
@@ -111,11 +100,6 @@ def assert_acknowledged_examples_present(data_dir: Path, acks: dict[int, tuple[s
             assert example.instruction == instruction_of(tag, index)
             assert example.response == response_of(tag, index)
     assert integrity(data_dir / DB_NAME) == "ok"
-
-
-def cli(workspace: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "--workspace", str(workspace), *args], capture_output=True,
-                          text=True, encoding="utf-8", env=child_env(), timeout=timeout)
 
 
 # --------------------------------------------------------------------------- kill -9
@@ -161,7 +145,7 @@ def test_id_printed_by_cli_data_add_survives_sigkill_the_next_instant(ws):
              "--instruction", instruction_of("cli", index),
              "--response", response_of("cli", index)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-            env=child_env())
+            env=clean_env())
         try:
             line = process.stdout.readline()
             if line.strip():
@@ -176,7 +160,7 @@ def test_id_printed_by_cli_data_add_survives_sigkill_the_next_instant(ws):
     # The id is printed before the store is closed, so some kills must land on a live process
     # (otherwise this test would not be testing a kill at all).
     assert killed_alive > 0
-    listed = json.loads(cli(ws, "data", "list", "--json").stdout)
+    listed = json.loads(sftchat(ws, "data", "list", "--json").stdout)
     assert {example["id"] for example in listed} == set(acknowledged)
 
 
@@ -221,15 +205,15 @@ def test_concurrent_writers_and_readers_lose_nothing_and_never_see_locked(tmp_pa
 
         def cli_burst() -> None:
             for index in range(6):
-                cli_results.append((index, cli(ws, "data", "add",
+                cli_results.append((index, sftchat(ws, "data", "add",
                                                "--instruction", instruction_of("cli", index),
                                                "--response", response_of("cli", index))))
 
         def readers() -> None:
             for _ in range(3):
-                reader_results.append(("list", cli(ws, "data", "list", "--json")))
-                reader_results.append(("stats", cli(ws, "data", "stats", "--json")))
-                reader_results.append(("stats-text", cli(ws, "data", "stats")))
+                reader_results.append(("list", sftchat(ws, "data", "list", "--json")))
+                reader_results.append(("stats", sftchat(ws, "data", "stats", "--json")))
+                reader_results.append(("stats-text", sftchat(ws, "data", "stats")))
 
         threads = [threading.Thread(target=cli_burst), threading.Thread(target=readers)]
         for thread in threads:
@@ -324,7 +308,7 @@ def test_sigkill_during_bulk_import_leaves_a_readable_store_with_all_or_nothing(
         wal = ws / "data" / f"{DB_NAME}-wal"
         process = subprocess.Popen(
             [*CLI, "--workspace", str(ws), "data", "import", str(source)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env())
         try:
             # Wait until the rows are being written (the WAL passes 1 MB), then kill.
             while process.poll() is None:
@@ -344,12 +328,12 @@ def test_sigkill_during_bulk_import_leaves_a_readable_store_with_all_or_nothing(
 
     db = ws / "data" / DB_NAME
     assert integrity(db) == "ok"
-    stats = cli(ws, "data", "stats", "--json")
+    stats = sftchat(ws, "data", "stats", "--json")
     assert stats.returncode == 0, stats.stderr
     count = json.loads(stats.stdout)["examples"]
     assert count in (0, 20_000)
     # The store is not only readable but usable: the same import now completes.
-    again = cli(ws, "data", "import", str(source), timeout=300)
+    again = sftchat(ws, "data", "import", str(source), timeout=300)
     assert again.returncode == 0, again.stderr
     with ExampleStore(ws / "data") as store:
         assert store.count() == count + 20_000
@@ -362,13 +346,13 @@ def test_sigkill_during_bulk_import_leaves_a_readable_store_with_all_or_nothing(
 
 
 def test_a_fresh_store_has_the_current_schema_version_and_wal_journal(ws):
-    result = cli(ws, "data", "add", "--instruction", "hi", "--response", "hello")
+    result = sftchat(ws, "data", "add", "--instruction", "hi", "--response", "hello")
     assert result.returncode == 0, result.stderr
     db = ws / "data" / DB_NAME
     assert SCHEMA_VERSION >= 1
     assert raw_pragma(db, "user_version") == SCHEMA_VERSION
     assert raw_pragma(db, "journal_mode") == "wal"
-    stats = json.loads(cli(ws, "data", "stats", "--json").stdout)
+    stats = json.loads(sftchat(ws, "data", "stats", "--json").stdout)
     assert stats["schema_version"] == SCHEMA_VERSION
 
 
@@ -391,7 +375,7 @@ def test_a_version_0_database_is_migrated_when_opened(ws, kind, command):
         db.write_bytes(b"")
     else:
         _empty_sqlite_with_header(db)
-    result = cli(ws, *command)
+    result = sftchat(ws, *command)
     assert result.returncode == 0, result.stderr
     assert raw_pragma(db, "user_version") == SCHEMA_VERSION
     assert integrity(db) == "ok"
@@ -447,7 +431,7 @@ def test_a_database_from_a_newer_sftchat_is_refused_and_left_untouched(ws):
     raw.commit()
     raw.close()
     before = db.read_bytes()
-    result = cli(ws, "data", "list")
+    result = sftchat(ws, "data", "list")
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from conftest import read_pty, run_cli
+from cli_helpers import sftchat
+from conftest import read_pty
 from sftchat.models.loader import ModelLoadError, load_model
 
 ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;pwned\x07alert"
@@ -50,9 +51,8 @@ def test_pickle_weights_are_refused(tmp_path, builtin_cache):
 
 
 def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
-    run_cli("data", "add", "--instruction", "Alert me.", "--response", ESCAPES, workspace=ws,
-            check=True)
-    run_cli("train", workspace=ws, check=True, timeout=600)
+    sftchat(ws, "data", "add", "--instruction", "Alert me.", "--response", ESCAPES, check=True)
+    sftchat(ws, "train", check=True, timeout=600)
     command = [sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), "ask", "Alert me.",
                "--adapter", "latest", "--temperature", "0"]
     # Piped, the answer is data and comes out exactly as generated ...

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import run_cli
+from cli_helpers import sftchat
 from sftchat.config import load_settings
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.events import parse_event
@@ -52,7 +52,7 @@ def test_kill_9_leaves_no_visible_adapter_and_the_next_run_cleans_up(ws):
     process.wait(60)
     assert _visible(ws) == []
     assert any(p.name.startswith(".staging-doomed-") for p in (ws / "adapters").iterdir())
-    run_cli("train", "--name", "after", "--max-steps", "2", workspace=ws, check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "2", check=True)
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["after"]
 
 
@@ -127,7 +127,7 @@ def test_a_second_run_on_the_same_workspace_is_refused_with_who_holds_it(ws):
                    if event and event["event"] == "started")
     _wait_for_step(first)
 
-    second = run_cli("train", "--name", "second", "--max-steps", "1", workspace=ws)
+    second = sftchat(ws, "train", "--name", "second", "--max-steps", "1")
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1, second.stderr
@@ -143,7 +143,7 @@ def test_a_second_run_on_the_same_workspace_is_refused_with_who_holds_it(ws):
     first.communicate(timeout=120)
     assert first.returncode == 130
     # Released: the next run trains, publishes and leaves no lock file behind.
-    run_cli("train", "--name", "after", "--max-steps", "1", workspace=ws, check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True)
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["after"]
 
 
@@ -154,6 +154,6 @@ def test_the_lock_of_a_killed_run_does_not_outlive_it(ws):
     assert _read_lock_holder(ws)["pid"] == process.pid
     process.send_signal(signal.SIGKILL)
     process.wait(60)
-    run_cli("train", "--name", "after", "--max-steps", "1", workspace=ws, check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True)
     assert _visible(ws) == ["after"]
 

@@ -19,11 +19,10 @@ from pty_app import CTRL_T, PtyApp
 from sftchat.adapters import pid_alive
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.workspace_lock import LOCK_FILE
-from sftchat.tui.app import create_app
 from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.status_line import StatusLine
-from tui.tui_helpers import (ENDLESS_TRAINING, ask, make_workspace, notices, settings_for,
-                              wait_until)
+from tui.tui_helpers import (ENDLESS_TRAINING, ask, make_workspace, notices, recording_app,
+                             settings_for, toasts, wait_until)
 
 SIZE = (120, 40)
 
@@ -42,7 +41,7 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
     workspace = make_workspace(tmp_path / "ws", max_new_tokens=16,
                                extra=ENDLESS_TRAINING)
     app_a = PtyApp(workspace)
-    app_b = create_app(settings_for(workspace))
+    app_b = recording_app(settings_for(workspace))
     try:
         async with app_b.run_test(size=SIZE) as pilot:
             status_b = app_b.screen.query_one(StatusLine)
@@ -111,7 +110,7 @@ async def test_the_app_saves_while_the_cli_adds_examples_in_a_loop(tmp_path):
     loop = (f'i=0; while [ ! -e "{stop}" ] || [ $i -lt 5 ]; do i=$((i+1)); '
             f'"{sys.executable}" -m sftchat.cli --workspace "{workspace}" data add '
             '--instruction "cli $i" --response "réponse $i" || exit 1; done')
-    app = create_app(settings_for(workspace))
+    app = recording_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, timeout=120, what="the model")
         writer = subprocess.Popen(["bash", "-c", loop], stdout=subprocess.PIPE,
@@ -129,7 +128,7 @@ async def test_the_app_saves_while_the_cli_adds_examples_in_a_loop(tmp_path):
         out, err = writer.communicate()
         assert writer.returncode == 0 and err == "", err
         cli_ids = [int(line) for line in out.split()]
-        errors = [n.message for n in app._notifications if n.severity == "error"]
+        errors = toasts(app, severity="error")
         assert errors == []
         await wait_until(pilot, lambda: app.screen.query_one(StatusLine).examples
                          == len(cli_ids) + 3, timeout=10, what="the status line's count")

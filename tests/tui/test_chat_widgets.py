@@ -7,13 +7,14 @@ import shutil
 from textual.app import App
 from textual.widgets import Markdown
 
+from sftchat.prompts import Turn
 from sftchat.tui.app import create_app
 from sftchat.tui.messages import TrainingEnded
-from sftchat.prompts import Turn
 from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import answers, finished_answers, make_workspace, settings_for, wait_until
+from tui_helpers import (answers, finished_answers, make_long_answer_workspace, make_workspace,
+                         settings_for, wait_until)
 
 SIZE = (120, 40)
 HOSTILE = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred\x1b]0;pwned\x07 done"
@@ -62,7 +63,8 @@ async def test_markdown_renders_code_blocks():
 
 
 async def test_an_automatic_swap_waits_for_the_answer_to_finish(tmp_path, trained_workspace):
-    workspace = make_workspace(tmp_path, max_new_tokens=600, temperature=1.0)
+    # A seeded answer thousands of tokens long: certainly still streaming when the run ends.
+    workspace = make_long_answer_workspace(tmp_path / "ws")
     shutil.copytree(trained_workspace / "adapters", workspace / "adapters")
     app = create_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
@@ -75,21 +77,29 @@ async def test_an_automatic_swap_waits_for_the_answer_to_finish(tmp_path, traine
         # The trainer publishes while the answer streams.
         app.screen.post_message(TrainingEnded({"event": "finished", "name": "first",
                                                "final_loss": 0.01}))
-        await pilot.pause()
-        if app.screen.generating:
-            assert app.screen.pending_swap == "first" and status.adapter is None
+        await wait_until(pilot, lambda: app.screen.pending_swap == "first",
+                         what="the swap to be deferred")
+        assert app.screen.generating and status.adapter is None
+        await pilot.press("escape")  # the answer ends (stopped); the swap follows it
         await wait_until(pilot, lambda: finished_answers(app), what="the answer to finish")
         await wait_until(pilot, lambda: status.adapter == "first", what="the deferred swap")
-        assert answers(app)[0].query_one(".answer-meta").render().plain.startswith("base model")
+        meta = answers(app)[0].query_one(".answer-meta").render().plain
+        assert meta.startswith("base model") and meta.endswith("stopped")
 
 
 async def test_command_palette_opens_the_dataset(tmp_path):
     app = create_app(settings_for(make_workspace(tmp_path)))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+p")
-        await pilot.pause()
+        from textual.command import CommandPalette
+        from textual.widgets import OptionList
+
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette),
+                         what="the palette")
         await pilot.press(*"Browse dataset")
-        await pilot.pause(0.5)
+        # The palette searches asynchronously: wait for its hit before choosing it.
+        await wait_until(pilot, lambda: app.screen.query_one(OptionList).option_count == 1,
+                         what="the palette's hit")
         await pilot.press("enter")
         from sftchat.tui.screens.dataset import DatasetScreen
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from rich.text import Text
 from textual.app import App
-from textual.widgets import DataTable, Input, Label, TextArea
+from textual.widgets import Input, Label, TextArea
 
 from sftchat.dataset.store import ExampleNotFound, ExampleStore
 from sftchat.tui.screens.confirm import ConfirmModal
 from sftchat.tui.screens.curate import CurateModal
-from sftchat.tui.screens.dataset import COUNT_DELAY_S, PAGE_SIZE, DatasetScreen
+from sftchat.tui.screens.dataset import PAGE_SIZE, DatasetScreen, MatchesCounted
+from tui_helpers import DatasetHostApp as HostApp
+from tui_helpers import dataset_table as table
 from tui_helpers import wait_until
 
 SIZE = (120, 40)
@@ -25,30 +27,6 @@ NEEDLES = (7, 25_000, 49_999)
 
 UNTRUSTED = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred"
 UNTRUSTED_SHOWN = "[bold]x[/bold] [link=http://e.vil]y[/link] red"
-
-
-class HostApp(App[None]):
-    """Pushes the dataset screen at start; records its dismissal and every notification."""
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__()
-        self.data_dir = data_dir
-        self.closed = False
-        self.notes: list[str] = []
-
-    def on_mount(self) -> None:
-        self.push_screen(DatasetScreen(self.data_dir), self._on_closed)
-
-    def _on_closed(self, result: None) -> None:
-        self.closed = True
-
-    def notify(self, message: str, **kwargs) -> None:
-        self.notes.append(message)
-        super().notify(message, **kwargs)
-
-
-def table(app: App) -> DataTable:
-    return app.screen.query_one("#dataset-table", DataTable)
 
 
 def page_text(app: App) -> str:
@@ -176,10 +154,13 @@ async def test_a_count_for_a_replaced_search_is_dropped(big_dataset):
         search = app.screen.query_one("#dataset-search", Input)
         search.value = "cats"  # more than a page: a count is scheduled
         await wait_until(pilot, lambda: "matching “cats”" in page_text(app))
+        cats_count = app.screen.count_generation
         search.value = "needle"  # one page: counted at once; the cats count must not land
         await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES))
-        # Nothing to wait for when all is well: give a stale count the time it would need.
-        await pilot.pause(COUNT_DELAY_S + 0.5)
+        # Whether or not the real cats count had started, its answer arriving now (late) is
+        # exactly this message: it must be dropped.
+        app.screen.post_message(MatchesCounted(cats_count, "cats", 5_000))
+        await pilot.pause()
         assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
 
 
@@ -200,15 +181,16 @@ async def test_edit_saves_through_the_curate_modal(small_dataset):
 
         await pilot.press("f7", *"Fixed answer", "ctrl+s")  # F7: select all in TextArea
         await wait_until(pilot, lambda: on_dataset(app))
-        await wait_until(pilot, lambda: stored(small_dataset, 2).response == "Fixed answer")
+        # The write runs in a worker; its confirmation comes once the table is refreshed.
+        await wait_until(pilot, lambda: "Saved example #2." in app.notes, what="the save")
         example = stored(small_dataset, 2)
+        assert example.response == "Fixed answer"
         assert example.instruction == "Second question"
         assert example.original_response == "Second answer, as the model said"
 
         # Refreshed in place, cursor where it was, and a confirmation.
         assert str(table(app).get_row_at(1)[2]) == "Fixed answer"
         assert table(app).cursor_row == 1
-        assert "Saved example #2." in app.notes
 
 
 async def test_enter_edits_and_escape_cancels(small_dataset):

@@ -6,7 +6,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from textual.app import App
+from textual.widgets import DataTable
+
 from sftchat.config import load_settings
+from sftchat.tui.screens.dataset import DatasetScreen
 
 
 async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 60.0,
@@ -61,9 +65,31 @@ def notices(app) -> list[str]:
     return [str(notice.render()) for notice in app.screen.query(".notice")]
 
 
-def toasts(app) -> list[str]:
-    """The messages of every notification shown so far."""
-    return [notification.message for notification in app._notifications]
+def recording_app(settings, engine_factory=None):
+    """The real app, built as `create_app` builds it, that also records every notification
+    it shows (through Textual's public `notify`), for `toasts`."""
+    from sftchat.tui.app import SftchatApp
+
+    import sftchat.tui.app
+
+    class RecordingApp(SftchatApp):
+        # Textual reads CSS_PATH relative to the module that defines the class: this one.
+        CSS_PATH = Path(sftchat.tui.app.__file__).parent / SftchatApp.CSS_PATH
+
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            self.shown: list[tuple[str, str]] = []   # (message, severity)
+
+        def notify(self, message, *, severity="information", **kwargs) -> None:
+            self.shown.append((str(message), severity))
+            super().notify(message, severity=severity, **kwargs)
+
+    return RecordingApp(settings, engine_factory)
+
+
+def toasts(app, severity: str | None = None) -> list[str]:
+    """The messages of every notification shown so far (of one severity if given)."""
+    return [message for message, level in app.shown if severity in (None, level)]
 
 
 async def ask(pilot, text: str, timeout: float = 120.0) -> None:
@@ -75,3 +101,27 @@ async def ask(pilot, text: str, timeout: float = 120.0) -> None:
     await pilot.press("enter")
     await wait_until(pilot, lambda: len(finished_answers(pilot.app)) > before, timeout=timeout,
                      what="the answer to finish")
+
+
+class DatasetHostApp(App[None]):
+    """Pushes the dataset screen at start; records its dismissal and every notification."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.closed = False
+        self.notes: list[str] = []
+
+    def on_mount(self) -> None:
+        self.push_screen(DatasetScreen(self.data_dir), self._on_closed)
+
+    def _on_closed(self, result: None) -> None:
+        self.closed = True
+
+    def notify(self, message: str, **kwargs) -> None:
+        self.notes.append(message)
+        super().notify(message, **kwargs)
+
+
+def dataset_table(app: App) -> DataTable:
+    return app.screen.query_one("#dataset-table", DataTable)

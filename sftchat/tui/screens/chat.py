@@ -1,9 +1,13 @@
 """The chat screen: conversation, prompt, status line and training panel.
 
-Long work never runs on the event loop: the model loads and answers are generated in thread
-workers that only post messages; training runs in a subprocess (`TrainerProcess`) whose
-events arrive as messages. The engine lock guarantees an adapter swap never lands in the
-middle of an answer; the screen also defers an automatic swap until the answer completes.
+Nothing that can wait runs on the event loop: the model loads, answers are generated,
+adapters swap and curated answers are saved in thread workers that only post past-tense
+messages (`tui.messages`); a worker that fails raises, and `on_worker_state_changed` turns
+that into one message for the user. Saving opens its own SQLite connection, so a CLI import
+holding the write lock delays the save, never the interface (reads in WAL mode do not wait
+for a writer). Training runs in a subprocess (`TrainerProcess`) whose events arrive as
+messages. The engine lock guarantees an adapter swap never lands in the middle of an answer;
+the screen also defers an automatic swap until the answer completes.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from textual import on, work
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
 
-from sftchat.training.options import TrainOptionsError, parse_train_options
+from sftchat.dataset.store import ExampleStore
+from sftchat.errors import SftchatError
 from sftchat.prompts import Turn
+from sftchat.training.options import TrainOptionsError, parse_train_options
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.tui.messages import (
-    AdapterSwapFailed, AdapterSwapped, ModelLoaded, ModelLoadFailed, ResponseChunkReceived,
-    ResponseCompleted, ResponseFailed, TrainingEnded, TrainingProgressed,
+    AdapterSwapped, ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted,
+    TrainingEnded, TrainingProgressed,
 )
 from sftchat.tui.screens.curate import CurateModal, CurateResult
 from sftchat.tui.screens.dataset import OUTSIDE_CHANGES_POLL_S
@@ -28,6 +35,16 @@ from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from sftchat.tui.widgets.training_panel import TrainingPanel
+
+# A save still waiting after this long says why (another process holds the dataset's lock).
+SLOW_SAVE_NOTICE_S = 1.0
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the user: our own errors are written for them; others get their type."""
+    if isinstance(exc, SftchatError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class ChatScreen(Screen):
@@ -55,6 +72,7 @@ class ChatScreen(Screen):
         # A turn whose conversation was left (ctrl+n) mid-answer: its late result is dropped.
         self._abandoned_turn: int | None = None
         self._cancel = threading.Event()
+        self.saves_in_flight = 0
 
     # ------------------------------------------------------------------ layout
 
@@ -106,28 +124,39 @@ class ChatScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
     def load_model(self) -> None:
-        try:
-            engine = self.app.load_engine()
-        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-            self.post_message(ModelLoadFailed(str(exc)))
-            return
-        self.post_message(ModelLoaded(engine.loaded.describe()))
+        self.post_message(ModelLoaded(self.app.load_engine()))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        self.status.model = message.description
+        self.app.engine = message.engine
+        self.status.model = message.engine.loaded.describe()
         pending, self.pending = self.pending, []
         if pending:
             self.start_answer("\n\n".join(pending), show_user=False)
 
-    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
-        self.model_error = message.error
+    def _model_load_failed(self, error: str) -> None:
+        self.model_error = error
         self.status.model = "model failed to load"
-        self.log_view.add_notice(f"Could not load the model: {message.error}")
+        self.log_view.add_notice(f"Could not load the model: {error}")
         if self.pending:
             self.pending = []
             self.log_view.add_notice("The messages typed while it loaded cannot be answered.")
-        self.notify(message.error, title="Model", severity="error", markup=False,
-                    timeout=15)
+        self.notify(error, title="Model", severity="error", markup=False, timeout=15)
+
+    # ------------------------------------------------------------------ failed workers
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker becomes a message: workers raise, never report."""
+        if event.state is not WorkerState.ERROR:
+            return
+        failed = {
+            "load": self._model_load_failed,
+            "generate": self._answer_failed,
+            "swap": lambda error: self.notify(error, title="Adapter", severity="error",
+                                              markup=False, timeout=15),
+            "save": self._save_failed,
+        }.get(event.worker.group)
+        if failed is not None:
+            failed(error_line(event.worker.error))
 
     # ------------------------------------------------------------------ chat
 
@@ -169,13 +198,9 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
     def generate(self, turn_id: int, question: str, history: list[Turn],
                  cancel: threading.Event) -> None:
-        try:
-            generation = self.app.engine.generate(question, history=history, cancel=cancel)
-            for piece in generation:
-                self.post_message(ResponseChunkReceived(turn_id, piece))
-        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-            self.post_message(ResponseFailed(turn_id, f"{type(exc).__name__}: {exc}"))
-            return
+        generation = self.app.engine.generate(question, history=history, cancel=cancel)
+        for piece in generation:
+            self.post_message(ResponseChunkReceived(turn_id, piece))
         self.post_message(ResponseCompleted(
             turn_id, generation.text, generation.finish_reason, generation.adapter,
             generation.new_tokens, generation.seconds, generation.notice))
@@ -209,9 +234,9 @@ class ChatScreen(Screen):
             self.last_exchange = Turn(question, message.text)
         self._answer_finished()
 
-    def on_response_failed(self, message: ResponseFailed) -> None:
-        self.log_view.add_notice(f"Generation failed: {message.error}")
-        self.notify(message.error, title="Generation failed", severity="error", markup=False)
+    def _answer_failed(self, error: str) -> None:
+        self.log_view.add_notice(f"Generation failed: {error}")
+        self.notify(error, title="Generation failed", severity="error", markup=False)
         self._answer_finished()
 
     def _answer_finished(self) -> None:
@@ -260,22 +285,43 @@ class ChatScreen(Screen):
     def _saved(self, exchange: Turn, result: CurateResult | None) -> None:
         if result is None:
             return
-        try:
-            example_id = self.app.store.add(result.instruction, result.response,
-                                            original_response=exchange.response, source="chat")
-        except Exception as exc:  # noqa: BLE001 - a store error is shown, nothing is lost
-            self.notify(str(exc), title="Not saved", severity="error", markup=False)
-            return
+        self.saves_in_flight += 1
+        self.save_example(exchange, result)
+        self.set_timer(SLOW_SAVE_NOTICE_S, self._notice_slow_save)
+
+    @work(thread=True, exit_on_error=False, group="save")
+    def save_example(self, exchange: Turn, result: CurateResult) -> None:
+        # A connection of its own: while another process holds the write lock, this waits
+        # (up to the store's busy timeout) in this thread, not on the app's connection.
+        with ExampleStore(self.app.settings.data_dir) as store:
+            example_id = store.add(result.instruction, result.response,
+                                   original_response=exchange.response, source="chat")
+            count = store.count()
+        self.post_message(ExampleSaved(exchange.instruction, exchange.response,
+                                       result.instruction, result.response, example_id, count))
+
+    def _notice_slow_save(self) -> None:
+        if self.saves_in_flight:
+            self.notify("Saving… the dataset is busy (another sftchat process is writing to "
+                        "it); the answer is saved as soon as it is free.", markup=False)
+
+    def on_example_saved(self, message: ExampleSaved) -> None:
+        self.saves_in_flight -= 1
         # The corrected answer replaces the model's in the conversation's context too.
         for index in range(len(self.turns) - 1, -1, -1):
-            if self.turns[index].instruction == exchange.instruction \
-                    and self.turns[index].response == exchange.response:
-                self.turns[index] = Turn(result.instruction, result.response)
+            if self.turns[index] == Turn(message.instruction, message.response):
+                self.turns[index] = Turn(message.saved_instruction, message.saved_response)
                 break
-        self.refresh_dataset_size()
-        count = self.status.examples
-        self.notify(f"Saved example #{example_id} — the dataset has {count} "
+        count = message.count
+        self.status.examples = count
+        self.notify(f"Saved example #{message.example_id} — the dataset has {count} "
                     f"example{'' if count == 1 else 's'}.", markup=False)
+
+    def _save_failed(self, error: str) -> None:
+        # The answer is still in the conversation: ctrl+s again once the cause is fixed.
+        self.saves_in_flight -= 1
+        self.notify(f"{error}; the answer is still in the conversation: press ctrl+s to try "
+                    "again.", title="Not saved", severity="error", markup=False, timeout=15)
 
     # ------------------------------------------------------------------ training
 
@@ -346,18 +392,17 @@ class ChatScreen(Screen):
             except Exception:  # noqa: BLE001 - only an optimisation: the swap loads normally
                 pass
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="swap")
     def swap_adapter(self, name: str | None, automatic: bool = False) -> None:
-        engine = self.app.engine
-        if engine is None:
-            self.post_message(AdapterSwapFailed(
-                "no model is loaded" if self.model_error else "the model is still loading"))
+        if self.app.engine is None:
+            self.notify("no model is loaded" if self.model_error else
+                        "the model is still loading", title="Adapter", severity="error",
+                        markup=False, timeout=15)
             return
-        try:
-            result = engine.use_adapter(name)
-        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-            self.post_message(AdapterSwapFailed(str(exc)))
-            return
+        self._swap(self.app.engine, name, automatic)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="swap")
+    def _swap(self, engine, name: str | None, automatic: bool) -> None:
+        result = engine.use_adapter(name)
         self.post_message(AdapterSwapped(result.name, result.seconds, automatic))
 
     def on_adapter_swapped(self, message: AdapterSwapped) -> None:
@@ -372,10 +417,6 @@ class ChatScreen(Screen):
         how = "Swapped in" if message.automatic else "Switched to"
         self.notify(f"{how} {who} ({message.seconds * 1000:.0f} ms); "
                     "the next answer comes from it.", markup=False)
-
-    def on_adapter_swap_failed(self, message: AdapterSwapFailed) -> None:
-        self.notify(message.error, title="Adapter", severity="error", markup=False,
-                    timeout=15)
 
     def action_adapters(self) -> None:
         from sftchat.tui.screens.adapters import AdaptersScreen

@@ -8,7 +8,11 @@ search box filters by text, `e` / Enter edits the highlighted example in the cur
 
 How many examples match a search is counted in a thread worker on a connection of its own:
 counting means reading every matching row (about 0.1 s on 50,000 examples), too long to do
-on the event loop at every keystroke. Everything else is one small query on the event loop.
+on the event loop at every keystroke. Edits and deletes also run in workers on connections of
+their own, because a write waits while another process (a CLI import) holds the write lock;
+they post `ExampleEdited` / `ExampleDeleted`, and a failed one is reported by the screen's
+worker-state handler. What stays on the event loop is one small read per page: in WAL mode
+a read never waits for a writer.
 
 Cells are `rich.text.Text` built with `one_line(strip_control(...))`: example text comes from
 a model or an imported file and must never be read as markup or as escape sequences.
@@ -29,7 +33,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Label
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from ...dataset.store import Example, ExampleStore, StoreError
 from ...text import one_line, strip_control
@@ -82,6 +86,16 @@ class MatchesCounted(Message):
     count: int | None
 
 
+@dataclass
+class ExampleEdited(Message):
+    example_id: int
+
+
+@dataclass
+class ExampleDeleted(Message):
+    example_id: int
+
+
 class DatasetScreen(Screen[None]):
     """Pages through `ExampleStore(data_dir)`; push it, it pops itself on Escape."""
 
@@ -111,7 +125,7 @@ class DatasetScreen(Screen[None]):
         # Matches of the current search; None while the worker counts them.
         self.matches: int | None = None
         # Bumped at every recount, so a late answer for an older count is ignored.
-        self._count_generation = 0
+        self.count_generation = 0
         self._count_timer: Timer | None = None
 
     def compose(self):
@@ -203,12 +217,12 @@ class DatasetScreen(Screen[None]):
                 # Count once the user pauses typing, not at every keystroke: each count
                 # reads every match, and a count for a search already replaced is wasted.
                 self._count_timer = self.set_timer(
-                    COUNT_DELAY_S, partial(self._count_matches, self._count_generation, search))
+                    COUNT_DELAY_S, partial(self._count_matches, self.count_generation, search))
         self._show_position()
 
     def _forget_count(self) -> None:
         """Drop a pending or running count: its answer would be for an older search."""
-        self._count_generation += 1
+        self.count_generation += 1
         if self._count_timer is not None:
             self._count_timer.stop()
             self._count_timer = None
@@ -249,7 +263,7 @@ class DatasetScreen(Screen[None]):
         self.post_message(MatchesCounted(generation, search, count))
 
     def on_matches_counted(self, message: MatchesCounted) -> None:
-        if message.generation != self._count_generation or message.search != self.search:
+        if message.generation != self.count_generation or message.search != self.search:
             return
         self.matches = message.count
         self._show_position()
@@ -302,23 +316,14 @@ class DatasetScreen(Screen[None]):
         except DB_ERRORS as exc:
             self._failed(exc)
             return
-        row = self._table().cursor_row
-
         def edited(result: CurateResult | None) -> None:
             if result is None or self.store is None:
                 return
             if (result.instruction, result.response) == (example.instruction, example.response):
                 self.notify(f"Example #{example_id} is unchanged.", markup=False)
                 return
-            try:
-                self.store.update(example_id, instruction=result.instruction,
-                                  response=result.response)
-            except DB_ERRORS as exc:
-                self._failed(exc)
-                return
-            # An edit can make the example stop matching the search: recount.
-            self._load_page(row, recount=True)
-            self.notify(f"Saved example #{example_id}.", markup=False)
+            self._write(ExampleEdited(example_id), "update", example_id,
+                        instruction=result.instruction, response=result.response)
 
         self.app.push_screen(
             CurateModal(example.instruction, example.response, title=f"Edit example #{example_id}"),
@@ -329,22 +334,36 @@ class DatasetScreen(Screen[None]):
         example_id = self._highlighted_id()
         if example_id is None:
             return
-        row = self._table().cursor_row
-
         def answered(yes: bool | None) -> None:
-            if not yes or self.store is None:
-                return
-            try:
-                self.store.delete(example_id)
-            except DB_ERRORS as exc:
-                self._failed(exc)
-                return
-            self._load_page(row, recount=True)
-            self.notify(f"Deleted example #{example_id}.", markup=False)
+            if yes and self.store is not None:
+                self._write(ExampleDeleted(example_id), "delete", example_id)
 
         self.app.push_screen(ConfirmModal(f"Delete example #{example_id}?"), answered)
 
-    def _failed(self, exc: Exception) -> None:
+    @work(thread=True, exit_on_error=False, group="dataset-write")
+    def _write(self, done: Message, operation: str, *args, **kwargs) -> None:
+        """`ExampleStore.<operation>(*args, **kwargs)` on a connection of its own, then post
+        `done`; a failure raises and reaches `on_worker_state_changed`."""
+        with ExampleStore(self.data_dir) as store:
+            getattr(store, operation)(*args, **kwargs)
+        self.post_message(done)
+
+    def on_example_edited(self, message: ExampleEdited) -> None:
+        # An edit can make the example stop matching the search: recount. The cursor stays
+        # where it is now (the outside-changes poll may have reloaded the page already).
+        self._load_page(self._table().cursor_row, recount=True)
+        self.notify(f"Saved example #{message.example_id}.", markup=False)
+
+    def on_example_deleted(self, message: ExampleDeleted) -> None:
+        # The cursor's row now holds the example that followed the deleted one.
+        self._load_page(self._table().cursor_row, recount=True)
+        self.notify(f"Deleted example #{message.example_id}.", markup=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.group == "dataset-write":
+            self._failed(event.worker.error)
+
+    def _failed(self, exc: BaseException) -> None:
         """Say what went wrong and show the store as it is now (another process may have
         changed it under us)."""
         self.notify(str(exc), severity="error", markup=False)

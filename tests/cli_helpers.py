@@ -1,5 +1,6 @@
-"""Helpers shared by the CLI tests: run the real `sftchat` in a clean environment, and check
-the one-line error contract (GUIDE §3)."""
+"""The one way tests run the real `sftchat` command line: a subprocess in a clean
+environment (no SFTCHAT_* settings from the machine), and the one-line error contract
+(GUIDE §3)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+CLI = [sys.executable, "-m", "sftchat.cli"]
 SFTCHAT_ENV = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
                "SFTCHAT_TEMPLATE")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment minus sftchat settings; unbuffered, so that a line a child
+    prints reaches a reading test at once."""
     env = {k: v for k, v in os.environ.items() if k not in SFTCHAT_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
 
 def sftchat(workspace: Path | None, *args: str, stdin: str | None = None,
-            env: dict[str, str] | None = None, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sftchat.cli"]
+            env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
+            check: bool = False, python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Run `sftchat [--workspace W] ARGS` to completion; `check` fails the test on an error."""
+    command = [python, "-m", "sftchat.cli"]
     if workspace is not None:
         command += ["--workspace", str(workspace)]
-    return subprocess.run(command + list(args), input=stdin, capture_output=True, text=True,
-                          encoding="utf-8", env=env or clean_env(), cwd=cwd, timeout=60)
+    result = subprocess.run(command + list(args), input=stdin, capture_output=True, text=True,
+                            encoding="utf-8", env=env or clean_env(), cwd=cwd, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sftchat {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stderr}")
+    return result
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
