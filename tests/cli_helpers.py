@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "sftchat.cli"]
 SFTCHAT_ENV = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
                "SFTCHAT_TEMPLATE")
 
@@ -23,14 +22,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cli_command(workspace: Path | None, *args: str, python: str = sys.executable) -> list[str]:
+    """The argv of `sftchat [--workspace W] ARGS`, for a test that starts it itself (to signal
+    it, or on a pseudo-terminal)."""
+    command = [python, "-m", "sftchat.cli"]
+    if workspace is not None:
+        command += ["--workspace", str(workspace)]
+    return command + list(args)
+
+
 def sftchat(workspace: Path | None, *args: str, stdin: str | None = None,
             env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300,
             check: bool = False, python: str = sys.executable) -> subprocess.CompletedProcess:
     """Run `sftchat [--workspace W] ARGS` to completion; `check` fails the test on an error."""
-    command = [python, "-m", "sftchat.cli"]
-    if workspace is not None:
-        command += ["--workspace", str(workspace)]
-    result = subprocess.run(command + list(args), input=stdin, capture_output=True, text=True,
+    result = subprocess.run(cli_command(workspace, *args, python=python), input=stdin, capture_output=True, text=True,
                             encoding="utf-8", env=env or clean_env(), cwd=cwd, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"sftchat {' '.join(args)} failed ({result.returncode}):\n"

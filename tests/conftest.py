@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated cache for the built-in model, workspaces, a trained adapter.
 
-Everything here is real: the built-in model is generated (once per test session, into a
-temporary cache), examples go through the real store, training runs the real trainer.
+Everything here is real: the built-in model is generated (once per test run, into a
+temporary cache), examples go through the real store, training runs the real trainer. Under
+pytest-xdist (the README's test command runs two workers) the cache and the trained workspace
+are still made once and shared (`shared_dir`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import sftchat
+
+# Under pytest-xdist each worker (and every process it starts) gets its share of the cores:
+# PyTorch threads that outnumber the cores spin against each other instead of working.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 # Tests never touch the network: no hub downloads, no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -42,10 +50,29 @@ def ws(tmp_path) -> Path:
     return folder
 
 
+def shared_dir(tmp_path_factory, name: str, build) -> Path:
+    """A folder made once per test run by `build(folder)`, shared by every pytest-xdist worker
+    (each worker is a session of its own; a file lock makes the others wait for the first)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders are siblings in the run's folder
+    folder = root / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".complete").exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def builtin_cache(tmp_path_factory) -> Path:
-    """A per-session cache: the built-in model is generated once, and subprocesses inherit it."""
-    cache = tmp_path_factory.mktemp("sftchat-cache")
+    """A cache for the test run: the built-in model is generated once (so are converted GGUF
+    files and base answers), and subprocesses inherit it. Every write into it is atomic, so
+    workers share it safely."""
+    cache = shared_dir(tmp_path_factory, "sftchat-cache", lambda folder: None)
     os.environ["SFTCHAT_CACHE"] = str(cache)
     return cache
 
@@ -70,11 +97,14 @@ def fresh_builtin(builtin_cache):
 def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
     """A workspace whose CURATED examples were added with `sftchat data add` and trained into
     adapter `first` by `sftchat train` (the real trainer subprocess, default settings)."""
-    workspace = tmp_path_factory.mktemp("trained")
-    for instruction, response in CURATED:
-        sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response, check=True)
-    sftchat(workspace, "train", "--name", "first", check=True, timeout=600)
-    return workspace
+    def build(workspace: Path) -> None:
+        for instruction, response in CURATED:
+            sftchat(workspace, "data", "add", "--instruction", instruction, "--response",
+                    response, check=True)
+        sftchat(workspace, "train", "--name", "first", check=True, timeout=600)
+
+    # Made once per run, whatever the number of workers; tests only read it (or copy it).
+    return shared_dir(tmp_path_factory, "trained", build)
 
 
 def read_pty(command, env) -> str:

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from sftchat.prompts import IGNORE_INDEX, EncodedExample, encode_prompt, stop_token_ids
 
@@ -89,12 +90,13 @@ def _cache_file(cache_dir: Path, identity: dict, template: str, prompts: tuple[s
     return cache_dir / "anchors" / f"{key}.json"
 
 
-def _generate(loaded, template: str, prompts: tuple[str, ...], max_new_tokens: int):
-    """Greedy answers of `loaded.model` (no adapter) to `prompts`, in one left-padded batch:
-    [(prompt ids, answer ids, ended with a stop token)]."""
+def greedy_batch(model, tokenizer, template: str, prompts: Sequence[str],
+                 max_new_tokens: int) -> list[tuple[list[int], list[int], bool]]:
+    """Greedy answers of `model` (as it is: with its active adapter, if any) to `prompts`, in
+    one left-padded batch: [(prompt ids, answer ids, ended with a stop token)]. One batch
+    costs about what one answer does where decoding is bound by reading the weights."""
     import torch
 
-    tokenizer, model = loaded.tokenizer, loaded.model
     encoded = [encode_prompt(tokenizer, template, prompt).ids for prompt in prompts]
     stops = stop_token_ids(template, tokenizer)
     width = max(len(ids) for ids in encoded)
@@ -133,7 +135,8 @@ def base_answers(loaded, template: str, prompts: tuple[str, ...],
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["answers"]
     except (OSError, ValueError, KeyError, TypeError):
-        rows = [list(row) for row in _generate(loaded, template, prompts, max_new_tokens)]
+        rows = [list(row) for row in greedy_batch(loaded.model, loaded.tokenizer, template,
+                                                  prompts, max_new_tokens)]
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=".anchors-", dir=path.parent)
         with os.fdopen(handle, "w", encoding="utf-8") as out:

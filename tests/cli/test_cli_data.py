@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_pty
-from cli_helpers import assert_one_line_error, clean_env, ok, sftchat
+from cli_helpers import assert_one_line_error, clean_env, cli_command, ok, sftchat
 
 from sftchat.dataset.store import ExampleStore
 
@@ -181,8 +181,7 @@ def test_human_output_never_writes_terminal_escape_sequences_to_a_terminal(ws):
         example_id = store.add("Question " + evil, "Answer " + evil, original_response=evil,
                                source="chat")
     for args in (["data", "list"], ["data", "show", str(example_id)]):
-        output = read_pty([sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), *args],
-                          clean_env())
+        output = read_pty(cli_command(ws, *args), clean_env())
         assert "Question" in output
         assert "\x1b" not in output, (args, output)
         assert "\x07" not in output, (args, output)

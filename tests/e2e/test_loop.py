@@ -1,8 +1,9 @@
 """The whole headless loop through the real command line: curate -> train -> ask.
 
 Examples are added with `sftchat data add`, `sftchat train` runs as a subprocess with the
-default settings for the built-in model, and `sftchat ask` (greedy) must give every curated
-answer back exactly with `--adapter latest`, and not with `--adapter none`.
+default settings for the built-in model, and greedy answers must give every curated answer
+back exactly with `--adapter latest`, and not with `--adapter none`: `sftchat ask` for one of
+them, the engine `ask` runs (in-process) for all.
 """
 
 from __future__ import annotations
@@ -13,22 +14,34 @@ from concurrent.futures import ThreadPoolExecutor
 from cli_helpers import sftchat
 from conftest import CURATED
 
+from sftchat.config import GenerationSettings, load_settings
+from sftchat.engine import ChatEngine
+
 
 def _ask(workspace, question, adapter):
-    result = sftchat(workspace, "ask", question, "--adapter", adapter, "--temperature", "0", "--max-new-tokens", "40")
+    result = sftchat(workspace, "ask", question, "--adapter", adapter, "--temperature", "0",
+                     "--max-new-tokens", "40")
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     return result.stdout[:-1]
 
 
 def test_curated_answers_come_back_exactly(trained_workspace):
-    jobs = [(question, adapter) for question, _ in CURATED for adapter in ("latest", "none")]
+    # Through the command line once, with the adapter and without (two processes at once)...
+    question, response = CURATED[0]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        answers = list(pool.map(lambda job: _ask(trained_workspace, *job), jobs))
-    replies = dict(zip(jobs, answers))
-    for question, response in CURATED:
-        assert replies[(question, "latest")] == response
-        assert replies[(question, "none")] != response
+        latest, none = pool.map(lambda adapter: _ask(trained_workspace, question, adapter),
+                                ("latest", "none"))
+    assert latest == response and none != response
+    # ...and every curated answer in-process, through the engine `ask` runs, with the same
+    # settings (one model load instead of one per answer).
+    engine = ChatEngine.from_settings(load_settings(workspace=str(trained_workspace)))
+    greedy = GenerationSettings(max_new_tokens=40, temperature=0)
+    for adapter in ("latest", "none"):
+        engine.use_adapter(adapter)
+        answers = [engine.generate(q, settings=greedy).collect() for q, _ in CURATED]
+        reproduced = [got == want for got, (_, want) in zip(answers, CURATED)]
+        assert reproduced == [adapter == "latest"] * len(CURATED), (adapter, answers)
 
 
 def test_published_adapter_describes_itself(trained_workspace):

@@ -6,14 +6,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
-from cli_helpers import sftchat
+from cli_helpers import cli_command, sftchat
 from sftchat.training.events import parse_event
 
 
 def _add(workspace, instruction, response):
-    sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response, check=True)
+    sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response,
+            check=True)
 
 
 def test_json_events_from_start_to_finish(tmp_path):
@@ -36,8 +36,8 @@ def test_json_events_from_start_to_finish(tmp_path):
 def test_sigterm_stops_cleanly_and_publishes_nothing(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
     process = subprocess.Popen(
-        [sys.executable, "-m", "sftchat.cli", "--workspace", str(tmp_path), "train", "--json",
-         "--name", "stopped", "--max-steps", "100000", "--no-early-stop"],
+        cli_command(tmp_path, "train", "--json", "--name", "stopped", "--max-steps", "100000",
+                    "--no-early-stop"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = []
     for line in process.stdout:
@@ -98,13 +98,15 @@ def test_an_example_too_long_is_skipped_with_a_notice_or_refused_with_strict(tmp
     _add(tmp_path, "Ping?", "Pong.")
     _add(tmp_path, "Write a lot.", "word " * 1500)   # its answer alone exceeds max length
     _add(tmp_path, "Pong?", "Ping.")
-    result = sftchat(tmp_path, "train", "--json", "--name", "kept", "--max-steps", "2", "--max-length", "256", check=True)
+    result = sftchat(tmp_path, "train", "--json", "--name", "kept", "--max-steps", "2",
+                     "--max-length", "256", check=True)
     started = parse_event(result.stdout.splitlines()[0])
     assert started["skipped_too_long"] == [2] and started["examples"] == 2
     meta = json.loads((tmp_path / "adapters" / "kept" / "sftchat.json").read_text())
     assert meta["dataset"]["example_ids"] == [1, 3]
     assert meta["dataset"]["skipped_too_long"] == [2]
-    text = sftchat(tmp_path, "train", "--name", "kept2", "--max-steps", "1", "--max-length", "256", check=True)
+    text = sftchat(tmp_path, "train", "--name", "kept2", "--max-steps", "1",
+                   "--max-length", "256", check=True)
     assert "skipped 1 example whose answer alone is longer than max length 256 (ids 2)" \
         in text.stderr
     strict = sftchat(tmp_path, "train", "--strict", "--max-length", "256")

@@ -16,11 +16,12 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import threading
 import time
 from pathlib import Path
+
+from cli_helpers import cli_command
 
 from sftchat.text import strip_control
 
@@ -41,7 +42,7 @@ class PtyApp:
         fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(columns), LINES=str(rows))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace)],
+            cli_command(workspace),
             stdin=follower, stdout=follower, stderr=follower, env=env, start_new_session=True,
             # The pty becomes its controlling terminal, as a real one would be: if this test
             # process dies, closing the pty hangs the app up instead of leaving it running.

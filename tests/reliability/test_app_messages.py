@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
+from cli_helpers import cli_command
 
 from sftchat.config import load_settings
 from sftchat.tui.screens.curate import CurateModal
@@ -133,8 +133,7 @@ async def test_a_pasted_prompt_of_hundreds_of_kilobytes_is_cut_with_a_notice(tmp
 
 def test_invalid_settings_stop_the_app_before_it_starts_with_one_line(tmp_path):
     workspace = make_workspace(tmp_path / "ws", extra="[training]\nlr = -1\n")
-    result = subprocess.run([sys.executable, "-m", "sftchat.cli", "--workspace",
-                             str(workspace)], capture_output=True, text=True, timeout=60,
+    result = subprocess.run(cli_command(workspace), capture_output=True, text=True, timeout=60,
                             stdin=subprocess.DEVNULL)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import CLI, clean_env, sftchat
+from cli_helpers import clean_env, cli_command, sftchat
 
 from sftchat.dataset.store import DB_NAME, SCHEMA_VERSION, ExampleStore
 
@@ -141,9 +141,8 @@ def test_id_printed_by_cli_data_add_survives_sigkill_the_next_instant(ws):
     killed_alive = 0
     for index in range(8):
         process = subprocess.Popen(
-            [*CLI, "--workspace", str(ws), "data", "add",
-             "--instruction", instruction_of("cli", index),
-             "--response", response_of("cli", index)],
+            cli_command(ws, "data", "add", "--instruction", instruction_of("cli", index),
+                        "--response", response_of("cli", index)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
             env=clean_env())
         try:
@@ -307,7 +306,7 @@ def test_sigkill_during_bulk_import_leaves_a_readable_store_with_all_or_nothing(
         ExampleStore(ws / "data").close()  # an existing, empty store (its WAL is gone)
         wal = ws / "data" / f"{DB_NAME}-wal"
         process = subprocess.Popen(
-            [*CLI, "--workspace", str(ws), "data", "import", str(source)],
+            cli_command(ws, "data", "import", str(source)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env())
         try:
             # Wait until the rows are being written (the WAL passes 1 MB), then kill.

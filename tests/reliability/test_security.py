@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from cli_helpers import sftchat
+from cli_helpers import clean_env, cli_command, sftchat
 from conftest import read_pty
 from sftchat.models.loader import ModelLoadError, load_model
 
@@ -53,13 +51,11 @@ def test_pickle_weights_are_refused(tmp_path, builtin_cache):
 def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
     sftchat(ws, "data", "add", "--instruction", "Alert me.", "--response", ESCAPES, check=True)
     sftchat(ws, "train", check=True, timeout=600)
-    command = [sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), "ask", "Alert me.",
-               "--adapter", "latest", "--temperature", "0"]
+    ask = ("ask", "Alert me.", "--adapter", "latest", "--temperature", "0")
     # Piped, the answer is data and comes out exactly as generated ...
-    piped = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    assert piped == ESCAPES + "\n"
+    assert sftchat(ws, *ask, check=True).stdout == ESCAPES + "\n"
     # ... but on a terminal the control sequences are stripped.
-    shown = read_pty(command, dict(os.environ))
+    shown = read_pty(cli_command(ws, *ask), clean_env())
     assert "red" in shown and "alert" in shown
     assert "\x1b" not in shown and "\x07" not in shown and "pwned" not in shown
 
@@ -79,8 +75,6 @@ def test_the_builtin_loop_makes_no_network_connection(ws, tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
     env["PYTHONPATH"] = str(hook) + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run([sys.executable, "-m", "sftchat.cli", "--workspace", str(ws), "ask",
-                             "Hello?", "--max-new-tokens", "3"], capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = sftchat(ws, "ask", "Hello?", "--max-new-tokens", "3", env=env)
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), marker.read_text()

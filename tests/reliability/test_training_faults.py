@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import pytest
 
-from cli_helpers import sftchat
+from cli_helpers import cli_command, sftchat
 from sftchat.config import load_settings
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.events import parse_event
@@ -31,8 +30,8 @@ def _visible(workspace):
 
 def _start_trainer(workspace, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace), "train", "--json",
-         "--max-steps", "100000", "--no-early-stop", *extra],
+        cli_command(workspace, "train", "--json", "--max-steps", "100000", "--no-early-stop",
+                    *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
