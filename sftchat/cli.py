@@ -61,6 +61,9 @@ def _add_data_parsers(sub, common) -> None:
     add.add_argument("--instruction", required=True, help="the instruction ('-' reads stdin)")
     add.add_argument("--response", required=True, help="the response ('-' reads stdin)")
     add.add_argument("--input", default="", help="optional extra context")
+    add.add_argument("--rejected", action="append", default=[], metavar="TEXT",
+                     help="a worse answer to the same instruction, kept as preference data "
+                          "(repeatable; exported by `data export --format dpo|kto`)")
 
     listing = dsub.add_parser("list", parents=[common], help="list examples")
     listing.add_argument("--json", action="store_true", help="a JSON list of full examples")
@@ -99,13 +102,18 @@ def _add_data_parsers(sub, common) -> None:
                           "'jsonl' is the older name of alpaca records in JSONL)")
 
     exp = dsub.add_parser(
-        "export", parents=[common], help="export to Alpaca, ShareGPT or messages records",
+        "export", parents=[common],
+        help="export to Alpaca, ShareGPT or messages records, or preference data (DPO, KTO)",
         description="Export the dataset, atomically: JSONL if FILE is named .jsonl/.ndjson, "
-                    "else one JSON list. In sharegpt and messages records a non-empty input "
-                    "is appended to the user turn after a blank line.")
+                    "else one JSON list. In sharegpt and messages records, and in preference "
+                    "prompts, a non-empty input is appended to the instruction after a blank "
+                    "line. dpo: {prompt, chosen, rejected} for every rejected answer of an "
+                    "example; kto: {prompt, completion, label}, examples true and rejected "
+                    "answers false — as TRL's DPOTrainer / KTOTrainer load them.")
     exp.add_argument("file")
-    exp.add_argument("--format", choices=("alpaca", "sharegpt", "messages", "jsonl"),
-                     metavar="{alpaca,sharegpt,messages}",
+    exp.add_argument("--format", choices=("alpaca", "sharegpt", "messages", "jsonl", "dpo",
+                                          "kto"),
+                     metavar="{alpaca,sharegpt,messages,dpo,kto}",
                      help="record format (default alpaca; 'jsonl' is the older name of "
                           "alpaca records in JSONL)")
 
@@ -159,6 +167,39 @@ def build_parser() -> argparse.ArgumentParser:
     ashow.add_argument("name")
     arm = asub.add_parser("rm", parents=[common], help="delete an adapter")
     arm.add_argument("name")
+
+    evaluate = sub.add_parser(
+        "eval", parents=[common], help="is the new adapter better? replay it against another",
+        description="Replay a candidate adapter against the current one (default: the latest "
+                    "against the one before it, or the base model) in one process: curated "
+                    "examples reproduced exactly under greedy decoding, pinned prompts' "
+                    "answers, and answers to the prompts of --prompts FILE, side by side. "
+                    "The same numbers as the app's review before a swap.")
+    evaluate.add_argument("--adapter", action="append", default=[], metavar="NAME",
+                          help="the candidate; give it twice for CURRENT then CANDIDATE "
+                               "('none' is the base model)")
+    evaluate.add_argument("--prompts", metavar="FILE",
+                          help='JSONL of extra prompts (a string or {"prompt": ...} a line)')
+    evaluate.add_argument("--json", action="store_true", help="the comparison as JSON")
+    evaluate.add_argument("--fail-on", choices=("never", "regression"), default="never",
+                          help="exit 1 when the candidate reproduces fewer curated answers "
+                               "than the current one or changes a pinned answer")
+
+    pins = sub.add_parser(
+        "pins", parents=[common], help="pinned prompts: answers that must keep working",
+        description="A pin is a prompt and the answer it must keep giving: every new adapter "
+                    "is replayed on the pins before it answers (the app's review, `sftchat "
+                    "eval`). Pins are never trained on.")
+    psub = pins.add_subparsers(dest="pins_command", metavar="COMMAND", required=True)
+    plist = psub.add_parser("list", parents=[common], help="list pins")
+    plist.add_argument("--json", action="store_true")
+    padd = psub.add_parser("add", parents=[common], help="pin a prompt; prints its id")
+    padd.add_argument("--instruction", required=True, help="the prompt ('-' reads stdin)")
+    padd.add_argument("--response", required=True,
+                      help="the answer it must keep giving ('-' reads stdin)")
+    padd.add_argument("--input", default="", help="optional extra context")
+    prm = psub.add_parser("rm", parents=[common], help="remove a pin")
+    prm.add_argument("id", type=int)
     return parser
 
 

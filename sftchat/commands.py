@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import threading
+from pathlib import Path
 from dataclasses import replace
 
 from sftchat import adapters as adapter_registry
@@ -60,7 +61,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     with _store(settings) as store:
         if command == "add":
             example_id = store.add(_text_arg(args.instruction), _text_arg(args.response),
-                                   input=args.input, source="cli")
+                                   input=args.input, source="cli",
+                                   rejected=[(text, "cli") for text in args.rejected])
             print(example_id)
         elif command == "list":
             examples = store.iter_examples(search=args.search, limit=args.limit)
@@ -73,10 +75,13 @@ def cmd_data(args: argparse.Namespace) -> int:
                                 f"{one_line(example.response, 60)}")
         elif command == "show":
             example = store.get(args.id)
+            rejected = store.rejected_for(example.id)
             if args.json:
-                print(json.dumps(example.to_dict(), ensure_ascii=False, indent=2))
+                print(json.dumps({**example.to_dict(),
+                                  "rejected": [r.response for r in rejected]},
+                                 ensure_ascii=False, indent=2))
             else:
-                _print_example(example)
+                _print_example(example, rejected)
         elif command == "edit":
             if args.instruction is None and args.response is None and args.input is None:
                 raise CommandError(
@@ -107,9 +112,12 @@ def cmd_data(args: argparse.Namespace) -> int:
                       "examples have no system prompt", file=sys.stderr)
         elif command == "export":
             fmt = formats.export_format_for(args.file, args.format)
-            count = formats.write_records(
-                args.file, (example.to_record() for example in store.iter_examples()), fmt)
-            print(f"exported {count} examples to {args.file} "
+            preference = fmt in formats.PREFERENCE_FORMATS
+            records = store.preference_records(fmt) if preference else \
+                (example.to_record() for example in store.iter_examples())
+            count = formats.write_records(args.file, records, fmt)
+            what = "preference records" if preference else "examples"
+            print(f"exported {count} {what} to {args.file} "
                   f"({formats.describe_export(args.file, fmt)})", file=sys.stderr)
     return 0
 
@@ -119,7 +127,7 @@ def _print_text(text: str) -> None:
     print(strip_control(text) if sys.stdout.isatty() else text)
 
 
-def _print_example(example) -> None:
+def _print_example(example, rejected_answers=()) -> None:
     lines = [f"id:        {example.id}", f"source:    {example.source}",
              "instruction:", example.instruction]
     if example.input:
@@ -127,6 +135,9 @@ def _print_example(example) -> None:
     lines += ["response:", example.response]
     if example.original_response is not None and example.original_response != example.response:
         lines += ["original model answer:", example.original_response]
+    for rejected in rejected_answers:
+        if rejected.source != "edit":  # the original answer is shown above
+            lines += [f"rejected answer ({rejected.source}):", rejected.response]
     _print_text("\n".join(lines))
 
 
@@ -171,6 +182,32 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- pins
+
+
+def cmd_pins(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _store(settings) as store:
+        if args.pins_command == "list":
+            pins = store.pins.all()
+            if args.json:
+                print(json.dumps([pin.to_dict() for pin in pins], ensure_ascii=False,
+                                 indent=2))
+            elif not pins:
+                print("no pins yet; pin a prompt with `sftchat pins add` or /pin in the chat",
+                      file=sys.stderr)
+            for pin in pins if not args.json else []:
+                _print_text(f"{pin.id:>6}  {one_line(pin.instruction, 50):<50}  "
+                            f"{one_line(pin.response, 60)}")
+        elif args.pins_command == "add":
+            print(store.pins.add(_text_arg(args.instruction), _text_arg(args.response),
+                                 input=args.input))
+        elif args.pins_command == "rm":
+            store.pins.remove(args.id)
+            print(f"removed pin {args.id}", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- ask
 
 
@@ -200,6 +237,92 @@ def cmd_ask(args: argparse.Namespace) -> int:
         sys.stdout.write(sanitizer.feed(piece) if sanitizer else piece)
         sys.stdout.flush()
     sys.stdout.write((sanitizer.flush() if sanitizer else "") + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _eval_pair(adapters_dir, names: list[str]) -> tuple[str | None, str]:
+    """(current, candidate): by default the latest adapter against the one before it (or
+    the base model); one name: it against the adapter before it; two: in that order."""
+    if len(names) > 2:
+        raise CommandError("give at most two --adapter: the current one, then the candidate")
+    found = [info.name for info in adapter_registry.list_adapters(adapters_dir)]
+    if len(names) == 2:
+        for name in names:
+            adapter_registry.resolve(adapters_dir, name)  # a typo fails before the load
+        return (None if names[0] == "none" else names[0]), names[1]
+    candidate_info = adapter_registry.resolve(adapters_dir, names[0] if names else "latest")
+    if candidate_info is None:
+        raise CommandError("the candidate must be an adapter; 'none' is the base model")
+    index = found.index(candidate_info.name)
+    return (found[index - 1] if index > 0 else None), candidate_info.name
+
+
+def _read_prompts(path: str | None) -> list[str]:
+    """A JSONL file of prompts: each line a string, or an object with "prompt" or
+    "instruction"."""
+    if path is None:
+        return []
+    prompts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise CommandError(f"{path}, line {number}: not JSON; give one prompt per line "
+                               'as a JSON string or {"prompt": ...}') from None
+        text = item if isinstance(item, str) else \
+            (item.get("prompt") or item.get("instruction") if isinstance(item, dict) else None)
+        if not isinstance(text, str) or not text.strip():
+            raise CommandError(f'{path}, line {number}: no prompt; give a JSON string or '
+                               '{"prompt": ...}')
+        prompts.append(text)
+    return prompts
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sftchat.engine import ChatEngine
+    from sftchat.review import compare
+
+    settings = _settings(args)
+    current, candidate = _eval_pair(settings.adapters_dir, args.adapter)
+    prompts = _read_prompts(args.prompts)
+    with _store(settings) as store:
+        examples, pins = store.snapshot(), store.pins.all()
+    engine = ChatEngine.from_settings(settings)
+    result = compare(engine, current, candidate, examples, pins, prompts,
+                     settings.training.max_length)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        pins_total = len(result.pins)
+        for model, role in ((result.current, "current"), (result.candidate, "candidate")):
+            drift = (model.drift or {}).get("perplexity_ratio")
+            _print_text(f"{one_line(model.label, 28):<28} {role:<9}  curated "
+                        f"{model.curated}/{model.examples:<4} pins {model.pins_kept}/"
+                        f"{pins_total:<3} drift {f'×{drift:.2f}' if drift else '-'}")
+        for index in result.broken_pins:
+            pin = result.pins[index]
+            _print_text(f"pin {pin.id} changed: {one_line(pin.instruction, 40)}\n"
+                        f"  accepted:  {one_line(pin.response, 70)}\n"
+                        f"  candidate: {one_line(result.candidate.pin_answers[index], 70)}")
+        for index, prompt in enumerate(result.prompts):
+            _print_text(f"prompt: {one_line(prompt, 60)}\n"
+                        f"  {result.current.label}: "
+                        f"{one_line(result.current.prompt_answers[index], 70)}\n"
+                        f"  {result.candidate.label}: "
+                        f"{one_line(result.candidate.prompt_answers[index], 70)}")
+        print(result.verdict(), file=sys.stderr)
+    if args.fail_on == "regression" and result.regression:
+        print(f"sftchat: regression: {result.verdict()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -257,5 +380,5 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     command = args.command or "chat"
     handler = {"chat": cmd_chat, "data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
-               "train": cmd_train}[command]
+               "train": cmd_train, "pins": cmd_pins, "eval": cmd_eval}[command]
     return handler(args)

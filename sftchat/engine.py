@@ -18,6 +18,7 @@ No Textual here: the TUI talks to this class; tests and the CLI use it directly.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,21 @@ class ChatEngine:
             loaded = info is not None and self.slots.load(info)
             self.slots.activate(info.name if info else None)
         return SwapResult(info.name if info else None, loaded, time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def using(self, name: str | None) -> Iterator[AdapterInfo | None]:
+        """Answer as `name` (an adapter; None or "none": the base) for the calls inside, with
+        the engine held so that no chat answer runs in between; the adapter that was
+        answering answers again afterwards. Yields the adapter's info (None: the base)."""
+        with self._lock:
+            previous = self.slots.active
+            swapped = self.use_adapter(name)
+            info = adapter_registry.resolve(self.adapters_dir, swapped.name) \
+                if swapped.name else None
+            try:
+                yield info
+            finally:
+                self.slots.activate(previous)
 
     def unload_adapter(self, name: str) -> None:
         """Forget a loaded adapter (e.g. after `adapters rm`); the base answers if it was active."""

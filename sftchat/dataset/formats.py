@@ -30,12 +30,15 @@ from sftchat.dataset.schemas import (
     unknown_schema,
 )
 
-__all__ = ["EXPORT_FORMATS", "FORMATS", "SCHEMAS", "FormatError", "Imported", "describe_export",
-           "detect_encoding", "export_format_for", "import_file", "read_records",
-           "write_records"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "PREFERENCE_FORMATS", "SCHEMAS", "FormatError",
+           "Imported", "describe_export", "detect_encoding", "export_format_for", "import_file",
+           "read_records", "write_records"]
 
 FORMATS = ("auto", *SCHEMAS, "jsonl")
-EXPORT_FORMATS = (*SCHEMAS, "jsonl")
+# Preference data (export only), from the store's rejected answers: the records TRL's DPO and
+# KTO trainers load as they are (`ExampleStore.preference_records`).
+PREFERENCE_FORMATS = ("dpo", "kto")
+EXPORT_FORMATS = (*SCHEMAS, "jsonl", *PREFERENCE_FORMATS)
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -178,8 +181,11 @@ def write_json_lines(out, items: Iterable, as_list: bool) -> int:
 
 
 def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
-    """Write the store's {instruction, input, output} records atomically; return their count."""
+    """Write the store's {instruction, input, output} records (for a preference format: its
+    preference records, as they are) atomically; return their count."""
     schema, encoding = _export_plan(path, fmt)
+    if schema not in PREFERENCE_FORMATS:
+        records = (render_record(record, schema) for record in records)
     path = Path(path)
     if path.is_dir():
         raise FormatError(f"{path}: is a folder; give the path of the file to write")
@@ -190,8 +196,7 @@ def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
         raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            count = write_json_lines(out, (render_record(record, schema) for record in records),
-                                     as_list=encoding == "json")
+            count = write_json_lines(out, records, as_list=encoding == "json")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -2,6 +2,10 @@
 
 Each example has an integer id, instruction, optional input, response, the model's original
 answer when it came from a chat, a source ("cli", "chat", "import:FILE") and timestamps.
+Beside the examples the store keeps *rejected answers* — model answers that were not chosen:
+an edited answer's original, the losing answers of a comparison, an answer flagged as bad
+(with no example), or given on the command line — which export as preference data (DPO, KTO);
+and *pins* (`sftchat.dataset.pins`): prompts whose accepted answer must keep working.
 
 Why SQLite: a committed transaction survives a kill -9 of the writer the next instant, and
 WAL mode lets the chat app, the CLI and a training snapshot read and write concurrently.
@@ -42,6 +46,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX examples_created ON examples(created_at);
     """,
+    # 1 -> 2: answers that were not chosen (preference data), and pinned prompts. An edited
+    # chat answer's original was the first kind of rejected answer: it moves over.
+    """
+    CREATE TABLE rejected (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        example_id INTEGER,
+        instruction TEXT NOT NULL,
+        input TEXT NOT NULL DEFAULT '',
+        response TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX rejected_example ON rejected(example_id);
+    INSERT INTO rejected (example_id, instruction, input, response, source, created_at)
+        SELECT id, instruction, input, original_response, 'edit', created_at FROM examples
+        WHERE original_response IS NOT NULL AND original_response != response;
+    CREATE TABLE pins (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instruction TEXT NOT NULL,
+        input TEXT NOT NULL DEFAULT '',
+        response TEXT NOT NULL,
+        adapter TEXT,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -52,6 +81,26 @@ class StoreError(SftchatError):
 
 class ExampleNotFound(StoreError):
     """No example has the given id."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A model answer that was not chosen; `example_id` is None for a bad answer that has no
+    replacement (yet)."""
+
+    id: int
+    example_id: int | None
+    instruction: str
+    input: str
+    response: str
+    source: str          # "edit" | "compare" | "bad" | "cli"
+    created_at: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+REJECTED_SOURCES = ("edit", "compare", "bad", "cli")
 
 
 @dataclass(frozen=True)
@@ -176,9 +225,41 @@ class ExampleStore:
     # ------------------------------------------------------------------ writes
 
     def add(self, instruction: str, response: str, input: str = "",
-            original_response: str | None = None, source: str = "cli") -> int:
-        """Insert one example and return its id once the commit is durable."""
-        return self.add_many([(instruction, input, response, original_response, source)])[0]
+            original_response: str | None = None, source: str = "cli",
+            rejected: Iterable[tuple[str, str]] = ()) -> int:
+        """Insert one example and return its id once the commit is durable. `rejected` are
+        (answer, source) pairs of answers not chosen for it; an `original_response` that the
+        user changed is one too (source "edit")."""
+        with self._transaction():
+            example_id = self.add_many(
+                [(instruction, input, response, original_response, source)])[0]
+            self._add_rejected(example_id, instruction, input, rejected)
+        return example_id
+
+    def add_rejected(self, instruction: str, response: str, input: str = "",
+                     source: str = "bad", example_id: int | None = None) -> int:
+        """Keep a model answer that was not chosen (by default: flagged as a bad answer, with
+        no replacement); return its id."""
+        validate_fields(instruction, response)
+        with self._transaction():
+            if example_id is not None:
+                self.get(example_id)  # raises ExampleNotFound
+            return self._insert_rejected(example_id, instruction, input, response, source)
+
+    def _add_rejected(self, example_id: int, instruction: str, input_text: str,
+                      rejected: Iterable[tuple[str, str]]) -> None:
+        for answer, source in rejected:
+            if answer and answer.strip():
+                self._insert_rejected(example_id, instruction, input_text, answer, source)
+
+    def _insert_rejected(self, example_id, instruction, input_text, response, source) -> int:
+        if source not in REJECTED_SOURCES:
+            raise StoreError(f"unknown source of a rejected answer {source!r}")
+        return self._db.execute(
+            "INSERT INTO rejected (example_id, instruction, input, response, source, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (example_id, instruction, input_text or "", response, source, time.time()),
+        ).lastrowid
 
     def add_many(self, rows: Iterable[tuple[str, str, str, str | None, str]]) -> list[int]:
         """Insert (instruction, input, response, original_response, source) rows atomically:
@@ -194,6 +275,9 @@ class ExampleStore:
                     (instruction, input_text or "", response, original, source, now, now),
                 )
                 ids.append(cursor.lastrowid)
+                if original is not None and original != response:
+                    self._insert_rejected(cursor.lastrowid, instruction, input_text, original,
+                                          "edit")
         return ids
 
     def update(self, example_id: int, instruction: str | None = None,
@@ -215,9 +299,17 @@ class ExampleStore:
             cursor = self._db.execute("DELETE FROM examples WHERE id=?", (example_id,))
             if cursor.rowcount == 0:
                 raise ExampleNotFound(self._not_found(example_id))
+            self._db.execute("DELETE FROM rejected WHERE example_id=?", (example_id,))
 
     def _transaction(self, read_only: bool = False) -> "_Transaction":
         return _Transaction(self._db, read_only)
+
+    @property
+    def pins(self):
+        """The workspace's pinned prompts (`sftchat.dataset.pins.Pins`), same database."""
+        from sftchat.dataset.pins import Pins
+
+        return Pins(self._db, self._transaction)
 
     # ------------------------------------------------------------------ reads
 
@@ -257,6 +349,43 @@ class ExampleStore:
         for row in self._db.execute(sql, params):
             yield Example(*row)
 
+    def rejected_for(self, example_id: int) -> list[Rejected]:
+        return [Rejected(*row) for row in self._db.execute(
+            "SELECT id, example_id, instruction, input, response, source, created_at "
+            "FROM rejected WHERE example_id=? ORDER BY id", (example_id,))]
+
+    def iter_rejected(self) -> Iterator[Rejected]:
+        """Every rejected answer, in id order (those of deleted examples are gone)."""
+        for row in self._db.execute(
+                "SELECT id, example_id, instruction, input, response, source, created_at "
+                "FROM rejected ORDER BY id"):
+            yield Rejected(*row)
+
+    def preference_records(self, kind: str) -> Iterator[dict]:
+        """Preference data as TRL's trainers load it. `dpo`: {prompt, chosen, rejected} for
+        every rejected answer of an example; `kto`: {prompt, completion, label}, every
+        example labelled true and every rejected answer false."""
+        def prompt(instruction: str, input_text: str) -> str:
+            return instruction + ("\n\n" + input_text if input_text else "")
+
+        with self._transaction(read_only=True):
+            if kind == "dpo":
+                rows = self._db.execute(
+                    "SELECT e.instruction, e.input, e.response, r.response FROM rejected r "
+                    "JOIN examples e ON e.id = r.example_id ORDER BY e.id, r.id").fetchall()
+                for instruction, input_text, chosen, rejected in rows:
+                    yield {"prompt": prompt(instruction, input_text), "chosen": chosen,
+                           "rejected": rejected}
+            elif kind == "kto":
+                for example in list(self.iter_examples()):
+                    yield {"prompt": prompt(example.instruction, example.input),
+                           "completion": example.response, "label": True}
+                for rejected in list(self.iter_rejected()):
+                    yield {"prompt": prompt(rejected.instruction, rejected.input),
+                           "completion": rejected.response, "label": False}
+            else:
+                raise StoreError(f"unknown preference format {kind!r}; choose dpo or kto")
+
     def snapshot(self) -> list[Example]:
         """Every example, read in one transaction: a consistent view for a training run."""
         with self._transaction(read_only=True):
@@ -283,24 +412,32 @@ class ExampleStore:
             "sources": sources,
             "first_created": row[5],
             "last_updated": row[6],
+            "rejected_answers": self._db.execute(
+                "SELECT COUNT(*) FROM rejected").fetchone()[0],
+            "pins": self._db.execute("SELECT COUNT(*) FROM pins").fetchone()[0],
             "schema_version": self.schema_version,
         }
 
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error). `read_only` uses a deferred BEGIN,
-    which in WAL mode gives a consistent snapshot without blocking writers."""
+    which in WAL mode gives a consistent snapshot without blocking writers. Inside another
+    transaction it is part of that one (the outer one commits or rolls back)."""
 
     def __init__(self, db: sqlite3.Connection, read_only: bool = False) -> None:
         self._db = db
         self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        self._outer = False
 
     def __enter__(self):
-        self._db.execute(self._begin)
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute(self._begin)
         return self._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self._outer:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def snapshot_hash(records: Iterable[dict]) -> str:

@@ -152,7 +152,8 @@ def test_show_human_and_json(filled):
     assert str(ids[1]) in human
     assert "Translate to French" in human and "Hello" in human and "Bonjour" in human
     shown = json.loads(ok(sftchat(ws, "data", "show", str(ids[1]), "--json")).stdout)
-    assert set(shown) == FULL_FIELDS
+    assert set(shown) == FULL_FIELDS | {"rejected"}  # the answers not chosen for it
+    assert shown["rejected"] == []
     assert shown["id"] == ids[1]
     assert (shown["instruction"], shown["input"], shown["response"]) == (
         "Translate to French", "Hello", "Bonjour")

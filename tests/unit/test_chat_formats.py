@@ -64,7 +64,7 @@ def error_of(path: Path, fmt: str = "auto") -> str:
 
 def test_the_format_choices():
     assert FORMATS == ("auto", "alpaca", "sharegpt", "messages", "jsonl")
-    assert EXPORT_FORMATS == ("alpaca", "sharegpt", "messages", "jsonl")
+    assert EXPORT_FORMATS == ("alpaca", "sharegpt", "messages", "jsonl", "dpo", "kto")
 
 
 def test_sharegpt_and_messages_export_records_exactly(tmp_path):

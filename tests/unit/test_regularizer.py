@@ -42,7 +42,7 @@ def test_base_answers_are_the_base_models_greedy_tokens_and_are_cached(fresh_bui
         assert fresh_builtin.tokenizer.decode(learned, skip_special_tokens=True) \
             .startswith(text[:8])
     # A second call reads the cache instead of generating.
-    monkeypatch.setattr(anchors, "_generate", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr(anchors, "greedy_batch", lambda *a, **k: pytest.fail("regenerated"))
     again = anchors.base_answers(fresh_builtin, "alpaca", PROMPTS, cache_dir=tmp_path,
                                  max_new_tokens=12)
     assert [a.input_ids for a in again] == [a.input_ids for a in answers]

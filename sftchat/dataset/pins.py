@@ -1,0 +1,78 @@
+"""Pinned prompts: "this must keep working". A pin is a prompt and the answer the user accepted
+for it; every new adapter is replayed on the pins before it answers (the review, `sftchat
+eval`), and one whose greedy answer differs is a regression to look at.
+
+Pins live in the workspace's store (the `pins` table, beside the examples) and are never
+trained on: to teach an answer, save it as an example too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from sftchat.dataset.store import StoreError, validate_fields
+
+
+class PinNotFound(StoreError):
+    """No pin has the given id."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    id: int
+    instruction: str
+    input: str
+    response: str          # the accepted answer
+    adapter: str | None    # the adapter that gave it (None: the base model or typed in)
+    created_at: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_COLUMNS = "id, instruction, input, response, adapter, created_at"
+
+
+class Pins:
+    """The pins of one store; `ExampleStore.pins` makes one on the store's connection."""
+
+    def __init__(self, db, transaction: Callable) -> None:
+        self._db = db
+        self._transaction = transaction
+
+    def add(self, instruction: str, response: str, input: str = "",
+            adapter: str | None = None) -> int:
+        """Pin `instruction` with its accepted `response`; pinning the same prompt again
+        replaces the answer (one pin per prompt). Returns the pin's id."""
+        validate_fields(instruction, response)
+        with self._transaction():
+            row = self._db.execute("SELECT id FROM pins WHERE instruction=? AND input=?",
+                                   (instruction, input or "")).fetchone()
+            if row is not None:
+                self._db.execute("UPDATE pins SET response=?, adapter=?, created_at=? "
+                                 "WHERE id=?", (response, adapter, time.time(), row[0]))
+                return row[0]
+            return self._db.execute(
+                "INSERT INTO pins (instruction, input, response, adapter, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (instruction, input or "", response, adapter, time.time())).lastrowid
+
+    def remove(self, pin_id: int) -> None:
+        with self._transaction():
+            if self._db.execute("DELETE FROM pins WHERE id=?", (pin_id,)).rowcount == 0:
+                raise PinNotFound(f"no pin with id {pin_id}; `sftchat pins list` shows them")
+
+    def get(self, pin_id: int) -> Pin:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM pins WHERE id=?", (pin_id,)).fetchone()
+        if row is None:
+            raise PinNotFound(f"no pin with id {pin_id}; `sftchat pins list` shows them")
+        return Pin(*row)
+
+    def all(self) -> list[Pin]:
+        return [Pin(*row) for row in self._db.execute(
+            f"SELECT {_COLUMNS} FROM pins ORDER BY id")]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM pins").fetchone()[0]
