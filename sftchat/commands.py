@@ -347,8 +347,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # A second signal stops at once; the next run cleans up what is left.
         signal.signal(signum, signal.SIG_DFL)
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    previous = {number: signal.signal(number, request_stop)
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         run_training(settings, training, emit, name=args.name,
                      from_adapter=args.from_adapter, stop=stop)
@@ -363,6 +363,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             message = str(exc) if user_error else f"{type(exc).__name__}: {exc}"
             emit(make_event("failed", message=message))
         raise
+    finally:
+        for number, handler in previous.items():  # as they were (a caller in-process)
+            signal.signal(number, handler)
     return 0
 
 

@@ -87,7 +87,7 @@ def live_pid():
 
 
 def test_list_json_is_ordered_by_finished_at_with_summary_fields(three):
-    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json")).stdout)
+    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json", in_process=True)).stdout)
     assert [row["name"] for row in listed] == ["zeta", "mid", "alpha"]
     alpha = listed[-1]
     assert alpha == {
@@ -105,7 +105,7 @@ def test_list_json_is_ordered_by_finished_at_with_summary_fields(three):
 
 
 def test_list_human_shows_one_row_per_adapter_in_order(three):
-    result = ok(sftchat(three, "adapters", "list"))
+    result = ok(sftchat(three, "adapters", "list", in_process=True))
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["zeta", "mid", "alpha"]
     assert "0.1000" in lines[-1] and "builtin" in lines[-1]
@@ -115,15 +115,15 @@ def test_list_human_shows_one_row_per_adapter_in_order(three):
 
 
 def test_show_prints_the_metadata_and_says_what_the_run_learned(three):
-    result = ok(sftchat(three, "adapters", "show", "alpha"))
+    result = ok(sftchat(three, "adapters", "show", "alpha", in_process=True))
     assert json.loads(result.stdout)["metrics"]["replay"] == REPLAY
     assert result.stderr == ("alpha: reproduces 3/3 curated answers exactly; drift on 12 "
                              "held-out prompts: perplexity ×1.03, KL 0.020/token\n")
 
 
 def test_list_of_a_workspace_without_adapters(ws):
-    assert json.loads(ok(sftchat(ws, "adapters", "list", "--json")).stdout) == []
-    result = ok(sftchat(ws, "adapters", "list"))
+    assert json.loads(ok(sftchat(ws, "adapters", "list", "--json", in_process=True)).stdout) == []
+    result = ok(sftchat(ws, "adapters", "list", in_process=True))
     assert result.stdout == ""
     assert "no adapters" in result.stderr
 
@@ -136,7 +136,7 @@ def test_list_skips_hidden_and_incomplete_folders(three, dead_pid):
     (root / "no-config").mkdir()
     (root / "no-config" / "sftchat.json").write_text("{}")
     (root / "a-file").write_text("not a folder")
-    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json")).stdout)
+    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json", in_process=True)).stdout)
     assert [row["name"] for row in listed] == ["zeta", "mid", "alpha"]
     assert [info.name for info in list_adapters(root)] == ["zeta", "mid", "alpha"]
 
@@ -144,9 +144,9 @@ def test_list_skips_hidden_and_incomplete_folders(three, dead_pid):
 def test_list_survives_a_corrupted_metadata_file(three):
     broken = make_adapter(three / "adapters" / "broken")
     (broken / "sftchat.json").write_text("{not json")
-    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json")).stdout)
+    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json", in_process=True)).stdout)
     assert "broken" in [row["name"] for row in listed]
-    ok(sftchat(three, "adapters", "list"))
+    ok(sftchat(three, "adapters", "list", in_process=True))
 
 
 # --------------------------------------------------------------------------- resolve
@@ -183,7 +183,7 @@ def test_resolve_unknown_name_lists_the_available_ones(three):
 
 
 def test_show_prints_the_metadata_as_json(three):
-    shown = json.loads(ok(sftchat(three, "adapters", "show", "mid")).stdout)
+    shown = json.loads(ok(sftchat(three, "adapters", "show", "mid", in_process=True)).stdout)
     assert shown["name"] == "mid"
     assert shown["path"] == str((three / "adapters" / "mid").resolve())
     assert shown["finished_at"] == "2024-02-01T10:00:00+00:00"
@@ -193,22 +193,22 @@ def test_show_prints_the_metadata_as_json(three):
 
 
 def test_show_latest_shows_the_newest(three):
-    shown = json.loads(ok(sftchat(three, "adapters", "show", "latest")).stdout)
+    shown = json.loads(ok(sftchat(three, "adapters", "show", "latest", in_process=True)).stdout)
     assert shown["name"] == "alpha"
 
 
 def test_show_unknown_name_is_a_one_line_error_listing_the_available_names(three):
-    assert_one_line_error(sftchat(three, "adapters", "show", "nope"),
+    assert_one_line_error(sftchat(three, "adapters", "show", "nope", in_process=True),
                           "nope", "zeta", "mid", "alpha")
 
 
 def test_show_with_no_adapters_says_so(ws):
-    assert_one_line_error(sftchat(ws, "adapters", "show", "anything"), "none yet")
+    assert_one_line_error(sftchat(ws, "adapters", "show", "anything", in_process=True), "none yet")
 
 
 def test_show_none_is_a_one_line_user_error(three):
     # "none" means "no adapter" to --adapter; showing it must be a clear error, not a crash.
-    assert_one_line_error(sftchat(three, "adapters", "show", "none"), "none")
+    assert_one_line_error(sftchat(three, "adapters", "show", "none", in_process=True), "none")
 
 
 # --------------------------------------------------------------------------- rm
@@ -216,24 +216,24 @@ def test_show_none_is_a_one_line_user_error(three):
 
 def test_rm_removes_the_folder_and_nothing_else(three):
     root = three / "adapters"
-    result = ok(sftchat(three, "adapters", "rm", "mid"))
+    result = ok(sftchat(three, "adapters", "rm", "mid", in_process=True))
     assert "mid" in result.stderr
     assert not (root / "mid").exists()
     assert sorted(p.name for p in root.iterdir()) == ["alpha", "zeta"]   # no trash left
-    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json")).stdout)
+    listed = json.loads(ok(sftchat(three, "adapters", "list", "--json", in_process=True)).stdout)
     assert [row["name"] for row in listed] == ["zeta", "alpha"]
-    assert_one_line_error(sftchat(three, "adapters", "show", "mid"), "mid")
+    assert_one_line_error(sftchat(three, "adapters", "show", "mid", in_process=True), "mid")
 
 
 def test_rm_unknown_name_is_a_one_line_error_and_removes_nothing(three):
     before = sorted(p.name for p in (three / "adapters").iterdir())
-    assert_one_line_error(sftchat(three, "adapters", "rm", "nope"),
+    assert_one_line_error(sftchat(three, "adapters", "rm", "nope", in_process=True),
                           "nope", "zeta, mid, alpha")
     assert sorted(p.name for p in (three / "adapters").iterdir()) == before
 
 
 def test_rm_latest_is_refused(three):
-    assert_one_line_error(sftchat(three, "adapters", "rm", "latest"), "reserved")
+    assert_one_line_error(sftchat(three, "adapters", "rm", "latest", in_process=True), "reserved")
     assert (three / "adapters" / "alpha").is_dir()
 
 
@@ -259,8 +259,8 @@ def test_names_cannot_reach_outside_the_adapters_folder(three, tmp_path):
     absolute = make_adapter(tmp_path / "elsewhere" / "abs")
     hidden = make_adapter(three / "adapters" / ".hidden")
     for name in ("../victim", str(absolute), ".hidden"):
-        assert_one_line_error(sftchat(three, "adapters", "rm", name), "invalid adapter name")
-        assert_one_line_error(sftchat(three, "adapters", "show", name),
+        assert_one_line_error(sftchat(three, "adapters", "rm", name, in_process=True), "invalid adapter name")
+        assert_one_line_error(sftchat(three, "adapters", "show", name, in_process=True),
                               "invalid adapter name")
     for folder in (outside, absolute, hidden):
         assert (folder / "adapter_config.json").is_file()
@@ -304,5 +304,5 @@ def test_odd_metadata_never_crashes_the_listing(ws, meta):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "sftchat.json").write_text(meta)
-    result = ok(sftchat(ws, "adapters", "list", "--json"))
+    result = ok(sftchat(ws, "adapters", "list", "--json", in_process=True))
     assert [row["name"] for row in json.loads(result.stdout)] == ["odd"]

@@ -26,7 +26,7 @@ def store_rows(workspace: Path) -> list[tuple]:
 def fill(workspace: Path, rows=ROWS) -> Path:
     for instruction, input_text, response in rows:
         ok(sftchat(workspace, "data", "add", "--instruction", instruction,
-                   "--response", response, "--input", input_text))
+                   "--response", response, "--input", input_text, in_process=True))
     return workspace
 
 
@@ -43,11 +43,11 @@ def turns(schema: str, *pairs: tuple[str, str]) -> dict:
 
 
 def test_help_documents_the_record_formats():
-    import_help = ok(sftchat(None, "data", "import", "--help")).stdout
+    import_help = ok(sftchat(None, "data", "import", "--help", in_process=True)).stdout
     assert "{auto,alpaca,sharegpt,messages}" in import_help
-    export_help = ok(sftchat(None, "data", "export", "--help")).stdout
+    export_help = ok(sftchat(None, "data", "export", "--help", in_process=True)).stdout
     assert "{alpaca,sharegpt,messages,dpo,kto}" in export_help  # preference data: export only
-    assert "single-turn" in ok(sftchat(None, "data", "import", "--help")).stdout
+    assert "single-turn" in ok(sftchat(None, "data", "import", "--help", in_process=True)).stdout
 
 
 def test_import_sharegpt_json_with_a_system_message(ws, tmp_path):
@@ -56,7 +56,7 @@ def test_import_sharegpt_json_with_a_system_message(ws, tmp_path):
         turns("sharegpt", ("system", "You are helpful."), ("human", "Q1"), ("gpt", "A1")),
         turns("sharegpt", ("user", "Q2 ✓"), ("assistant", "A2")),
     ]}, ensure_ascii=False), encoding="utf-8")
-    result = ok(sftchat(ws, "data", "import", str(path)))
+    result = ok(sftchat(ws, "data", "import", str(path), in_process=True))
     assert "imported 2 examples" in result.stderr and "sharegpt" in result.stderr
     assert "ignored 1 system message" in result.stderr
     assert store_rows(ws) == [("Q1", "", "A1"), ("Q2 ✓", "", "A2")]
@@ -66,7 +66,7 @@ def test_import_messages_jsonl_with_an_explicit_format(ws, tmp_path):
     path = write_jsonl(tmp_path / "chats.data", [
         turns("messages", ("user", "Q1"), ("assistant", "A1")),
         turns("messages", ("user", "Q2"), ("assistant", "A2"))])
-    result = ok(sftchat(ws, "data", "import", str(path), "--format", "messages"))
+    result = ok(sftchat(ws, "data", "import", str(path), "--format", "messages", in_process=True))
     assert "imported 2 examples" in result.stderr
     assert "system" not in result.stderr
     assert store_rows(ws) == [("Q1", "", "A1"), ("Q2", "", "A2")]
@@ -77,9 +77,9 @@ def test_export_chat_formats_in_both_encodings(ws, tmp_path, schema):
     fill(ws, [*ROWS, ("Translate", "Hello", "Bonjour")])
     as_list = tmp_path / f"{schema}.json"
     as_lines = tmp_path / f"{schema}.jsonl"
-    result = ok(sftchat(ws, "data", "export", str(as_list), "--format", schema))
+    result = ok(sftchat(ws, "data", "export", str(as_list), "--format", schema, in_process=True))
     assert f"exported 3 examples to {as_list} ({schema}, JSON list)" in result.stderr
-    result = ok(sftchat(ws, "data", "export", str(as_lines), "--format", schema))
+    result = ok(sftchat(ws, "data", "export", str(as_lines), "--format", schema, in_process=True))
     assert f"({schema}, JSONL)" in result.stderr
     user, assistant = ("human", "gpt") if schema == "sharegpt" else ("user", "assistant")
     expected = [turns(schema, (user, "Name a colour"), (assistant, "Blue")),
@@ -95,9 +95,9 @@ def test_export_chat_formats_in_both_encodings(ws, tmp_path, schema):
 def test_export_then_import_elsewhere_gives_the_same_examples(ws, tmp_path, schema, name):
     fill(ws)
     path = tmp_path / name
-    ok(sftchat(ws, "data", "export", str(path), "--format", schema))
+    ok(sftchat(ws, "data", "export", str(path), "--format", schema, in_process=True))
     other = tmp_path / "other"
-    ok(sftchat(other, "data", "import", str(path)))
+    ok(sftchat(other, "data", "import", str(path), in_process=True))
     assert store_rows(other) == store_rows(ws) == ROWS
 
 
@@ -132,17 +132,17 @@ def test_bad_chat_import_is_one_line_and_changes_nothing(ws, tmp_path, name, rec
         write_jsonl(path, records)
     else:
         path.write_text(json.dumps(records), encoding="utf-8")
-    result = sftchat(ws, "data", "import", str(path), *extra)
+    result = sftchat(ws, "data", "import", str(path), *extra, in_process=True)
     assert_one_line_error(result, name, *fragments)
     assert store_rows(ws) == before
 
 
 def test_bad_export_is_one_line_and_writes_nothing(ws, tmp_path):
     fill(ws)
-    result = sftchat(ws, "data", "export", str(tmp_path / "x.json"), "--format", "csv")
+    result = sftchat(ws, "data", "export", str(tmp_path / "x.json"), "--format", "csv", in_process=True)
     assert result.returncode == 2
     assert_one_line_error(result, "csv", "sharegpt")
     assert not (tmp_path / "x.json").exists()
-    assert_one_line_error(sftchat(ws, "data", "export", str(tmp_path), "--format", "messages"),
+    assert_one_line_error(sftchat(ws, "data", "export", str(tmp_path), "--format", "messages", in_process=True),
                           "is a folder")
     assert [p.name for p in tmp_path.iterdir()] == ["ws"]

@@ -27,12 +27,12 @@ FULL_FIELDS = {"id", "instruction", "input", "response", "original_response", "s
 
 def add(workspace: Path, instruction: str, response: str, *extra: str) -> int:
     result = ok(sftchat(workspace, "data", "add", "--instruction", instruction,
-                        "--response", response, *extra))
+                        "--response", response, *extra, in_process=True))
     return int(result.stdout.strip())
 
 
 def list_json(workspace: Path, *extra: str) -> list[dict]:
-    return json.loads(ok(sftchat(workspace, "data", "list", "--json", *extra)).stdout)
+    return json.loads(ok(sftchat(workspace, "data", "list", "--json", *extra, in_process=True)).stdout)
 
 
 def store_rows(workspace: Path) -> list[tuple]:
@@ -84,7 +84,7 @@ def test_add_dash_reads_the_text_from_stdin(ws):
 def test_add_unicode_round_trips(ws):
     text = "naïve 日本語 🤖 \"quoted\""
     example_id = add(ws, text, text + "!")
-    shown = json.loads(ok(sftchat(ws, "data", "show", str(example_id), "--json")).stdout)
+    shown = json.loads(ok(sftchat(ws, "data", "show", str(example_id), "--json", in_process=True)).stdout)
     assert shown["instruction"] == text
     assert shown["response"] == text + "!"
 
@@ -92,7 +92,7 @@ def test_add_unicode_round_trips(ws):
 @pytest.mark.parametrize("instruction, response", [("", "x"), ("   ", "x"), ("x", "")])
 def test_add_empty_field_is_a_one_line_error_and_stores_nothing(ws, instruction, response):
     add(ws, "existing", "row")
-    result = sftchat(ws, "data", "add", "--instruction", instruction, "--response", response)
+    result = sftchat(ws, "data", "add", "--instruction", instruction, "--response", response, in_process=True)
     assert_one_line_error(result, "empty")
     assert result.stdout == ""
     assert len(store_rows(ws)) == 1
@@ -103,7 +103,7 @@ def test_add_empty_field_is_a_one_line_error_and_stores_nothing(ws, instruction,
 
 def test_list_human_shows_ids_instructions_and_responses(filled):
     ws, ids = filled
-    lines = ok(sftchat(ws, "data", "list")).stdout.splitlines()
+    lines = ok(sftchat(ws, "data", "list", in_process=True)).stdout.splitlines()
     assert len(lines) == 3
     for line, example_id, instruction, response in zip(
             lines, ids, ["Name a colour", "Translate to French", "Capital of France?"],
@@ -114,7 +114,7 @@ def test_list_human_shows_ids_instructions_and_responses(filled):
 
 def test_list_human_keeps_each_example_on_one_line(ws):
     add(ws, "first line\nsecond line", "answer\nwith\nlines")
-    lines = ok(sftchat(ws, "data", "list")).stdout.splitlines()
+    lines = ok(sftchat(ws, "data", "list", in_process=True)).stdout.splitlines()
     assert len(lines) == 1
     assert "first line second line" in lines[0]
 
@@ -142,16 +142,16 @@ def test_list_search_and_limit(filled):
     assert list_json(ws, "--search", "no such text") == []
     assert [e["id"] for e in list_json(ws, "--limit", "2")] == ids[:2]
     assert [e["id"] for e in list_json(ws, "--search", "n", "--limit", "1")] == ids[:1]
-    lines = ok(sftchat(ws, "data", "list", "--search", "colour")).stdout.splitlines()
+    lines = ok(sftchat(ws, "data", "list", "--search", "colour", in_process=True)).stdout.splitlines()
     assert len(lines) == 1 and "Name a colour" in lines[0]
 
 
 def test_show_human_and_json(filled):
     ws, ids = filled
-    human = ok(sftchat(ws, "data", "show", str(ids[1]))).stdout
+    human = ok(sftchat(ws, "data", "show", str(ids[1]), in_process=True)).stdout
     assert str(ids[1]) in human
     assert "Translate to French" in human and "Hello" in human and "Bonjour" in human
-    shown = json.loads(ok(sftchat(ws, "data", "show", str(ids[1]), "--json")).stdout)
+    shown = json.loads(ok(sftchat(ws, "data", "show", str(ids[1]), "--json", in_process=True)).stdout)
     assert set(shown) == FULL_FIELDS | {"rejected"}  # the answers not chosen for it
     assert shown["rejected"] == []
     assert shown["id"] == ids[1]
@@ -163,16 +163,16 @@ def test_show_of_a_chat_example_includes_the_original_answer(ws):
     with ExampleStore(ws / "data") as store:
         example_id = store.add("Capital of Australia?", "Canberra",
                                original_response="Sydney", source="chat")
-    human = ok(sftchat(ws, "data", "show", str(example_id))).stdout
+    human = ok(sftchat(ws, "data", "show", str(example_id), in_process=True)).stdout
     assert "Canberra" in human and "Sydney" in human
-    shown = json.loads(ok(sftchat(ws, "data", "show", str(example_id), "--json")).stdout)
+    shown = json.loads(ok(sftchat(ws, "data", "show", str(example_id), "--json", in_process=True)).stdout)
     assert shown["original_response"] == "Sydney"
     assert shown["source"] == "chat"
 
 
 def test_show_unknown_id_is_a_one_line_error(filled):
     ws, _ = filled
-    assert_one_line_error(sftchat(ws, "data", "show", "999"), "999")
+    assert_one_line_error(sftchat(ws, "data", "show", "999", in_process=True), "999")
 
 
 def test_human_output_never_writes_terminal_escape_sequences_to_a_terminal(ws):
@@ -193,10 +193,10 @@ def test_human_output_never_writes_terminal_escape_sequences_to_a_terminal(ws):
 
 def test_edit_changes_the_given_field_and_updated_at(filled):
     ws, ids = filled
-    before = json.loads(ok(sftchat(ws, "data", "show", str(ids[0]), "--json")).stdout)
-    result = ok(sftchat(ws, "data", "edit", str(ids[0]), "--response", "Green"))
+    before = json.loads(ok(sftchat(ws, "data", "show", str(ids[0]), "--json", in_process=True)).stdout)
+    result = ok(sftchat(ws, "data", "edit", str(ids[0]), "--response", "Green", in_process=True))
     assert result.stdout.strip() == str(ids[0])
-    after = json.loads(ok(sftchat(ws, "data", "show", str(ids[0]), "--json")).stdout)
+    after = json.loads(ok(sftchat(ws, "data", "show", str(ids[0]), "--json", in_process=True)).stdout)
     assert after["response"] == "Green"
     assert after["instruction"] == before["instruction"]
     assert after["created_at"] == before["created_at"]
@@ -207,24 +207,24 @@ def test_edit_changes_the_given_field_and_updated_at(filled):
 
 def test_edit_input_and_instruction_from_stdin(filled):
     ws, ids = filled
-    ok(sftchat(ws, "data", "edit", str(ids[1]), "--input", ""))
+    ok(sftchat(ws, "data", "edit", str(ids[1]), "--input", "", in_process=True))
     ok(sftchat(ws, "data", "edit", str(ids[1]), "--instruction", "-",
-               stdin="Translate\nto German\n"))
-    ok(sftchat(ws, "data", "edit", str(ids[1]), "--response", "Hallo"))
+               stdin="Translate\nto German\n", in_process=True))
+    ok(sftchat(ws, "data", "edit", str(ids[1]), "--response", "Hallo", in_process=True))
     assert store_rows(ws)[1] == (ids[1], "Translate\nto German", "", "Hallo")
 
 
 def test_edit_without_flags_is_a_one_line_error(filled):
     ws, ids = filled
     before = store_rows(ws)
-    assert_one_line_error(sftchat(ws, "data", "edit", str(ids[0])), "--response")
+    assert_one_line_error(sftchat(ws, "data", "edit", str(ids[0]), in_process=True), "--response")
     assert store_rows(ws) == before
 
 
 def test_edit_to_an_empty_response_is_refused_and_changes_nothing(filled):
     ws, ids = filled
     before = store_rows(ws)
-    assert_one_line_error(sftchat(ws, "data", "edit", str(ids[0]), "--response", " "),
+    assert_one_line_error(sftchat(ws, "data", "edit", str(ids[0]), "--response", " ", in_process=True),
                           "empty")
     assert store_rows(ws) == before
 
@@ -232,17 +232,17 @@ def test_edit_to_an_empty_response_is_refused_and_changes_nothing(filled):
 def test_edit_unknown_id_is_a_one_line_error(filled):
     ws, _ = filled
     before = store_rows(ws)
-    assert_one_line_error(sftchat(ws, "data", "edit", "999", "--response", "x"), "999")
+    assert_one_line_error(sftchat(ws, "data", "edit", "999", "--response", "x", in_process=True), "999")
     assert store_rows(ws) == before
 
 
 def test_rm_then_show_errors(filled):
     ws, ids = filled
-    result = ok(sftchat(ws, "data", "rm", str(ids[1])))
+    result = ok(sftchat(ws, "data", "rm", str(ids[1]), in_process=True))
     assert result.stdout == ""
     assert [e["id"] for e in list_json(ws)] == [ids[0], ids[2]]
-    assert_one_line_error(sftchat(ws, "data", "show", str(ids[1])), str(ids[1]))
-    assert_one_line_error(sftchat(ws, "data", "rm", str(ids[1])), str(ids[1]))
+    assert_one_line_error(sftchat(ws, "data", "show", str(ids[1]), in_process=True), str(ids[1]))
+    assert_one_line_error(sftchat(ws, "data", "rm", str(ids[1]), in_process=True), str(ids[1]))
     assert len(store_rows(ws)) == 2
 
 
@@ -251,17 +251,17 @@ def test_rm_then_show_errors(filled):
 
 def test_stats_json(filled):
     ws, _ = filled
-    stats = json.loads(ok(sftchat(ws, "data", "stats", "--json")).stdout)
+    stats = json.loads(ok(sftchat(ws, "data", "stats", "--json", in_process=True)).stdout)
     assert stats["examples"] == 3
     assert stats["with_input"] == 1
     assert stats["sources"] == {"cli": 3}
     assert stats["edited_from_chat"] == 0
-    human = ok(sftchat(ws, "data", "stats")).stdout
+    human = ok(sftchat(ws, "data", "stats", in_process=True)).stdout
     assert "examples" in human and "3" in human
 
 
 def test_stats_json_of_an_empty_store(ws):
-    stats = json.loads(ok(sftchat(ws, "data", "stats", "--json")).stdout)
+    stats = json.loads(ok(sftchat(ws, "data", "stats", "--json", in_process=True)).stdout)
     assert stats["examples"] == 0
 
 
@@ -305,10 +305,10 @@ def test_import_alpaca_and_jsonl_then_export_both_formats(ws, tmp_path):
 def test_export_format_flag_overrides_the_extension(filled, tmp_path):
     ws, _ = filled
     target = tmp_path / "data.txt"
-    ok(sftchat(ws, "data", "export", str(target), "--format", "jsonl"))
+    ok(sftchat(ws, "data", "export", str(target), "--format", "jsonl", in_process=True))
     lines = target.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["output"] for line in lines] == ["Blue", "Bonjour", "Paris"]
-    ok(sftchat(ws, "data", "export", str(target), "--format", "alpaca"))
+    ok(sftchat(ws, "data", "export", str(target), "--format", "alpaca", in_process=True))
     assert [r["output"] for r in json.loads(target.read_text(encoding="utf-8"))] == [
         "Blue", "Bonjour", "Paris"]
 
@@ -316,16 +316,16 @@ def test_export_format_flag_overrides_the_extension(filled, tmp_path):
 def test_import_with_explicit_format(ws, tmp_path):
     path = tmp_path / "records.txt"
     path.write_text("\n".join(json.dumps(r) for r in RECORDS), encoding="utf-8")
-    ok(sftchat(ws, "data", "import", str(path), "--format", "jsonl"))
+    ok(sftchat(ws, "data", "import", str(path), "--format", "jsonl", in_process=True))
     assert [r[1] for r in store_rows(ws)] == [r["instruction"] for r in RECORDS]
 
 
 def test_exported_file_imports_into_another_workspace_identically(filled, tmp_path):
     ws, _ = filled
     target = tmp_path / "roundtrip.jsonl"
-    ok(sftchat(ws, "data", "export", str(target)))
+    ok(sftchat(ws, "data", "export", str(target), in_process=True))
     other = tmp_path / "other"
-    ok(sftchat(other, "data", "import", str(target)))
+    ok(sftchat(other, "data", "import", str(target), in_process=True))
     assert [r[1:] for r in store_rows(other)] == [r[1:] for r in store_rows(ws)]
 
 
@@ -343,18 +343,18 @@ def test_bad_import_is_a_one_line_error_and_leaves_the_store_unchanged(
     before = store_rows(ws)
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    assert_one_line_error(sftchat(ws, "data", "import", str(path)), fragment, name)
+    assert_one_line_error(sftchat(ws, "data", "import", str(path), in_process=True), fragment, name)
     assert store_rows(ws) == before
 
 
 def test_import_of_a_missing_or_non_utf8_file_is_a_one_line_error(filled, tmp_path):
     ws, _ = filled
     before = store_rows(ws)
-    assert_one_line_error(sftchat(ws, "data", "import", str(tmp_path / "nope.json")),
+    assert_one_line_error(sftchat(ws, "data", "import", str(tmp_path / "nope.json"), in_process=True),
                           "no such file")
     latin = tmp_path / "latin.json"
     latin.write_bytes('[{"instruction": "café", "output": "x"}]'.encode("latin-1"))
-    assert_one_line_error(sftchat(ws, "data", "import", str(latin)), "UTF-8")
+    assert_one_line_error(sftchat(ws, "data", "import", str(latin), in_process=True), "UTF-8")
     assert store_rows(ws) == before
 
 
@@ -388,7 +388,7 @@ def test_other_global_options_are_accepted_after_the_subcommand(filled):
     ws, ids = filled
     result = ok(sftchat(None, "data", "list", "--json", "--workspace", str(ws),
                         "--model", "builtin", "--device", "cpu", "--no-quantize",
-                        "--template", "chatml"))
+                        "--template", "chatml", in_process=True))
     assert [e["id"] for e in json.loads(result.stdout)] == ids
 
 
@@ -417,7 +417,7 @@ def test_workspace_defaults_to_the_current_directory(tmp_path):
 
 def test_invalid_config_is_a_one_line_error(ws):
     (ws / "sftchat.toml").write_text("[training]\nlr = -1.0\n", encoding="utf-8")
-    assert_one_line_error(sftchat(ws, "data", "list"), "lr")
+    assert_one_line_error(sftchat(ws, "data", "list", in_process=True), "lr")
     assert_one_line_error(sftchat(ws, "data", "list", env=clean_env(SFTCHAT_DEVICE="gpu")),
                           "device")
 

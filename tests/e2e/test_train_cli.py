@@ -1,4 +1,6 @@
-"""`sftchat train` as a subprocess: JSON events, cancel by signal, clear failures."""
+"""`sftchat train`: JSON events and cancel by signal through a real process; failures,
+refusals and options in-process (the same command line, without starting Python and PyTorch
+again for each run)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from sftchat.training.events import parse_event
 
 def _add(workspace, instruction, response):
     sftchat(workspace, "data", "add", "--instruction", instruction, "--response", response,
-            check=True)
+            check=True, in_process=True)
 
 
 def test_json_events_from_start_to_finish(tmp_path):
@@ -55,7 +57,7 @@ def test_sigterm_stops_cleanly_and_publishes_nothing(tmp_path):
 
 
 def test_empty_dataset_is_one_clear_error(tmp_path):
-    result = sftchat(tmp_path, "train", "--json")
+    result = sftchat(tmp_path, "train", "--json", in_process=True)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "dataset is empty" in result.stderr
     assert "Traceback" not in result.stderr
@@ -69,26 +71,26 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
     stale = tmp_path / "adapters" / ".staging-dead-999999"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"half")
-    sftchat(tmp_path, "train", "--name", "after", "--max-steps", "2", check=True)
+    sftchat(tmp_path, "train", "--name", "after", "--max-steps", "2", check=True, in_process=True)
     assert sorted(os.listdir(tmp_path / "adapters")) == ["after"]
 
 
 def test_existing_name_and_bad_values_are_refused(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
-    sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1", check=True)
-    again = sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1")
+    sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1", check=True, in_process=True)
+    again = sftchat(tmp_path, "train", "--name", "taken", "--max-steps", "1", in_process=True)
     assert again.returncode == 1 and "already exists" in again.stderr
-    bad = sftchat(tmp_path, "train", "--lr", "-1")
+    bad = sftchat(tmp_path, "train", "--lr", "-1", in_process=True)
     assert bad.returncode == 1 and "lr must be positive" in bad.stderr
-    escape = sftchat(tmp_path, "train", "--name", "../outside")
+    escape = sftchat(tmp_path, "train", "--name", "../outside", in_process=True)
     assert escape.returncode == 1 and "invalid adapter name" in escape.stderr
     assert not (tmp_path / "outside").exists()
 
 
 def test_continue_from_an_adapter(tmp_path):
     _add(tmp_path, "Ping?", "Pong.")
-    sftchat(tmp_path, "train", "--name", "one", "--max-steps", "2", check=True)
-    sftchat(tmp_path, "train", "--name", "two", "--from", "one", "--max-steps", "2", check=True)
+    sftchat(tmp_path, "train", "--name", "one", "--max-steps", "2", check=True, in_process=True)
+    sftchat(tmp_path, "train", "--name", "two", "--from", "one", "--max-steps", "2", check=True, in_process=True)
     meta = json.loads((tmp_path / "adapters" / "two" / "sftchat.json").read_text())
     assert meta["from_adapter"] == "one"
 
@@ -99,17 +101,17 @@ def test_an_example_too_long_is_skipped_with_a_notice_or_refused_with_strict(tmp
     _add(tmp_path, "Write a lot.", "word " * 1500)   # its answer alone exceeds max length
     _add(tmp_path, "Pong?", "Ping.")
     result = sftchat(tmp_path, "train", "--json", "--name", "kept", "--max-steps", "2",
-                     "--max-length", "256", check=True)
+                     "--max-length", "256", check=True, in_process=True)
     started = parse_event(result.stdout.splitlines()[0])
     assert started["skipped_too_long"] == [2] and started["examples"] == 2
     meta = json.loads((tmp_path / "adapters" / "kept" / "sftchat.json").read_text())
     assert meta["dataset"]["example_ids"] == [1, 3]
     assert meta["dataset"]["skipped_too_long"] == [2]
     text = sftchat(tmp_path, "train", "--name", "kept2", "--max-steps", "1",
-                   "--max-length", "256", check=True)
+                   "--max-length", "256", check=True, in_process=True)
     assert "skipped 1 example whose answer alone is longer than max length 256 (ids 2)" \
         in text.stderr
-    strict = sftchat(tmp_path, "train", "--strict", "--max-length", "256")
+    strict = sftchat(tmp_path, "train", "--strict", "--max-length", "256", in_process=True)
     assert strict.returncode == 1
     assert "example 2: the response is" in strict.stderr and "--strict" in strict.stderr
     assert strict.stderr.count("\n") == 1

@@ -61,7 +61,7 @@ def state(workspace: Path) -> dict:
 def filled(ws) -> Path:
     for record in RECORDS:
         ok(sftchat(ws, "data", "add", "--instruction", record["instruction"],
-               "--response", record["output"], "--input", record["input"]))
+               "--response", record["output"], "--input", record["input"], in_process=True))
     return ws
 
 
@@ -80,7 +80,7 @@ def test_truncated_json_import_file(filled, tmp_path):
     text = json.dumps(RECORDS, indent=2)
     path.write_text(text[: len(text) * 2 // 3], encoding="utf-8")
     before = state(filled)
-    fails_cleanly(filled, sftchat(filled, "data", "import", str(path)), before,
+    fails_cleanly(filled, sftchat(filled, "data", "import", str(path), in_process=True), before,
                   "cut.json", "truncated")
 
 
@@ -90,7 +90,7 @@ def test_malformed_jsonl_import_file(filled, tmp_path):
                     + '{"instruction": "x", "output": "y",\n' + json.dumps(RECORDS[2]) + "\n",
                     encoding="utf-8")
     before = state(filled)
-    fails_cleanly(filled, sftchat(filled, "data", "import", str(path)), before,
+    fails_cleanly(filled, sftchat(filled, "data", "import", str(path), in_process=True), before,
                   "bad.jsonl", "line 3", "JSON")
 
 
@@ -109,7 +109,7 @@ def test_import_of_an_unknown_schema(filled, tmp_path, name, content, extra):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     before = state(filled)
-    line = fails_cleanly(filled, sftchat(filled, "data", "import", str(path), *extra), before,
+    line = fails_cleanly(filled, sftchat(filled, "data", "import", str(path), *extra, in_process=True), before,
                          name, "instruction", "output")
     # The error names the keys it did find, so the user sees what is wrong with the file.
     found = next(iter(json.loads(content.splitlines()[0]) if name.endswith(".jsonl")
@@ -121,13 +121,13 @@ def test_import_of_records_that_are_not_objects(filled, tmp_path):
     path = tmp_path / "strings.json"
     path.write_text(json.dumps(["just", "strings"]), encoding="utf-8")
     before = state(filled)
-    fails_cleanly(filled, sftchat(filled, "data", "import", str(path)), before,
+    fails_cleanly(filled, sftchat(filled, "data", "import", str(path), in_process=True), before,
                   "strings.json", "record 1", "not a JSON object")
 
 
 def test_import_of_a_missing_file(filled, tmp_path):
     before = state(filled)
-    fails_cleanly(filled, sftchat(filled, "data", "import", str(tmp_path / "nowhere.json")),
+    fails_cleanly(filled, sftchat(filled, "data", "import", str(tmp_path / "nowhere.json"), in_process=True),
                   before, "nowhere.json", "no such file")
 
 
@@ -144,7 +144,7 @@ def test_import_of_a_missing_file(filled, tmp_path):
 def test_data_add_with_an_empty_field(filled, instruction, response, stdin, field):
     before = state(filled)
     result = sftchat(filled, "data", "add", "--instruction", instruction, "--response", response,
-                 stdin=stdin)
+                 stdin=stdin, in_process=True)
     line = fails_cleanly(filled, result, before, field, "empty")
     assert result.stdout == "", "no id may be printed for a refused example"
     assert "give the example" in line  # the fix
@@ -153,7 +153,7 @@ def test_data_add_with_an_empty_field(filled, instruction, response, stdin, fiel
 def test_train_with_no_examples(ws):
     ExampleStore(ws / "data").close()  # an empty dataset
     before = state(ws)
-    fails_cleanly(ws, sftchat(ws, "train", "--max-steps", "1"), before,
+    fails_cleanly(ws, sftchat(ws, "train", "--max-steps", "1", in_process=True), before,
                   "empty", "sftchat data add")
 
 
@@ -168,7 +168,7 @@ def test_a_prompt_of_hundreds_of_kilobytes_to_ask_is_cut_with_a_notice(ws):
     assert len(prompt.encode()) + len(context.encode()) > 240_000
     before = state(ws)
     result = sftchat(ws, "ask", prompt, "--input", context, "--max-new-tokens", "5",
-                 "--temperature", "0")
+                 "--temperature", "0", in_process=True)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.endswith("\n")
@@ -185,7 +185,7 @@ def test_a_prompt_over_the_command_line_limit_is_read_from_stdin_with_dash(ws):
     prompt = "Summarise this: " + "lorem ipsum dolor " * 33_000
     assert len(prompt.encode()) > 128 * 1024 * 4
     before = state(ws)
-    result = sftchat(ws, "ask", "-", "--max-new-tokens", "5", "--temperature", "0", stdin=prompt)
+    result = sftchat(ws, "ask", "-", "--max-new-tokens", "5", "--temperature", "0", stdin=prompt, in_process=True)
     assert result.returncode == 0, result.stderr
     notices = [line for line in result.stderr.splitlines() if line.startswith("sftchat:")]
     assert len(notices) == 1 and re.search(r"cut \d+ tokens", notices[0]), result.stderr
@@ -200,7 +200,7 @@ def test_a_prompt_over_the_command_line_limit_is_read_from_stdin_with_dash(ws):
 ], ids=["blank-argument", "blank-stdin", "two-stdins"])
 def test_an_empty_prompt_to_ask(ws, argv, stdin, fragment):
     before = state(ws)
-    fails_cleanly(ws, sftchat(ws, *argv, stdin=stdin), before, fragment)
+    fails_cleanly(ws, sftchat(ws, *argv, stdin=stdin, in_process=True), before, fragment)
 
 
 HUGE_INSTRUCTION = "Please read this carefully. " + "The quick brown fox jumps. " * 20_000
@@ -212,8 +212,8 @@ def huge_example_training(tmp_path_factory):
     trained with `train --max-steps 1`; the adapter doubles as the one other tests break."""
     workspace = tmp_path_factory.mktemp("huge")
     added = sftchat(workspace, "data", "add", "--instruction", "-", "--response", "Short answer.",
-                stdin=HUGE_INSTRUCTION)
-    trained = sftchat(workspace, "train", "--max-steps", "1", "--name", "first")
+                stdin=HUGE_INSTRUCTION, in_process=True)
+    trained = sftchat(workspace, "train", "--max-steps", "1", "--name", "first", in_process=True)
     return workspace, added, trained
 
 
@@ -267,7 +267,7 @@ def adapter_ws(tmp_path, huge_example_training) -> Path:
 ])
 def test_unknown_adapter_name(adapter_ws, argv):
     before = state(adapter_ws)
-    line = fails_cleanly(adapter_ws, sftchat(adapter_ws, *argv), before, "'nope'")
+    line = fails_cleanly(adapter_ws, sftchat(adapter_ws, *argv, in_process=True), before, "'nope'")
     assert "first" in line  # the fix: the names that do exist
 
 
@@ -278,7 +278,7 @@ def test_an_adapter_made_for_another_base_model(adapter_ws):
                           "fingerprint": "f" * 64}
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     before = state(adapter_ws)
-    result = sftchat(adapter_ws, "ask", "hello", "--adapter", "first", "--max-new-tokens", "5")
+    result = sftchat(adapter_ws, "ask", "hello", "--adapter", "first", "--max-new-tokens", "5", in_process=True)
     fails_cleanly(adapter_ws, result, before, "'first'", "Qwen/Qwen2.5-0.5B",
                   "--model Qwen/Qwen2.5-0.5B")
     assert result.stdout == ""
@@ -289,7 +289,7 @@ def test_a_corrupted_adapter_file(adapter_ws):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk or a bad copy
     before = state(adapter_ws)
-    result = sftchat(adapter_ws, "ask", "hello", "--adapter", "first", "--max-new-tokens", "5")
+    result = sftchat(adapter_ws, "ask", "hello", "--adapter", "first", "--max-new-tokens", "5", in_process=True)
     fails_cleanly(adapter_ws, result, before, "'first'", "corrupted",
                   "sftchat adapters rm first")
     assert result.stdout == ""
@@ -322,7 +322,7 @@ def test_an_unsupported_model(filled, tmp_path):
         "is_encoder_decoder": True, "decoder_start_token_id": 2,
     }), encoding="utf-8")
     before = state(filled)
-    result = sftchat(filled, "ask", "hello", "--model", str(folder), "--max-new-tokens", "5")
+    result = sftchat(filled, "ask", "hello", "--model", str(folder), "--max-new-tokens", "5", in_process=True)
     line = fails_cleanly(filled, result, before, "'t5'", "causal")
     assert str(folder) in line or "t5-small" in line
 
@@ -346,7 +346,7 @@ def test_invalid_values_in_sftchat_toml(filled, case, argv):
     text, fragments = BAD_CONFIGS[case]
     (filled / "sftchat.toml").write_text(text, encoding="utf-8")
     before = state(filled)
-    result = sftchat(filled, *argv)
+    result = sftchat(filled, *argv, in_process=True)
     # The file is named, so the user knows where to fix it.
     fails_cleanly(filled, result, before, "sftchat.toml", *fragments)
     assert result.stdout == ""

@@ -49,11 +49,11 @@ def test_pickle_weights_are_refused(tmp_path, builtin_cache):
 
 
 def test_ask_never_writes_escape_sequences_to_a_terminal(ws):
-    sftchat(ws, "data", "add", "--instruction", "Alert me.", "--response", ESCAPES, check=True)
-    sftchat(ws, "train", check=True, timeout=600)
+    sftchat(ws, "data", "add", "--instruction", "Alert me.", "--response", ESCAPES, check=True, in_process=True)
+    sftchat(ws, "train", check=True, timeout=600, in_process=True)
     ask = ("ask", "Alert me.", "--adapter", "latest", "--temperature", "0")
     # Piped, the answer is data and comes out exactly as generated ...
-    assert sftchat(ws, *ask, check=True).stdout == ESCAPES + "\n"
+    assert sftchat(ws, *ask, check=True, in_process=True).stdout == ESCAPES + "\n"
     # ... but on a terminal the control sequences are stripped.
     shown = read_pty(cli_command(ws, *ask), clean_env())
     assert "red" in shown and "alert" in shown

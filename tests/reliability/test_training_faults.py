@@ -51,7 +51,7 @@ def test_kill_9_leaves_no_visible_adapter_and_the_next_run_cleans_up(ws):
     process.wait(60)
     assert _visible(ws) == []
     assert any(p.name.startswith(".staging-doomed-") for p in (ws / "adapters").iterdir())
-    sftchat(ws, "train", "--name", "after", "--max-steps", "2", check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "2", check=True, in_process=True)
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["after"]
 
 
@@ -126,7 +126,7 @@ def test_a_second_run_on_the_same_workspace_is_refused_with_who_holds_it(ws):
                    if event and event["event"] == "started")
     _wait_for_step(first)
 
-    second = sftchat(ws, "train", "--name", "second", "--max-steps", "1")
+    second = sftchat(ws, "train", "--name", "second", "--max-steps", "1", in_process=True)
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1, second.stderr
@@ -142,7 +142,7 @@ def test_a_second_run_on_the_same_workspace_is_refused_with_who_holds_it(ws):
     first.communicate(timeout=120)
     assert first.returncode == 130
     # Released: the next run trains, publishes and leaves no lock file behind.
-    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True, in_process=True)
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["after"]
 
 
@@ -153,6 +153,6 @@ def test_the_lock_of_a_killed_run_does_not_outlive_it(ws):
     assert _read_lock_holder(ws)["pid"] == process.pid
     process.send_signal(signal.SIGKILL)
     process.wait(60)
-    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True)
+    sftchat(ws, "train", "--name", "after", "--max-steps", "1", check=True, in_process=True)
     assert _visible(ws) == ["after"]
 
