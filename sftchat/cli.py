@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     alist.add_argument("--json", action="store_true")
     ashow = asub.add_parser("show", parents=[common], help="show an adapter's metadata")
     ashow.add_argument("name")
+    adiff = asub.add_parser(
+        "diff", parents=[common], help="what changed between two adapters' datasets",
+        description="Compare the training snapshots of two adapters by example id: "
+                    "+ added, ~ edited, - removed.")
+    adiff.add_argument("a", help="the earlier adapter")
+    adiff.add_argument("b", help="the later adapter")
+    adiff.add_argument("--json", action="store_true")
     arm = asub.add_parser("rm", parents=[common], help="delete an adapter")
     arm.add_argument("name")
 

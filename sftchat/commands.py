@@ -148,22 +148,15 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     settings = _settings(args)
     folder = settings.adapters_dir
     if args.adapters_command == "list":
-        found = adapter_registry.list_adapters(folder)
+        from sftchat.lineage import describe_all
+
+        rows = describe_all(adapter_registry.list_adapters(folder))
         if args.json:
-            print(json.dumps([info.summary() for info in found], ensure_ascii=False, indent=2))
-        elif not found:
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        elif not rows:
             print("no adapters yet; train one with `sftchat train`", file=sys.stderr)
-        for info in found if not args.json else []:
-            row = info.summary()
-            loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
-            replay, drift = row["replay"] or {}, row["drift"] or {}
-            learned = (f"{replay['reproduced']}/{replay['examples']}"
-                       if replay.get("examples") else "-")
-            change = (f"×{drift['perplexity_ratio']:.2f}"
-                      if drift.get("perplexity_ratio") is not None else "-")
-            print(f"{row['name']:<28} {row['created'][:19]:<19}  {row['examples']:>5} ex  "
-                  f"loss {loss:<8} replay {learned:<7} drift {change:<6} "
-                  f"{one_line(str(row['base_model']), 60)}")
+        for row in rows if not args.json else []:
+            _print_text(_adapter_line(row))
     elif args.adapters_command == "show":
         info = adapter_registry.resolve(folder, args.name)
         if info is None:
@@ -176,10 +169,45 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         if summary:
             # The JSON on stdout stays machine-readable; the summary is for the reader.
             print(f"{info.name}: {summary}", file=sys.stderr)
+    elif args.adapters_command == "diff":
+        from sftchat.lineage import dataset_change, read_snapshot
+
+        before, after = (adapter_registry.resolve(folder, name) for name in (args.a, args.b))
+        if before is None or after is None:
+            raise CommandError("'none' (the base model) has no dataset; name two adapters")
+        change = dataset_change(before, after)
+        if args.json:
+            print(json.dumps(change.to_dict()))
+        else:
+            snapshot = {**read_snapshot(before), **read_snapshot(after)}
+            for sign, ids in (("+", change.added), ("~", change.edited), ("-", change.removed)):
+                for example_id in ids:
+                    record = snapshot[example_id]
+                    _print_text(f"{sign} {example_id:>6}  {one_line(record['instruction'], 50):<50}"
+                                f"  {one_line(record.get('output', ''), 50)}")
+            print(f"{before.name} -> {after.name}: {len(change.added)} added, "
+                  f"{len(change.edited)} edited, {len(change.removed)} removed",
+                  file=sys.stderr)
     elif args.adapters_command == "rm":
         adapter_registry.remove(folder, args.name)
         print(f"removed adapter {args.name}", file=sys.stderr)
     return 0
+
+
+def _adapter_line(row: dict) -> str:
+    """One `adapters list` line: name, date, size of its data and what changed since the
+    adapter before it, parent, loss, replay, drift, review, base model."""
+    loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
+    replay, drift = row["replay"] or {}, row["drift"] or {}
+    learned = f"{replay['reproduced']}/{replay['examples']}" if replay.get("examples") else "-"
+    change = (f"×{drift['perplexity_ratio']:.2f}"
+              if drift.get("perplexity_ratio") is not None else "-")
+    delta = row["dataset_change"]
+    data = f"+{len(delta['added'])} ~{len(delta['edited'])} -{len(delta['removed'])}"
+    parent = f"from {row['parent']}" if row["parent"] else ""
+    return (f"{row['name']:<24} {row['created'][:16]:<16} {row['examples']:>5} ex {data:<12} "
+            f"{parent:<14} loss {loss:<7} replay {learned:<7} drift {change:<6} "
+            f"{row['review'] or 'unreviewed':<10} {one_line(str(row['base_model']), 40)}")
 
 
 # --------------------------------------------------------------------------- pins

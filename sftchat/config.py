@@ -13,6 +13,7 @@ keeping, only differs in a higher learning rate and no rehearsal.
     quantize = true                 # 4-bit NF4 through bitsandbytes
     template = "auto"               # auto | alpaca | chatml | tokenizer
     trust_remote_code = false
+    review = true                   # the app reviews a new adapter before it answers
 
     [generation]
     max_new_tokens = 256
@@ -130,6 +131,9 @@ class Settings:
     quantize: bool = True
     template: str = AUTO_TEMPLATE  # a setting: resolved per model (prompts.resolve_template)
     trust_remote_code: bool = False
+    # A finished run's adapter is replayed against the one answering and shown for review
+    # before it takes over (False: it is swapped in at once; `/train --auto-swap` per run).
+    review: bool = True
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
@@ -258,7 +262,7 @@ def load_settings(
     toml = read_toml(root)
     where = str(root / CONFIG_FILE)
     top_level = {"model": str, "device": str, "quantize": bool, "template": str,
-                 "trust_remote_code": bool}
+                 "trust_remote_code": bool, "review": bool}
     for key in toml:
         if key not in top_level and key not in ("generation", "training"):
             raise ConfigError(
@@ -303,6 +307,7 @@ def load_settings(
         quantize=quantize,
         template=chosen_template,
         trust_remote_code=file_values.get("trust_remote_code", False),
+        review=file_values.get("review", True),
         generation=validate_generation(generation, f"{where} [generation]"),
         training=validate_training(training, f"{where} [training]"),
     )

@@ -23,7 +23,7 @@ between (it waits, it is not mixed in).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 from sftchat.adapters import AdapterError
@@ -119,7 +119,7 @@ def evaluate(engine, name: str | None, examples: Sequence[Example], pins: Sequen
                                          engine.model.device), encoded) if encoded else None
 
         def answer(text: str, input_text: str, tokens: int) -> str:
-            settings = GenerationSettings(**{**asdict(greedy), "max_new_tokens": tokens})
+            settings = replace(greedy, max_new_tokens=tokens)
             return engine.generate(text, input=input_text, settings=settings).collect()
 
         pin_answers = [answer(pin.instruction, pin.input,

@@ -33,6 +33,10 @@ PALETTE = [
     ("Browse dataset", "dataset", "F2 · /data"),
     ("Adapters", "adapters", "F3 · /adapters"),
     ("Answer with the base model (no adapter)", "base_model", "/adapter none"),
+    ("Roll back to the adapter that answered before", "previous_adapter", "/adapter previous"),
+    ("Pin the last answer (it must keep working)", "pin", "ctrl+k · /pin"),
+    ("Keep the last answer as a bad one", "bad_answer", "ctrl+x · /bad"),
+    ("Compare the last answer across models", "compare", "ctrl+y · /compare"),
     ("Help", "help", "F1 · /help"),
 ]
 
@@ -56,8 +60,8 @@ class SftchatCommands(Provider):
         screen = self.app.get_screen("chat") if self.app.is_screen_installed("chat") else None
         if screen is None:
             return
-        if action == "base_model":
-            screen.swap_adapter("none")
+        if action in ("base_model", "previous_adapter"):
+            screen.swap_adapter("none" if action == "base_model" else "previous")
         else:
             getattr(screen, f"action_{action}")()
 

@@ -37,6 +37,13 @@ class ResponseCompleted(Message):
 
 
 @dataclass
+class StoreWritten(Message):
+    """A write to the store (a pin, a bad answer, a compared answer) is committed."""
+
+    text: str
+
+
+@dataclass
 class TrainingProgressed(Message):
     event: dict
 
@@ -50,9 +57,17 @@ class TrainingEnded(Message):
 
 @dataclass
 class AdapterSwapped(Message):
-    name: str | None
+    name: str | None          # answering now (None: the base model)
     seconds: float
     automatic: bool
+    before: str | None = None  # what answered until now
+
+
+@dataclass
+class ReviewReady(Message):
+    """A new adapter was replayed against the one answering (a `review.Comparison`)."""
+
+    comparison: object
 
 
 @dataclass

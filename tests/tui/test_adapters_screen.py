@@ -93,8 +93,11 @@ async def test_lists_newest_first_with_the_active_one_marked(adapters_dir, utc):
         assert names(app) == ["  alpha", "● beta", "  gamma"]
         assert table(app).cursor_row == 1  # starts on the active adapter
         alpha = [str(cell) for cell in table(app).get_row_at(0)]
-        assert alpha == ["  alpha", "2025-03-01 10:00", "3", "0.0123", "builtin"]
-        assert [str(cell) for cell in table(app).get_row_at(2)][3] == "—"  # no loss recorded
+        # name, created, examples, data since the one before, parent, replay, loss, review,
+        # base model (these test adapters have no train.jsonl: no data to compare).
+        assert alpha == ["  alpha", "2025-03-01 10:00", "3", "+0 ~0 -0", "—", "—", "0.0123",
+                         "—", "builtin"]
+        assert [str(cell) for cell in table(app).get_row_at(2)][6] == "—"  # no loss recorded
         active = str(app.screen.query_one("#adapters-active", Label).content)
         assert active == "Active: beta"
 
@@ -114,6 +117,7 @@ async def test_enter_returns_the_highlighted_name(adapters_dir):
     ("gamma", ("up", "u"), "beta"),      # u uses the highlighted adapter
     ("alpha", ("b",), "none"),           # b: the base model
     ("alpha", ("escape",), None),        # escape: change nothing
+    ("alpha", ("p",), "previous"),       # p: roll back to what answered before
 ])
 async def test_keys_dismiss_with_the_choice(adapters_dir, active, keys, expected):
     app = HostApp(adapters_dir, active=active)
@@ -149,7 +153,7 @@ async def test_untrusted_metadata_is_shown_literally(ws):
         await wait_until(pilot, lambda: on_adapters(app) and table(app).row_count == 1)
         row = table(app).get_row_at(0)
         assert all(isinstance(cell, Text) and not cell.spans for cell in row)
-        assert str(row[4]) == "[bold]evil[/bold] model"
+        assert str(row[8]) == "[bold]evil[/bold] model"
         assert str(row[1]) == "not a date"
 
 

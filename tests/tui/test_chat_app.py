@@ -118,8 +118,11 @@ async def test_save_with_an_edit_and_cancel_a_save(tmp_path):
     assert example.original_response == original and example.source == "chat"
 
 
-async def test_train_in_the_background_then_the_adapter_is_swapped_in(tmp_path):
-    """The loop: curate an answer, ctrl+t, keep chatting, get the curated answer back."""
+async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp_path):
+    """The loop: curate an answer, ctrl+t, keep chatting, review the new adapter (it
+    reproduces 1/1 where the base model gets 0/1), accept, get the curated answer back."""
+    from sftchat.tui.screens.review import ReviewScreen
+
     app = recording_app(settings_for(make_workspace(tmp_path)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
@@ -135,14 +138,25 @@ async def test_train_in_the_background_then_the_adapter_is_swapped_in(tmp_path):
         assert app.screen.query_one("#training-panel").display
         # The chat keeps working while the trainer runs.
         await ask(pilot, "Are you still there?")
-        await wait_until(pilot, lambda: status.adapter is not None, timeout=300,
-                         what="the automatic swap")
+        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=300,
+                         what="the review")
+        review = app.screen.comparison
+        name = review.candidate.name
+        assert (review.candidate.curated, review.candidate.examples) == (1, 1)
+        assert (review.current.name, review.current.curated) == (None, 0)
+        assert not review.regression
+        assert status.adapter is None  # nothing swapped before the decision
         assert status.training == "idle"
+        # The run says what it learned and what it changed, in the log.
+        chat = app.get_screen("chat")
+        assert any(f"Adapter {name}: reproduces 1/1 curated answers exactly; "
+                   "drift on 12 held-out prompts" in notice
+                   for notice in [str(n.render()) for n in chat.query(".notice")])
+        await pilot.press("a")
+        await wait_until(pilot, lambda: status.adapter == name, what="the swap on accept")
         assert not app.screen.query_one("#training-panel").display
-        # The run says what it learned and what it changed, in the log and in a toast.
-        assert any(f"Adapter {status.adapter}: reproduces 1/1 curated answers exactly; "
-                   "drift on 12 held-out prompts" in notice for notice in notices(app))
-        assert any("Reproduces 1/1 curated answers exactly" in toast for toast in toasts(app))
+        assert json.loads((tmp_path / "adapters" / name / "review.json").read_text())[
+            "status"] == "accepted"
         await ask(pilot, "What is the best editor?")
         assert answers(app)[-1].text == "Use vim."
         assert status.adapter in str(answers(app)[-1].query_one(".answer-meta").render())
@@ -287,9 +301,13 @@ async def test_slash_train_takes_the_command_lines_options(tmp_path):
             assert fragment in message, message
             assert app.trainer is None
         status = app.screen.query_one(StatusLine)
-        await pilot.press(*"/train --name custom --max-steps 2 --rank 8 --alpha 16", "enter")
+        # --auto-swap: this run skips the review and swaps in at once, as before reviews.
+        await pilot.press(*"/train --name custom --max-steps 2 --rank 8 --alpha 16 "
+                          "--auto-swap", "enter")
         await wait_until(pilot, lambda: status.adapter == "custom", timeout=300,
                          what="the custom adapter to be trained and swapped in")
+        assert any("Training finished: adapter custom (final loss" in toast
+                   for toast in toasts(app))
         # Issue 11, defect 4: the swap slot was sized from the run's own LoRA shape (rank 8,
         # not the settings' 16), so the adapter filled it instead of loading anew.
         assert app.engine.slots.key_of("custom").startswith("slot")

@@ -13,8 +13,8 @@ from sftchat.tui.messages import TrainingEnded
 from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import (answers, finished_answers, make_long_answer_workspace, make_workspace,
-                         settings_for, wait_until)
+from tui_helpers import (NO_REVIEW, answers, finished_answers, make_long_answer_workspace,
+                         make_workspace, settings_for, wait_until)
 
 SIZE = (120, 40)
 HOSTILE = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred\x1b]0;pwned\x07 done"
@@ -64,7 +64,7 @@ async def test_markdown_renders_code_blocks():
 
 async def test_an_automatic_swap_waits_for_the_answer_to_finish(tmp_path, trained_workspace):
     # A seeded answer thousands of tokens long: certainly still streaming when the run ends.
-    workspace = make_long_answer_workspace(tmp_path / "ws")
+    workspace = make_long_answer_workspace(tmp_path / "ws", top=NO_REVIEW)
     shutil.copytree(trained_workspace / "adapters", workspace / "adapters")
     app = create_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:

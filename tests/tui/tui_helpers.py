@@ -32,18 +32,24 @@ LONG_ANSWER_SEED = 0
 
 
 def make_workspace(path: Path, max_new_tokens: int = 48, temperature: float = 0.0,
-                   extra: str = "", seed: int | None = None) -> Path:
-    """A workspace whose answers are short and greedy (deterministic) unless told otherwise."""
+                   extra: str = "", seed: int | None = None, top: str = "") -> Path:
+    """A workspace whose answers are short and greedy (deterministic) unless told otherwise;
+    `top` holds top-level settings, `extra` sections after [generation]."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "sftchat.toml").write_text(
-        f"[generation]\nmax_new_tokens = {max_new_tokens}\ntemperature = {temperature}\n"
+        top + f"[generation]\nmax_new_tokens = {max_new_tokens}\ntemperature = {temperature}\n"
         + (f"seed = {seed}\n" if seed is not None else "") + extra)
     return path
 
 
-def make_long_answer_workspace(path: Path) -> Path:
+# The app swaps a finished run's adapter in at once, as before reviews existed.
+NO_REVIEW = "review = false\n"
+
+
+def make_long_answer_workspace(path: Path, top: str = "") -> Path:
     """Answers that run for thousands of tokens, deterministically (see LONG_ANSWER_SEED)."""
-    return make_workspace(path, max_new_tokens=4000, temperature=1.0, seed=LONG_ANSWER_SEED)
+    return make_workspace(path, max_new_tokens=4000, temperature=1.0, seed=LONG_ANSWER_SEED,
+                          top=top)
 
 
 def settings_for(path: Path):

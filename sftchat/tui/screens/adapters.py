@@ -1,8 +1,11 @@
 """The adapters screen: the published adapters with their metadata; pick one to chat with.
 
-A modal over the chat. Newest first, the active adapter marked with "●". Enter or `u`
-dismisses with the highlighted adapter's name, `b` with "none" (the base model, no adapter),
-Escape with None (change nothing). Switching is the caller's job: this screen only chooses.
+A modal over the chat. Newest first, the active adapter marked with "●", each with its
+lineage (`sftchat.lineage`): what changed in its data since the adapter before it (+added
+~edited -removed examples), its parent when trained `--from` one, its replay and its review.
+Enter or `u` dismisses with the highlighted adapter's name, `b` with "none" (the base model),
+`p` with "previous" (roll back to what answered before), Escape with None (change nothing).
+Switching is the caller's job: this screen only chooses.
 
 Adapter names and metadata come from files on disk, so every cell is `rich.text.Text`
 without control characters, never markup.
@@ -22,6 +25,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label
 
 from ...adapters import AdapterError, AdapterInfo, list_adapters
+from ...lineage import describe_all
 from ...text import one_line, strip_control
 
 ACTIVE_MARK = "● "
@@ -50,18 +54,25 @@ def format_loss(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "—"
 
 
-def row_cells(info: AdapterInfo, active: str | None) -> tuple[Text, ...]:
-    summary = info.summary()
+def row_cells(info: AdapterInfo, row: dict, active: str | None) -> tuple[Text, ...]:
+    """One adapter's cells; `row` is its `lineage.describe_all` row."""
     mark = ACTIVE_MARK if info.name == active else "  "
     if info.meta.get("corrupted"):
         base = f"(unreadable {info.path.name}/sftchat.json)"
     else:
-        base = summary["base_model"] or "?"
+        base = row["base_model"] or "?"
+    change = row["dataset_change"]
+    replay = row["replay"] or {}
     return (
         Text(mark + one_line(strip_control(info.name), 64)),
-        _plain(format_created(summary["created"])),
-        Text(str(summary["examples"]), justify="right"),
-        Text(format_loss(summary["final_loss"]), justify="right"),
+        _plain(format_created(row["created"])),
+        Text(str(row["examples"]), justify="right"),
+        Text(f"+{len(change['added'])} ~{len(change['edited'])} -{len(change['removed'])}"),
+        _plain(row["parent"] or "—", 24),
+        Text(f"{replay['reproduced']}/{replay['examples']}" if replay.get("examples")
+             else "—", justify="right"),
+        Text(format_loss(row["final_loss"]), justify="right"),
+        Text(row["review"] or "—"),
         _plain(base, BASE_MODEL_WIDTH),
     )
 
@@ -74,6 +85,7 @@ class AdaptersScreen(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("u", "use", "Use"),
         Binding("b", "use_base", "Base model"),
+        Binding("p", "previous", "Previous"),
         Binding("escape", "close", "Close"),
     ]
 
@@ -82,11 +94,14 @@ class AdaptersScreen(ModalScreen[str | None]):
         self.adapters_dir = Path(adapters_dir)
         self.active = None if active in (None, "none") else active
         self.adapters: list[AdapterInfo] = []
+        self.rows: list[dict] = []
         self.error: str | None = None
 
     def compose(self):
         try:
-            self.adapters = list(reversed(list_adapters(self.adapters_dir)))  # newest first
+            found = list_adapters(self.adapters_dir)
+            self.rows = list(reversed(describe_all(found)))  # newest first
+            self.adapters = list(reversed(found))
         except (AdapterError, OSError) as exc:
             self.error = f"Cannot list the adapters in {self.adapters_dir}: {exc}"
         with Vertical(id="adapters-dialog"):
@@ -100,17 +115,19 @@ class AdaptersScreen(ModalScreen[str | None]):
                 yield Label(Text(EMPTY_TEXT), id="adapters-empty")
             else:
                 yield DataTable(id="adapters-table", cursor_type="row", zebra_stripes=True)
-            yield Label(Text("Enter/u use · b base model · Esc close"), id="adapters-hint")
+            yield Label(Text("Enter/u use · b base model · p previous (roll back) · Esc close"),
+                        id="adapters-hint")
         yield Footer()
 
     def on_mount(self) -> None:
         if not self.adapters:
             return
         table = self.query_one("#adapters-table", DataTable)
-        for label in ("name", "created", "examples", "final loss", "base model"):
+        for label in ("name", "created", "examples", "data", "from", "replay", "final loss",
+                      "review", "base model"):
             table.add_column(label, key=label)
-        for info in self.adapters:
-            table.add_row(*row_cells(info, self.active), key=info.name)
+        for info, row in zip(self.adapters, self.rows):
+            table.add_row(*row_cells(info, row, self.active), key=info.name)
         names = [info.name for info in self.adapters]
         if self.active in names:
             table.move_cursor(row=names.index(self.active), animate=False)
@@ -132,6 +149,9 @@ class AdaptersScreen(ModalScreen[str | None]):
 
     def action_use_base(self) -> None:
         self.dismiss("none")
+
+    def action_previous(self) -> None:
+        self.dismiss("previous")
 
     def action_close(self) -> None:
         self.dismiss(None)

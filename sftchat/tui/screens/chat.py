@@ -23,12 +23,10 @@ from textual.worker import Worker, WorkerState
 from sftchat.dataset.store import ExampleStore
 from sftchat.errors import SftchatError
 from sftchat.prompts import Turn
-from sftchat.training.options import TrainOptionsError, parse_train_options
-from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.tui.messages import (
-    AdapterSwapped, ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted,
-    TrainingEnded, TrainingProgressed,
+    ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted, StoreWritten,
 )
+from sftchat.tui.screens.chat_models import ModelsMixin
 from sftchat.tui.screens.curate import CurateModal, CurateResult
 from sftchat.tui.screens.dataset import OUTSIDE_CHANGES_POLL_S
 from sftchat.tui.widgets.chat_log import ChatLog
@@ -47,7 +45,7 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class ChatScreen(Screen):
+class ChatScreen(ModelsMixin, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save answer", priority=True),
         Binding("ctrl+t", "train", "Train", priority=True),
@@ -55,6 +53,11 @@ class ChatScreen(Screen):
         Binding("escape", "stop", "Stop answer"),
         Binding("ctrl+r", "retry", "Retry", priority=True),
         Binding("ctrl+n", "new_chat", "New chat", priority=True),
+        # Not in the footer (it would push Save and Train out of a narrow one): F1 and the
+        # command palette list them.
+        Binding("ctrl+k", "pin", "Pin", priority=True, show=False),
+        Binding("ctrl+x", "bad_answer", "Bad answer", priority=True, show=False),
+        Binding("ctrl+y", "compare", "Compare", priority=True, show=False),
         Binding("f2", "dataset", "Dataset"),
         Binding("f3", "adapters", "Adapters"),
         Binding("f1", "help", "Help"),
@@ -73,6 +76,7 @@ class ChatScreen(Screen):
         self._abandoned_turn: int | None = None
         self._cancel = threading.Event()
         self.saves_in_flight = 0
+        self.answered_before: list[str | None] = []
 
     # ------------------------------------------------------------------ layout
 
@@ -98,6 +102,8 @@ class ChatScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.refresh_dataset_size()
+        if self.pending_review is not None:
+            self.call_after_refresh(self.open_pending_review)
 
     @property
     def status(self) -> StatusLine:
@@ -154,6 +160,9 @@ class ChatScreen(Screen):
             "swap": lambda error: self.notify(error, title="Adapter", severity="error",
                                               markup=False, timeout=15),
             "save": self._save_failed,
+            "review": self._review_failed,
+            "store": lambda error: self.notify(error, title="Not saved", severity="error",
+                                               markup=False, timeout=15),
         }.get(event.worker.group)
         if failed is not None:
             failed(error_line(event.worker.error))
@@ -323,112 +332,76 @@ class ChatScreen(Screen):
         self.notify(f"{error}; the answer is still in the conversation: press ctrl+s to try "
                     "again.", title="Not saved", severity="error", markup=False, timeout=15)
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ pin, bad answer, compare
 
-    def action_train(self) -> None:
-        self.app.start_training()
+    def _finished_turn(self, what: str) -> Turn | None:
+        """The last finished turn, or None after saying why there is none to `what`."""
+        if self.generating:
+            self.notify(f"The answer is still coming: {what} it once it is finished.",
+                        markup=False)
+            return None
+        if self.last_exchange is None:
+            self.notify(f"No answer to {what} yet: ask something first.", markup=False)
+            return None
+        return self.last_exchange
 
-    def train_with_options(self, text: str) -> None:
-        """`/train --epochs 3 --name v2`: the command line's train options, checked here."""
-        try:
-            options = parse_train_options(text)
-        except TrainOptionsError as exc:
-            self.notify(str(exc), title="/train", severity="error", markup=False, timeout=15)
-            return
-        self.app.start_training(tuple(options))
+    @work(thread=True, exit_on_error=False, group="store")
+    def write_store(self, write) -> None:
+        """`write(store)` on a connection of its own (it may wait for another process's
+        lock); it returns the past-tense line to show."""
+        with ExampleStore(self.app.settings.data_dir) as store:
+            done = write(store)
+        self.post_message(StoreWritten(done))
 
-    def action_cancel_training(self) -> None:
-        if not self.app.cancel_training():
-            self.notify("No training is running.", markup=False)
+    def on_store_written(self, message: StoreWritten) -> None:
+        self.refresh_dataset_size()
+        self.notify(message.text, markup=False)
 
-    def on_training_progressed(self, message: TrainingProgressed) -> None:
-        event = message.event
-        panel = self.query_one(TrainingPanel)
-        if event["event"] == "started":
-            panel.started(event)
-            self.status.training = f"step 0/{event['total_steps']}"
-            notice = truncation_notice(event)
-            if notice:
-                self.log_view.add_notice(f"Training: {notice}")
-            self.prepare_swap_slot(event.get("lora"))
-        elif event["event"] == "step":
-            panel.stepped(event)
-            self.status.training = f"step {event['step']}/{event['total_steps']}"
+    def action_pin(self) -> None:
+        """Pin the last turn: its answer must keep working (replayed before every swap)."""
+        turn = self._finished_turn("pin")
+        if turn is not None:
+            adapter = self.app.engine.active_adapter if self.app.engine else None
+            self.write_store(lambda store: (
+                f"Pinned as pin #{store.pins.add(turn.instruction, turn.response, adapter=adapter)}"
+                ": every new adapter is checked against this answer before it answers."))
 
-    def on_training_ended(self, message: TrainingEnded) -> None:
-        event = message.event
-        self.query_one(TrainingPanel).ended()
-        self.status.training = "idle"
-        if event["event"] == "finished":
-            summary = outcome_summary(event.get("replay"), event.get("drift"))
-            self.notify(f"Training finished: adapter {event['name']} "
-                        f"(final loss {event['final_loss']:.4f}). " + summary.capitalize()
-                        + ("." if summary else ""), markup=False, timeout=12)
-            if summary:
-                self.log_view.add_notice(f"Adapter {event['name']}: {summary}.")
-            if self.generating:
-                self.pending_swap = event["name"]
-            else:
-                self.swap_adapter(event["name"], automatic=True)
-        elif event["event"] == "cancelled":
-            self.notify("Training cancelled; nothing was published.", markup=False)
-        else:
-            what = "Training failed" if event.get("started", True) else "Training did not start"
-            self.log_view.add_notice(f"{what}: {event.get('message', '')}")
-            self.notify(event.get("message", "training failed"), title=what,
-                        severity="error", markup=False, timeout=15)
+    def action_bad_answer(self) -> None:
+        """Keep the last answer as a rejected one, with no replacement (preference data)."""
+        turn = self._finished_turn("flag")
+        if turn is not None:
+            self.write_store(lambda store: (
+                f"Kept as a bad answer (#{store.add_rejected(turn.instruction, turn.response)}"
+                "): it exports as preference data (sftchat data export --format kto)."))
 
-    # ------------------------------------------------------------------ adapters
+    def action_compare(self) -> None:
+        """The last prompt answered again by the base model, the adapter that answered
+        before and the active one, side by side; the one picked is saved."""
+        from sftchat.tui.screens.compare import CompareScreen
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="slot")
-    def prepare_swap_slot(self, lora: dict | None) -> None:
-        """While the trainer runs, inject the empty LoRA layers its adapter will fill (the
-        shape its `started` event announced), so the swap at the end only copies weights
-        (it waits for an answer in progress)."""
+        turn = self._finished_turn("compare")
         engine = self.app.engine
-        if engine is not None and lora and lora.get("rank") and lora.get("alpha"):
-            try:
-                engine.prepare_slot(lora["rank"], lora["alpha"], lora.get("dropout") or 0.0)
-            except Exception:  # noqa: BLE001 - only an optimisation: the swap loads normally
-                pass
-
-    def swap_adapter(self, name: str | None, automatic: bool = False) -> None:
-        if self.app.engine is None:
-            self.notify("no model is loaded" if self.model_error else
-                        "the model is still loading", title="Adapter", severity="error",
-                        markup=False, timeout=15)
+        if turn is None or engine is None:
             return
-        self._swap(self.app.engine, name, automatic)
+        models = list(dict.fromkeys([None, *self.answered_before[-1:], engine.active_adapter]))
+        if len(models) < 2:
+            self.notify("Nothing to compare yet: only the base model has answered. Train an "
+                        "adapter first.", markup=False)
+            return
+        self.app.push_screen(CompareScreen(engine, turn.instruction, models),
+                             lambda picked: self._compared(turn, models, picked))
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="swap")
-    def _swap(self, engine, name: str | None, automatic: bool) -> None:
-        result = engine.use_adapter(name)
-        self.post_message(AdapterSwapped(result.name, result.seconds, automatic))
-
-    def on_adapter_swapped(self, message: AdapterSwapped) -> None:
-        self.status.adapter = message.name
-        who = f"adapter {message.name}" if message.name else "the base model"
-        if self.turns:
-            # Earlier answers came from another model: the new one starts from a clean
-            # context (still on screen), so its answers are its own — the same single-turn
-            # prompt it was trained on.
-            self.turns.clear()
-            self.log_view.add_notice(f"── now answering: {who} · context restarted ──")
-        how = "Swapped in" if message.automatic else "Switched to"
-        self.notify(f"{how} {who} ({message.seconds * 1000:.0f} ms); "
-                    "the next answer comes from it.", markup=False)
-
-    def action_adapters(self) -> None:
-        from sftchat.tui.screens.adapters import AdaptersScreen
-
-        engine = self.app.engine
-        active = engine.active_adapter if engine else None
-        self.app.push_screen(AdaptersScreen(self.app.settings.adapters_dir, active),
-                             self._adapter_chosen)
-
-    def _adapter_chosen(self, name: str | None) -> None:
-        if name is not None:
-            self.swap_adapter(name)
+    def _compared(self, turn: Turn, models: list, picked) -> None:
+        if picked is None:
+            return
+        index, answers = picked
+        chosen = answers[index]
+        others = [(answer, "compare") for i, answer in enumerate(answers)
+                  if i != index and answer != chosen]
+        self.write_store(lambda store: (
+            f"Saved example #{store.add(turn.instruction, chosen, source='chat', rejected=others)}"
+            f" (the answer of {models[index] or 'the base model'}; the other "
+            f"{len(others)} kept as rejected answers)."))
 
     def action_dataset(self) -> None:
         from sftchat.tui.screens.dataset import DatasetScreen
@@ -451,11 +424,13 @@ class ChatScreen(Screen):
             "/data": self.action_dataset, "/retry": self.action_retry,
             "/new": self.action_new_chat, "/quit": self.app.action_quit,
         }
+        actions.update({"/pin": self.action_pin, "/bad": self.action_bad_answer,
+                        "/compare": self.action_compare})
         if command == "/train" and argument:
             self.train_with_options(argument)
         elif command == "/adapter":
             if not argument:
-                self.notify("Usage: /adapter NAME|latest|none", markup=False)
+                self.notify("Usage: /adapter NAME|latest|previous|none", markup=False)
             else:
                 self.swap_adapter(argument)
         elif command in actions:

@@ -15,9 +15,12 @@ Chat → curate → train → chat again, without leaving the terminal.
 | command | key | what it does |
 |---|---|---|
 | `/save` | ctrl+s | save the last answer (edited) to the dataset |
-| `/train [OPTIONS]` | ctrl+t | train an adapter in the background; options as for sftchat train, e.g. --name v2 --epochs 3 |
+| `/train [OPTIONS]` | ctrl+t | train an adapter in the background; options as for sftchat train, e.g. --name v2 --epochs 3; --auto-swap skips the review |
 | `/cancel` | ctrl+b | stop the running training |
-| `/adapter NAME\\|latest\\|none` | | answer with that adapter (none: the base model) |
+| `/adapter NAME\\|latest\\|previous\\|none` | | answer with that adapter (previous: the one that answered before; none: the base model) |
+| `/pin` | ctrl+k | pin the last answer: every new adapter is checked against it before it answers |
+| `/bad` | ctrl+x | keep the last answer as a bad one (preference data) |
+| `/compare` | ctrl+y | the last prompt answered by the base, the previous and the active adapter; 1/2/3 saves the best |
 | `/adapters` | F3 | list adapters and switch |
 | `/data` | F2 | browse, search, edit and delete examples |
 | `/retry` | ctrl+r | regenerate the last answer |

@@ -1,0 +1,108 @@
+"""Where an adapter comes from and what became of it: the dataset it was trained on compared
+with the adapter before it, its parent (`--from`), and its review (accepted or rejected).
+
+Every adapter folder holds `train.jsonl`, the exact snapshot it was trained on, each record
+with its example id, so what changed between two adapters' datasets is read from the two
+snapshots: ids added, ids removed, and ids whose text changed (edited). The review is written
+after publication, into `review.json` beside the adapter's own files (the published
+`sftchat.json` is never rewritten). Nothing heavy is imported: `sftchat adapters list|diff`
+answer at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sftchat.adapters import SNAPSHOT_FILE, AdapterError, AdapterInfo
+
+REVIEW_FILE = "review.json"
+REVIEW_STATUSES = ("accepted", "rejected")
+
+
+@dataclass
+class DatasetChange:
+    """How adapter B's training data differs from adapter A's (by example id)."""
+
+    added: list[int] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    edited: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"+{len(self.added)}", f"~{len(self.edited)}", f"-{len(self.removed)}"]
+        return " ".join(parts)
+
+
+def read_snapshot(info: AdapterInfo) -> dict[int, dict]:
+    """The records an adapter was trained on, by example id ({} for adapters without one)."""
+    records: dict[int, dict] = {}
+    try:
+        lines = (info.path / SNAPSHOT_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return records
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AdapterError(f"adapter {info.name!r} has a corrupted {SNAPSHOT_FILE}; "
+                               f"remove it with `sftchat adapters rm {info.name}`") from None
+        if isinstance(record, dict) and isinstance(record.get("id"), int):
+            records[record["id"]] = record
+    return records
+
+
+def dataset_change(before: AdapterInfo | None, after: AdapterInfo) -> DatasetChange:
+    """What changed in the training data from `before` (None: nothing) to `after`."""
+    old = read_snapshot(before) if before is not None else {}
+    new = read_snapshot(after)
+    return DatasetChange(
+        added=sorted(set(new) - set(old)),
+        removed=sorted(set(old) - set(new)),
+        edited=sorted(i for i in set(new) & set(old) if new[i] != old[i]),
+    )
+
+
+def review_of(info: AdapterInfo) -> dict | None:
+    """{"status": "accepted"|"rejected", "at": ..., "verdict": ...} or None (not reviewed)."""
+    try:
+        review = json.loads((info.path / REVIEW_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return review if isinstance(review, dict) and review.get("status") in REVIEW_STATUSES \
+        else None
+
+
+def set_review(info: AdapterInfo, status: str, verdict: str | None = None) -> None:
+    """Record the user's decision on an adapter (atomically)."""
+    if status not in REVIEW_STATUSES:
+        raise AdapterError(f"unknown review status {status!r}")
+    record = {"status": status, "verdict": verdict,
+              "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    handle, temporary = tempfile.mkstemp(prefix=".review-", dir=info.path)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(record, out, ensure_ascii=False)
+    os.replace(temporary, Path(info.path) / REVIEW_FILE)
+
+
+def describe_all(infos: list[AdapterInfo]) -> list[dict]:
+    """`adapters list` rows: each adapter's summary, its parent, its dataset compared with
+    the adapter before it (the one it would replace), and its review."""
+    rows = []
+    for index, info in enumerate(infos):
+        previous = infos[index - 1] if index else None
+        review = review_of(info)
+        rows.append({
+            **info.summary(),
+            "parent": info.meta.get("from_adapter"),
+            "dataset_change": dataset_change(previous, info).to_dict(),
+            "compared_with": previous.name if previous else None,
+            "review": review["status"] if review else None,
+        })
+    return rows

@@ -1,0 +1,150 @@
+"""Review a new adapter before it answers: is it better than the one answering now?
+
+`ReviewScreen` shows a `review.Comparison` (computed in the background by the chat screen):
+how many curated answers each model reproduces, the drift its training measured, and one
+row per pinned prompt — kept or changed, with the current and the new answer. Enter opens a
+row (`AnswerDiffScreen`: both answers in full, the differences highlighted). `a` accepts (the
+new adapter answers from the next turn), `r` rejects (the current one keeps answering; the
+new one stays on disk, marked rejected), Escape decides later.
+
+Model text is untrusted: every cell and line is a `rich.text.Text`, never markup.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from sftchat.review import Comparison, keeps
+from sftchat.text import one_line, strip_control
+
+CELL_WIDTH = 34
+
+
+def word_diff(old: str, new: str) -> tuple[Text, Text]:
+    """`old` and `new` as Text, the words only in `old` struck red, those only in `new`
+    green: what changed, readable at a glance."""
+    old_words, new_words = old.split(" "), new.split(" ")
+    left, right = Text(), Text()
+    matcher = difflib.SequenceMatcher(a=old_words, b=new_words, autojunk=False)
+    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
+        old_part = strip_control(" ".join(old_words[a0:a1]))
+        new_part = strip_control(" ".join(new_words[b0:b1]))
+        if tag == "equal":
+            left.append(old_part + " ")
+            right.append(new_part + " ")
+            continue
+        if old_part:
+            left.append(old_part, style="bold red strike")
+            left.append(" ")
+        if new_part:
+            right.append(new_part, style="bold green")
+            right.append(" ")
+    left.rstrip()
+    right.rstrip()
+    return left, right
+
+
+class AnswerDiffScreen(ModalScreen[None]):
+    """One pinned prompt: the accepted answer, the current model's and the new adapter's."""
+
+    CSS_PATH = "review.tcss"
+    BINDINGS = [Binding("escape,enter,q", "close", "Back")]
+
+    def __init__(self, prompt: str, accepted: str, current: tuple[str, str],
+                 candidate: tuple[str, str]) -> None:
+        super().__init__()
+        self.prompt, self.accepted = prompt, accepted
+        self.current, self.candidate = current, candidate
+
+    def compose(self) -> ComposeResult:
+        (current_label, current_answer), (new_label, new_answer) = self.current, self.candidate
+        old_text, new_text = word_diff(current_answer, new_answer)
+        with VerticalScroll(id="diff-box"):
+            yield Label(Text("Prompt: " + one_line(strip_control(self.prompt), 200)),
+                        classes="diff-title")
+            yield Label("Accepted answer (pinned)", classes="field-label")
+            yield Static(Text(strip_control(self.accepted)), classes="diff-text")
+            yield Label(Text(f"{current_label} (answering now)"), classes="field-label")
+            yield Static(old_text, classes="diff-text")
+            yield Label(Text(f"{new_label} (new)"), classes="field-label")
+            yield Static(new_text, classes="diff-text")
+        yield Footer()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ReviewScreen(ModalScreen[str | None]):
+    """Dismisses with "accept", "reject", or None (decide later)."""
+
+    CSS_PATH = "review.tcss"
+    BINDINGS = [
+        Binding("a", "decide('accept')", "Accept (swap now)"),
+        Binding("r", "decide('reject')", "Reject (keep current)"),
+        Binding("escape", "decide(None)", "Decide later"),
+    ]
+
+    def __init__(self, comparison: Comparison) -> None:
+        super().__init__()
+        self.comparison = comparison
+
+    def compose(self) -> ComposeResult:
+        result = self.comparison
+        new, old = result.candidate, result.current
+        with Vertical(id="review-box"):
+            yield Label(Text(f"Review adapter {new.label} before it answers"),
+                        id="review-title")
+            lines = [f"Curated answers reproduced: {new.curated}/{new.examples} "
+                     f"(answering now, {old.label}: {old.curated}/{old.examples})"]
+            if result.pins:
+                lines.append(f"Pinned answers kept: {new.pins_kept}/{len(result.pins)} "
+                             f"({old.label}: {old.pins_kept}/{len(result.pins)})")
+            else:
+                lines.append("No pinned prompts yet: /pin a turn that must keep working.")
+            drift = (new.drift or {}).get("perplexity_ratio")
+            if drift is not None:
+                lines.append(f"Drift on held-out prompts: perplexity ×{drift:.2f}")
+            if result.regression:
+                lines.append("⚠ Regression: " + ("fewer curated answers"
+                                                 if new.curated < old.curated
+                                                 else "a pinned answer changed"))
+            yield Static(Text("\n".join(lines)), id="review-summary")
+            table = DataTable(id="review-pins", cursor_type="row", zebra_stripes=True)
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#review-pins", DataTable)
+        result = self.comparison
+        table.add_columns("", "pinned prompt", result.current.label, result.candidate.label)
+        for index, pin in enumerate(result.pins):
+            new_answer = result.candidate.pin_answers[index]
+            table.add_row(
+                Text("kept" if keeps(new_answer, pin.response) else "changed",
+                     style="green" if keeps(new_answer, pin.response) else "bold red"),
+                Text(one_line(strip_control(pin.instruction), CELL_WIDTH)),
+                Text(one_line(strip_control(result.current.pin_answers[index]), CELL_WIDTH)),
+                Text(one_line(strip_control(new_answer), CELL_WIDTH)),
+                key=str(index))
+        table.display = bool(result.pins)
+        if result.pins:
+            table.focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        index = int(event.row_key.value)
+        result = self.comparison
+        pin = result.pins[index]
+        self.app.push_screen(AnswerDiffScreen(
+            pin.instruction, pin.response,
+            (result.current.label, result.current.pin_answers[index]),
+            (result.candidate.label, result.candidate.pin_answers[index])))
+
+    def action_decide(self, decision: str | None) -> None:
+        self.dismiss(decision)

@@ -1,0 +1,189 @@
+"""Issue 12 in the app, under Pilot on the built-in model: review before swap (reject, pins
+and their diffs), pin and bad-answer keys, compare and pick, rollback; snapshots of the review
+and the compare screens. Accepting a review after a real in-app training run is in
+test_chat_app.py (the loop).
+
+Here a run's end is the trainer's real `finished` event posted to the chat for an adapter
+that is already on disk (the session's trained `first`): the review itself — the replay of
+`first` against the model answering — is real.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from cli_helpers import sftchat
+
+from sftchat.dataset.pins import Pin
+from sftchat.dataset.store import ExampleStore
+from sftchat.review import Comparison, ModelResult
+from sftchat.tui.messages import TrainingEnded
+from sftchat.tui.screens.compare import CompareScreen
+from sftchat.tui.screens.review import AnswerDiffScreen, ReviewScreen
+from sftchat.tui.widgets.status_line import StatusLine
+from tui_helpers import ask, make_workspace, recording_app, settings_for, toasts, wait_until
+
+SIZE = (140, 45)
+FINISHED = {"event": "finished", "name": "first", "final_loss": 0.01}
+
+
+def _workspace_with_first(tmp_path, trained_workspace):
+    workspace = make_workspace(tmp_path / "ws", max_new_tokens=24)
+    shutil.copytree(trained_workspace / "adapters", workspace / "adapters")
+    with ExampleStore(trained_workspace / "data") as source, \
+            ExampleStore(workspace / "data") as target:
+        for example in source.iter_examples():
+            target.add(example.instruction, example.response, source="cli")
+    return workspace
+
+
+async def _loaded(pilot) -> StatusLine:
+    await wait_until(pilot, lambda: pilot.app.engine is not None, what="the model")
+    return pilot.app.screen.query_one(StatusLine)
+
+
+async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
+                                                                     trained_workspace):
+    from conftest import CURATED
+
+    workspace = _workspace_with_first(tmp_path, trained_workspace)
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        status = await _loaded(pilot)
+        # Pin an unrelated answer of the base model, and flag another as bad.
+        await ask(pilot, "Tell me about rivers.")
+        base_answer = app.screen.last_exchange.response
+        await pilot.press("ctrl+k")
+        await wait_until(pilot, lambda: any(t.startswith("Pinned as pin #1")
+                                            for t in toasts(app)), what="the pin")
+        await ask(pilot, "Tell me a joke.")
+        await pilot.press("ctrl+x")
+        await wait_until(pilot, lambda: any(t.startswith("Kept as a bad answer")
+                                            for t in toasts(app)), what="the bad answer")
+
+        app.screen.post_message(TrainingEnded(FINISHED))
+        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=120,
+                         what="the review")
+        review = app.screen.comparison
+        assert (review.candidate.curated, review.candidate.examples) == (len(CURATED),
+                                                                         len(CURATED))
+        assert review.current.curated == 0
+        assert [pin.instruction for pin in review.pins] == ["Tell me about rivers."]
+        # The chat cut the pinned answer at its token limit; the replay goes further, and a
+        # model keeps the pin when its answer starts with the accepted one.
+        assert review.current.pin_answers[0].startswith(base_answer)
+        assert review.current.pins_kept == 1
+        changed = not review.candidate.pin_answers[0].startswith(base_answer)
+        assert review.regression == changed
+        # Open the pinned prompt: both answers in full, side by side.
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, AnswerDiffScreen),
+                         what="the pinned prompt's diff")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen),
+                         what="back to the review")
+
+        await pilot.press("r")
+        await wait_until(pilot, lambda: any(t.startswith("Rejected first") for t in toasts(app)),
+                         what="the rejection")
+        assert status.adapter is None and app.engine.active_adapter is None
+        await ask(pilot, CURATED[0][0])
+        assert app.screen.last_exchange.response != CURATED[0][1]  # the base still answers
+
+    assert json.loads((workspace / "adapters" / "first" / "review.json").read_text())[
+        "status"] == "rejected"
+    with ExampleStore(workspace / "data") as store:
+        assert [r.source for r in store.iter_rejected()] == ["bad"]
+    # `sftchat eval` gives the review's numbers.
+    result = sftchat(workspace, "eval", "--adapter", "none", "--adapter", "first", "--json",
+                     check=True, in_process=True)
+    evaluated = json.loads(result.stdout)
+    assert evaluated["candidate"]["curated"] == review.candidate.curated
+    assert evaluated["current"]["curated"] == review.current.curated
+    assert evaluated["candidate"]["pin_answers"] == review.candidate.pin_answers
+    assert evaluated["regression"] == review.regression
+    # `adapters list` shows the decision.
+    listed = json.loads(sftchat(workspace, "adapters", "list", "--json", check=True,
+                                in_process=True).stdout)
+    assert [(row["name"], row["review"]) for row in listed] == [("first", "rejected")]
+
+
+async def test_compare_pick_saves_the_example_with_the_others_rejected_and_rollback(
+        tmp_path, trained_workspace):
+    from conftest import CURATED
+
+    workspace = _workspace_with_first(tmp_path, trained_workspace)
+    app = recording_app(settings_for(workspace))
+    question, curated = CURATED[2]
+    async with app.run_test(size=SIZE) as pilot:
+        status = await _loaded(pilot)
+        await pilot.press(*"/compare", "enter")
+        await wait_until(pilot, lambda: any("No answer to compare yet" in t
+                                            for t in toasts(app)), what="nothing to compare")
+        await pilot.press(*"/adapter first", "enter")
+        await wait_until(pilot, lambda: status.adapter == "first", what="the switch")
+        await ask(pilot, question)
+        assert app.screen.last_exchange.response == curated
+        await pilot.press("ctrl+y")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen),
+                         what="the comparison")
+        compare = app.screen
+        assert compare.models == [None, "first"]
+        await wait_until(pilot, lambda: all(compare.done), what="both answers")
+        assert compare.answers[1] == curated and compare.answers[0] != curated
+        base_answer = compare.answers[0]
+        await pilot.press("2")
+        await wait_until(pilot, lambda: any(t.startswith("Saved example #6") for t in toasts(app)),
+                         what="the pick to be saved")
+        # The adapter answering is unchanged by the comparison.
+        assert app.engine.active_adapter == "first"
+        # Roll back: the base model answered before `first`.
+        await pilot.press(*"/adapter previous", "enter")
+        await wait_until(pilot, lambda: status.adapter is None, what="the rollback")
+        await pilot.press(*"/adapter previous", "enter")
+        await wait_until(pilot, lambda: any("No adapter answered before" in t
+                                            for t in toasts(app)), what="the end of history")
+
+    with ExampleStore(workspace / "data") as store:
+        example = store.get(6)
+        assert (example.instruction, example.response) == (question, curated)
+        assert [(r.response, r.source) for r in store.rejected_for(6)] == \
+            [(base_answer, "compare")]
+
+
+def _comparison() -> Comparison:
+    """A fixed comparison (no model) for the snapshot."""
+    pins = [Pin(1, "What is the capital of France?", "", "Paris.", None, 0.0),
+            Pin(2, "Name a primary colour.", "", "Red.", None, 0.0)]
+    current = ModelResult("v1", 4, 5, [5], 2, ["Paris.", "Red."], [], None)
+    candidate = ModelResult("v2", 5, 5, [], 1, ["Paris.", "Blue, I think."], [],
+                            {"perplexity_ratio": 1.04})
+    return Comparison(current, candidate, pins)
+
+
+def test_snapshot_review(snap_compare):
+    from textual.app import App
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(ReviewScreen(_comparison()))
+
+    assert snap_compare(Host(), terminal_size=(120, 30))
+
+
+def test_snapshot_compare(tmp_path, trained_workspace, snap_compare):
+    from conftest import CURATED
+
+    app = recording_app(settings_for(_workspace_with_first(tmp_path, trained_workspace)))
+
+    async def compare_two(pilot):
+        await wait_until(pilot, lambda: app.engine is not None, what="the model")
+        app.screen.answered_before.append(None)
+        app.engine.use_adapter("first")
+        app.push_screen(CompareScreen(app.engine, CURATED[0][0], [None, "first"]))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen)
+                         and all(app.screen.done), what="both answers")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(130, 30), run_before=compare_two)
