@@ -101,6 +101,12 @@ def test_list_json_is_ordered_by_finished_at_with_summary_fields(three):
         "replay": REPLAY,
         "drift": DRIFT,
         "path": str((three / "adapters" / "alpha").resolve()),
+        # Lineage: compared with the adapter before it (these have no train.jsonl, so no
+        # data to compare), no parent, not reviewed.
+        "parent": None,
+        "compared_with": "mid",
+        "dataset_change": {"added": [], "removed": [], "edited": []},
+        "review": None,
     }
 
 

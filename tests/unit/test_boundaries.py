@@ -93,5 +93,5 @@ def test_import_contracts_hold_statically():
             broken.append(f"{module} imports textual")
     assert broken == []
     # The check reads real imports: the chat screen does import the core.
-    chat = dict(_package_modules())["sftchat.tui.screens.chat"]
+    chat = dict(_package_modules())["sftchat.tui.screens.chat_models"]
     assert _uses(_imports(chat), "sftchat.training.options")
