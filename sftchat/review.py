@@ -15,7 +15,9 @@ For each model compared (an adapter, or the base), on one loaded engine:
 - **drift**: what the adapter's own training run measured on held-out prompts (sftchat.json).
 
 A *regression* is a candidate that reproduces fewer curated answers than the current model,
-or no longer gives a pin's accepted answer.
+or loses a pin the current model keeps. (An accepted answer that was sampled, at a
+temperature above 0, may not be the greedy answer of any model: such a pin is shown, with
+whether the new adapter answers it as the current one does, but cannot be lost.)
 
 No Textual here; the engine's lock is held per model, so a chat answer can still come in
 between (it waits, it is not mixed in).
@@ -67,9 +69,18 @@ class Comparison:
 
     @property
     def broken_pins(self) -> list[int]:
-        """Indexes of the pins whose accepted answer the candidate does not give."""
+        """Indexes of the pins the current model keeps and the candidate loses."""
         return [i for i, pin in enumerate(self.pins)
-                if not keeps(self.candidate.pin_answers[i], pin.response)]
+                if keeps(self.current.pin_answers[i], pin.response)
+                and not keeps(self.candidate.pin_answers[i], pin.response)]
+
+    def pin_status(self, index: int) -> str:
+        """"kept" (the accepted answer), "same" (as the current model answers) or
+        "changed"."""
+        new = self.candidate.pin_answers[index]
+        if keeps(new, self.pins[index].response):
+            return "kept"
+        return "same" if new == self.current.pin_answers[index] else "changed"
 
     @property
     def regression(self) -> bool:

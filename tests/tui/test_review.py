@@ -172,18 +172,42 @@ def test_snapshot_review(snap_compare):
     assert snap_compare(Host(), terminal_size=(120, 30))
 
 
-def test_snapshot_compare(tmp_path, trained_workspace, snap_compare):
-    from conftest import CURATED
+class _FixedAnswers:
+    """Stands in for the engine in the compare snapshot only: the built-in model's random
+    weights give answers that change with the number of CPU threads (near ties), which a
+    picture cannot follow. The compare flow on the real engine is tested above."""
 
-    app = recording_app(settings_for(_workspace_with_first(tmp_path, trained_workspace)))
+    def __init__(self, answers: dict):
+        self.answers = answers
+        self.model = None
 
-    async def compare_two(pilot):
-        await wait_until(pilot, lambda: app.engine is not None, what="the model")
-        app.screen.answered_before.append(None)
-        app.engine.use_adapter("first")
-        app.push_screen(CompareScreen(app.engine, CURATED[0][0], [None, "first"]))
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen)
-                         and all(app.screen.done), what="both answers")
+    def using(self, model):
+        import contextlib
+
+        self.model = model
+        return contextlib.nullcontext()
+
+    def generate(self, question, cancel=None):
+        from sftchat.engine import Generation
+
+        text = self.answers[self.model]
+        return Generation(pieces=iter([text]), text=text)
+
+
+def test_snapshot_compare(snap_compare):
+    from textual.app import App
+
+    engine = _FixedAnswers({None: "The capital of France is Lyon, I believe.", "v1": "Paris.",
+                            "v2": "Paris, on the Seine."})
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(CompareScreen(engine, "What is the capital of France?",
+                                           [None, "v1", "v2"]))
+
+    async def answered(pilot):
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, CompareScreen)
+                         and all(pilot.app.screen.done), what="the answers")
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(130, 30), run_before=compare_two)
+    assert snap_compare(Host(), terminal_size=(130, 30), run_before=answered)

@@ -2,7 +2,8 @@
 
 `ReviewScreen` shows a `review.Comparison` (computed in the background by the chat screen):
 how many curated answers each model reproduces, the drift its training measured, and one
-row per pinned prompt — kept or changed, with the current and the new answer. Enter opens a
+row per pinned prompt — kept (the accepted answer), same (as the current model answers) or
+changed — with the current and the new answer. Enter opens a
 row (`AnswerDiffScreen`: both answers in full, the differences highlighted). `a` accepts (the
 new adapter answers from the next turn), `r` rejects (the current one keeps answering; the
 new one stays on disk, marked rejected), Escape decides later.
@@ -21,7 +22,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from sftchat.review import Comparison, keeps
+from sftchat.review import Comparison
 from sftchat.text import one_line, strip_control
 
 CELL_WIDTH = 34
@@ -124,11 +125,12 @@ class ReviewScreen(ModalScreen[str | None]):
         table = self.query_one("#review-pins", DataTable)
         result = self.comparison
         table.add_columns("", "pinned prompt", result.current.label, result.candidate.label)
+        styles = {"kept": "green", "same": "yellow", "changed": "bold red"}
         for index, pin in enumerate(result.pins):
             new_answer = result.candidate.pin_answers[index]
+            status = result.pin_status(index)
             table.add_row(
-                Text("kept" if keeps(new_answer, pin.response) else "changed",
-                     style="green" if keeps(new_answer, pin.response) else "bold red"),
+                Text(status, style=styles[status]),
                 Text(one_line(strip_control(pin.instruction), CELL_WIDTH)),
                 Text(one_line(strip_control(result.current.pin_answers[index]), CELL_WIDTH)),
                 Text(one_line(strip_control(new_answer), CELL_WIDTH)),
