@@ -93,7 +93,7 @@ class Comparison:
                  f"({old.label}: {old.curated}/{old.examples})"]
         if self.pins:
             parts.append(f"keeps {new.pins_kept}/{len(self.pins)} pinned answers "
-                         f"({old.label}: {old.pins_kept})")
+                         f"({old.label}: {old.pins_kept}/{len(self.pins)})")
         if new.drift and new.drift.get("perplexity_ratio") is not None:
             parts.append(f"drift ×{new.drift['perplexity_ratio']:.2f} perplexity")
         return f"{new.label}: " + "; ".join(parts)

@@ -362,9 +362,13 @@ class ChatScreen(ModelsMixin, Screen):
         turn = self._finished_turn("pin")
         if turn is not None:
             adapter = self.app.engine.active_adapter if self.app.engine else None
+            # Reviews ask a pinned prompt alone, as adapters are trained: an answer given
+            # after earlier turns may have leaned on them.
+            alone = "" if len(self.turns) <= 1 else (
+                " It is replayed alone, without the earlier turns of this conversation.")
             self.write_store(lambda store: (
                 f"Pinned as pin #{store.pins.add(turn.instruction, turn.response, adapter=adapter)}"
-                ": every new adapter is checked against this answer before it answers."))
+                ": every new adapter is checked against this answer before it answers." + alone))
 
     def action_bad_answer(self) -> None:
         """Keep the last answer as a rejected one, with no replacement (preference data)."""
