@@ -43,7 +43,7 @@ from sftchat.training.batching import count_learned
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
 from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
-from sftchat.training.regularizer import Regularizer
+from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
 
@@ -404,11 +404,37 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):])
 
 
+def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> None:
+    """On CUDA, refuse a run that cannot fit beside what the GPU already holds (the chat's
+    model included) before its first step, with what to change (`training.memory`)."""
+    if run.loaded.device != "cuda":
+        return
+    import torch
+
+    from sftchat.training.memory import check_fits, estimate
+
+    batches = [[run.encoded[i] for i in batch] for plan in run.plans
+               for batch in plan.micro_batches]
+    if run.regularizer is not None:  # a step's anchors: at most PER_STEP, the longest
+        batches.append(sorted(run.regularizer.anchors, key=lambda e: -len(e.input_ids))
+                       [:PER_STEP])
+    tokens = max(len(batch) * max(len(e.input_ids) for e in batch) for batch in batches)
+    learned = max(sum(e.num_learned for e in batch) for batch in batches)
+    needed = estimate(run.loaded.model.config, _lora_shape(training, run.source)["rank"],
+                      tokens, learned,
+                      _use_gradient_checkpointing(training, run.loaded.device))
+    problem = check_fits(needed, torch.cuda.mem_get_info(run.loaded.model.device)[0],
+                         run.schedule.batch_size, training.max_length)
+    if problem:
+        raise TrainingError(problem)
+
+
 def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event):
     """Wrap the base with LoRA, train, then measure replay and drift: (model, metrics,
     evaluation)."""
     import torch
 
+    _check_gpu_memory(run, training)
     model = _wrap_with_lora(run.loaded, training, run.source)
     try:
         metrics, loss_function = _train_loop(

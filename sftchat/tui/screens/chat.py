@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 from sftchat.dataset.store import ExampleStore
 from sftchat.errors import SftchatError
 from sftchat.prompts import Turn
+from sftchat.training.memory import gpu_memory_text
 from sftchat.tui.messages import (
     ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted, StoreWritten,
 )
@@ -36,6 +37,8 @@ from sftchat.tui.widgets.training_panel import TrainingPanel
 
 # A save still waiting after this long says why (another process holds the dataset's lock).
 SLOW_SAVE_NOTICE_S = 1.0
+# How often the status line reads the GPU's memory (a driver query, microseconds).
+GPU_MEMORY_POLL_S = 2.0
 
 
 def error_line(exc: BaseException) -> str:
@@ -135,9 +138,19 @@ class ChatScreen(ModelsMixin, Screen):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.app.engine = message.engine
         self.status.model = message.engine.loaded.describe()
+        if message.engine.loaded.device == "cuda":
+            # The chat and the trainer share the GPU: its memory stays in view.
+            self._show_gpu_memory()
+            self.set_interval(GPU_MEMORY_POLL_S, self._show_gpu_memory)
         pending, self.pending = self.pending, []
         if pending:
             self.start_answer("\n\n".join(pending), show_user=False)
+
+    def _show_gpu_memory(self) -> None:
+        import torch  # loaded already: the engine runs on it
+
+        free, total = torch.cuda.mem_get_info(self.app.engine.loaded.model.device)
+        self.status.gpu_memory = gpu_memory_text(free, total)
 
     def _model_load_failed(self, error: str) -> None:
         self.model_error = error

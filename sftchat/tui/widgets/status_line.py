@@ -1,5 +1,5 @@
 """The status line: what is answering (model, quantization, device, adapter), the dataset
-size and the training state — always current."""
+size, the training state and, on a GPU, its memory in use and total — always current."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class StatusLine(Static):
     examples = reactive(0)
     training = reactive("idle")
     generating = reactive(False)
+    gpu_memory = reactive("")   # e.g. "GPU 12.3/79.6 GiB"; empty on a CPU
 
     def render(self) -> Text:
         text = Text()
@@ -24,4 +25,6 @@ class StatusLine(Static):
         text.append(f"  dataset: {self.examples} examples")
         text.append("  training: ")
         text.append(self.training, style="bold magenta" if self.training != "idle" else "")
+        if self.gpu_memory:
+            text.append(f"  {self.gpu_memory}")
         return text

@@ -1,0 +1,90 @@
+"""Issue 13, item 5: a run that cannot fit on the GPU beside the chat's model is refused
+before its first step, with what to change; the status line shows the GPU's memory.
+
+The estimate is pure arithmetic on a model config and is tested as such. The refusal needs a
+GPU's free memory: no GPU runs here, so `torch.cuda.mem_get_info` is replaced (the only fake)
+and the trainer's check runs on a run prepared as `setup` prepares it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from transformers import LlamaConfig
+
+from sftchat.config import TrainingSettings
+from sftchat.prompts import IGNORE_INDEX, EncodedExample
+from sftchat.training.memory import (GIB, check_fits, estimate, gpu_memory_text,
+                                     lora_parameters)
+from sftchat.training.schedule import StepPlan
+
+LLAMA_3_8B = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+
+
+def test_lora_parameters_match_the_published_count_for_llama_3_8b():
+    # r=16 on every linear layer of Llama-3-8B: 41,943,040 trainable parameters (PEFT's
+    # print_trainable_parameters for this configuration).
+    assert lora_parameters(LLAMA_3_8B, 16) == 41_943_040
+
+
+def test_the_estimate_grows_with_the_batch_and_checkpointing_saves_activations():
+    small = estimate(LLAMA_3_8B, 16, tokens=4 * 512, learned_tokens=4 * 64,
+                     gradient_checkpointing=False)
+    large = estimate(LLAMA_3_8B, 16, tokens=8 * 1024, learned_tokens=8 * 128,
+                     gradient_checkpointing=False)
+    saved = estimate(LLAMA_3_8B, 16, tokens=8 * 1024, learned_tokens=8 * 128,
+                     gradient_checkpointing=True)
+    assert small.total < large.total
+    assert saved.activation_bytes < large.activation_bytes / 10
+    assert saved.lora_bytes == large.lora_bytes == 41_943_040 * 16
+    # Logits only at learned positions, fp32 with their gradient: 8 GiB-class vocabularies
+    # make them matter.
+    assert large.logit_bytes == 8 * 128 * 128256 * 8
+    assert "GiB (LoRA and optimizer" in large.describe()
+
+
+def test_check_fits_says_what_to_change():
+    needed = estimate(LLAMA_3_8B, 16, tokens=8 * 1024, learned_tokens=1024,
+                      gradient_checkpointing=False)
+    assert check_fits(needed, needed.total + 1, 8, 1024) is None
+    message = check_fits(needed, 2 * GIB, 8, 1024)
+    assert message.startswith("this run needs about ") and "2.0 GiB free" in message
+    for advice in ("--batch-size (now 8", "--max-length (now 1024)",
+                   "--gradient-checkpointing on", "CUDA_VISIBLE_DEVICES"):
+        assert advice in message
+
+
+def _prepared_run(device: str):
+    """A run as `trainer.setup` leaves it, on a Llama-3-8B-shaped model (no weights)."""
+    examples = [EncodedExample(input_ids=list(range(900)),
+                               labels=[IGNORE_INDEX] * 800 + list(range(100)))
+                for _ in range(8)]
+    model = SimpleNamespace(config=LLAMA_3_8B, device=device)
+    return SimpleNamespace(
+        loaded=SimpleNamespace(device=device, model=model), encoded=examples,
+        plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], regularizer=None,
+        schedule=SimpleNamespace(batch_size=8), source=None)
+
+
+def test_the_trainer_refuses_a_run_that_does_not_fit_beside_the_chat(monkeypatch):
+    import torch
+
+    from sftchat.training import trainer
+
+    free = {"bytes": 3 * GIB}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"],
+                                                                          80 * GIB))
+    training = TrainingSettings(gradient_checkpointing="off")
+    with pytest.raises(trainer.TrainingError, match="this run needs about .* 3.0 GiB free"):
+        trainer._check_gpu_memory(_prepared_run("cuda"), training)
+    free["bytes"] = 70 * GIB  # an empty 80 GB card: it fits
+    trainer._check_gpu_memory(_prepared_run("cuda"), training)
+    # On a CPU there is nothing to check (and no CUDA call is made).
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: pytest.fail("called"))
+    trainer._check_gpu_memory(_prepared_run("cpu"), training)
+
+
+def test_the_status_line_figure():
+    assert gpu_memory_text(free_bytes=60 * GIB, total_bytes=80 * GIB) == "GPU 20.0/80.0 GiB"
