@@ -12,6 +12,7 @@ answer at once.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import tempfile
@@ -42,20 +43,28 @@ class DatasetChange:
 
 def read_snapshot(info: AdapterInfo) -> dict[int, dict]:
     """The records an adapter was trained on, by example id ({} for adapters without one)."""
-    records: dict[int, dict] = {}
+    path = info.path / SNAPSHOT_FILE
     try:
-        lines = (info.path / SNAPSHOT_FILE).read_text(encoding="utf-8").splitlines()
+        stat = path.stat()
     except FileNotFoundError:
-        return records
-    for line in lines:
+        return {}
+    return dict(_read_snapshot(str(path), info.name, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _read_snapshot(path: str, name: str, mtime_ns: int, size: int) -> tuple:
+    # A published snapshot never changes: reading one of 50,000 records once per process
+    # (keyed by its mtime and size) keeps the adapters list and screen quick to reopen.
+    records = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            raise AdapterError(f"adapter {info.name!r} has a corrupted {SNAPSHOT_FILE}; "
-                               f"remove it with `sftchat adapters rm {info.name}`") from None
+            raise AdapterError(f"adapter {name!r} has a corrupted {SNAPSHOT_FILE}; "
+                               f"remove it with `sftchat adapters rm {name}`") from None
         if isinstance(record, dict) and isinstance(record.get("id"), int):
             records[record["id"]] = record
-    return records
+    return tuple(records.items())
 
 
 def dataset_change(before: AdapterInfo | None, after: AdapterInfo) -> DatasetChange:
