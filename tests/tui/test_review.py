@@ -61,6 +61,15 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         await pilot.press("ctrl+x")
         await wait_until(pilot, lambda: any(t.startswith("Kept as a bad answer")
                                             for t in toasts(app)), what="the bad answer")
+        # /pin N pins an earlier turn of the conversation (the same prompt: the same pin).
+        await pilot.press(*"/pin 3", "enter")
+        await wait_until(pilot, lambda: any(t.startswith("Usage: /pin [N]") for t in toasts(app)),
+                         what="the usage of /pin")
+        pinned_before = len([t for t in toasts(app) if t.startswith("Pinned as pin #1")])
+        await pilot.press(*"/pin 1", "enter")
+        await wait_until(pilot, lambda: len([t for t in toasts(app) if t.startswith(
+            "Pinned as pin #1")]) > pinned_before, what="the pin of turn 1")
+        assert not toasts(app)[-1].endswith("without the earlier turns of this conversation.")
 
         app.screen.post_message(TrainingEnded(FINISHED))
         await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=120,

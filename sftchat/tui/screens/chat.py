@@ -370,14 +370,22 @@ class ChatScreen(ModelsMixin, Screen):
         self.refresh_dataset_size()
         self.notify(message.text, markup=False)
 
-    def action_pin(self) -> None:
-        """Pin the last turn: its answer must keep working (replayed before every swap)."""
+    def action_pin(self, number: str = "") -> None:
+        """Pin the last turn (or turn `number` of this conversation, from 1): its answer must
+        keep working (replayed before every swap)."""
         turn = self._finished_turn("pin")
+        if turn is not None and number:
+            if not number.isdigit() or not 1 <= int(number) <= len(self.turns):
+                self.notify(f"Usage: /pin [N], N a turn of this conversation (1–"
+                            f"{len(self.turns)}).", markup=False)
+                return
+            turn = self.turns[int(number) - 1]
         if turn is not None:
             adapter = self.app.engine.active_adapter if self.app.engine else None
             # Reviews ask a pinned prompt alone, as adapters are trained: an answer given
             # after earlier turns may have leaned on them.
-            alone = "" if len(self.turns) <= 1 else (
+            earlier = self.turns.index(turn) if turn in self.turns else 0
+            alone = "" if earlier == 0 else (
                 " It is replayed alone, without the earlier turns of this conversation.")
             self.write_store(lambda store: (
                 f"Pinned as pin #{store.pins.add(turn.instruction, turn.response, adapter=adapter)}"
@@ -445,6 +453,8 @@ class ChatScreen(ModelsMixin, Screen):
                         "/compare": self.action_compare})
         if command == "/train" and argument:
             self.train_with_options(argument)
+        elif command == "/pin" and argument:
+            self.action_pin(argument)
         elif command == "/adapter":
             if not argument:
                 self.notify("Usage: /adapter NAME|latest|previous|none", markup=False)

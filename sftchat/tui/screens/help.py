@@ -18,7 +18,7 @@ Chat → curate → train → chat again, without leaving the terminal.
 | `/train [OPTIONS]` | ctrl+t | train an adapter in the background; options as for sftchat train, e.g. --name v2 --epochs 3; --auto-swap skips the review |
 | `/cancel` | ctrl+b | stop the running training |
 | `/adapter NAME\\|latest\\|previous\\|none` | | answer with that adapter (previous: the one that answered before; none: the base model) |
-| `/pin` | ctrl+k | pin the last answer: every new adapter is checked against it before it answers |
+| `/pin [N]` | ctrl+k | pin the last answer (or turn N of this conversation): every new adapter is checked against it before it answers |
 | `/bad` | ctrl+x | keep the last answer as a bad one (preference data) |
 | `/compare` | ctrl+y | the last prompt answered by the base, the previous and the active adapter; 1/2/3 saves the best |
 | `/adapters` | F3 | list adapters and switch |
