@@ -44,6 +44,7 @@ class SwapResult:
     name: str | None     # the adapter now answering; None is the base model
     loaded: bool         # True when its weights were read from disk just now
     seconds: float
+    info: AdapterInfo | None = None  # its metadata (None: the base model)
 
 
 @dataclass
@@ -139,7 +140,8 @@ class ChatEngine:
         with self._lock:
             loaded = info is not None and self.slots.load(info)
             self.slots.activate(info.name if info else None)
-        return SwapResult(info.name if info else None, loaded, time.perf_counter() - started)
+        return SwapResult(info.name if info else None, loaded, time.perf_counter() - started,
+                          info)
 
     @contextlib.contextmanager
     def using(self, name: str | None) -> Iterator[AdapterInfo | None]:
@@ -149,10 +151,8 @@ class ChatEngine:
         with self._lock:
             previous = self.slots.active
             swapped = self.use_adapter(name)
-            info = adapter_registry.resolve(self.adapters_dir, swapped.name) \
-                if swapped.name else None
             try:
-                yield info
+                yield swapped.info
             finally:
                 self.slots.activate(previous)
 
