@@ -129,6 +129,17 @@ def _add_train_parser(sub, common) -> None:
     add_train_options(train)
     train.add_argument("--json", action="store_true",
                        help="one JSON event per line on stdout")
+    machines = train.add_argument_group(
+        "several machines", "Passed to torchrun's rendezvous. Run the same command on every "
+        "machine, each with its own --node-rank; machine 0 holds the dataset and publishes the "
+        "adapter, the others need the same model (README: Training on several GPUs or "
+        "machines).")
+    machines.add_argument("--nnodes", type=int, default=1, metavar="K",
+                          help="machines taking part (default: 1)")
+    machines.add_argument("--node-rank", type=int, default=0, metavar="I",
+                          help="this machine's number, 0 to K-1 (default: 0)")
+    machines.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                          help="machine 0's address and a free port, where the machines meet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # `sftchat train --nproc N` runs these same arguments again as each of its ranks.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)
     try:
         from sftchat import commands

@@ -111,6 +111,9 @@ class TrainingSettings:
     gradient_checkpointing: str = _setting(
         "auto", "recompute activations in the backward pass (auto: on for CUDA)",
         choices=GRADIENT_CHECKPOINTING)
+    nproc: int | str = _setting(
+        1, "training processes on this machine, data-parallel through torchrun (gloo on CPU, "
+           "nccl on CUDA; one GPU each); auto: one per visible GPU, 1 on CPU")
 
 
 REGULARIZERS = next(f for f in fields(TrainingSettings) if f.name == "regularize") \
@@ -187,17 +190,18 @@ def _section(where: str, cls: type, table: Any) -> dict[str, Any]:
 
 
 def validate_training(settings: TrainingSettings, where: str = "training") -> TrainingSettings:
-    if isinstance(settings.epochs, str) and settings.epochs != AUTO:
-        raise ConfigError(f"{where}: epochs must be a positive number or \"auto\", "
-                          f"not {settings.epochs!r}")
+    for name in ("epochs", "nproc"):  # a positive number or "auto"
+        value = getattr(settings, name)
+        if (isinstance(value, str) and value != AUTO) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a positive number or \"auto\", "
+                              f"not {value!r}")
     if settings.regularize not in REGULARIZERS:
         raise ConfigError(f"{where}: regularize must be one of {', '.join(REGULARIZERS)}, "
                           f"not {settings.regularize!r}")
     if settings.rehearsal_weight < 0:
         raise ConfigError(f"{where}: rehearsal_weight must be 0 or more")
     positive = ("lr", "rank", "alpha", "batch_size", "grad_accum", "max_length", "min_steps")
-    if settings.epochs != AUTO:
-        positive = ("epochs", *positive)
+    positive += tuple(name for name in ("epochs", "nproc") if getattr(settings, name) != AUTO)
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{where}: {name} must be positive, not {getattr(settings, name)}")

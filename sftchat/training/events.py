@@ -4,6 +4,7 @@ Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order t
 
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
               template, regularize, lora {rank, alpha, dropout} (the adapter's shape),
+              ranks (training processes: 1, or N under torchrun),
               skipped_too_long (ids of examples whose answer alone exceeds max_length),
               truncated_prompts (ids of examples whose prompt was cut to fit), max_length
 - `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null), lr,
@@ -30,6 +31,7 @@ from typing import Callable, TextIO
 TERMINAL_EVENTS = ("finished", "cancelled", "failed")   # every run ends with exactly one
 EVENT_KINDS = ("started", "step", "epoch", *TERMINAL_EVENTS)
 Emit = Callable[[dict], None]
+EXIT_CANCELLED = 130   # `sftchat train`'s exit code after a cancel (as after SIGINT)
 
 
 def make_event(kind: str, **fields) -> dict:
@@ -98,6 +100,15 @@ def truncation_notice(event: dict) -> str | None:
     return "; ".join(notices) or None
 
 
+def placement(event: dict) -> str:
+    """Where a `started` run trains: "cpu", "cuda", "2 processes on cpu", "4 GPUs"."""
+    ranks = event.get("ranks") or 1
+    if ranks == 1:
+        return event["device"]
+    return f"{ranks} GPUs" if event["device"] == "cuda" else \
+        f"{ranks} processes on {event['device']}"
+
+
 def describe(event: dict) -> str | None:
     """A one-line human rendering of an event (None for events not worth a line)."""
     kind = event["event"]
@@ -108,7 +119,7 @@ def describe(event: dict) -> str | None:
             f"keeping what it knew by {keep}" if keep and keep != "off" else "") if part)
         line = (f"training {event['name']} on {event['examples']} examples"
                 f"{f' ({details})' if details else ''}: up to {event['total_steps']} steps "
-                f"on {event['device']}")
+                f"on {placement(event)}")
         notice = truncation_notice(event)
         return line + (f"\nnotice: {notice}" if notice else "")
     if kind == "step":

@@ -23,7 +23,7 @@ class TrainOptionsError(SftchatError, ValueError):
     """`/train` options the app cannot pass on (the message says which and what is accepted)."""
 
 
-def _epochs(text: str) -> int | str:
+def _count_or_auto(text: str) -> int | str:
     if text == AUTO:
         return text
     try:
@@ -51,8 +51,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         kwargs: dict = {"dest": spec.name, "default": None}
         if choices:
             kwargs["choices"] = choices
-        elif spec.name == "epochs":
-            kwargs.update(type=_epochs, metavar="N|auto")
+        elif spec.name in ("epochs", "nproc"):
+            kwargs.update(type=_count_or_auto, metavar="N|auto")
         else:
             kind = float if "float" in annotation else int if "int" in annotation else str
             kwargs.update(type=kind, metavar=spec.name.upper())

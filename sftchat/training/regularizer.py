@@ -18,6 +18,7 @@ between the reference and a step's forward because `learned_logits` is put in ex
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import EncodedExample
@@ -35,8 +36,18 @@ def in_example_order(out: LearnedLogits):
     return out.logits[order], out.targets[order], out.owners[order]
 
 
+@dataclass
+class AnchorStep:
+    """One step's anchors: the ones this rank computes, and the answer tokens of them all
+    (over every rank: the loss's normaliser)."""
+
+    indices: list[int]
+    learned: int
+
+
 class Regularizer:
-    """The anchor loss of one step: `step_loss(loss_function)` -> (tensor, tokens)."""
+    """The anchor loss of each step: `step_loss(forward, next_step())` -> (weighted loss to
+    backward, the loss's value, tokens processed)."""
 
     def __init__(self, kind: str, anchors: Sequence[EncodedExample], weight: float) -> None:
         self.kind = kind
@@ -45,11 +56,14 @@ class Regularizer:
         self.cursor = 0
         self.reference: list | None = None   # per anchor: (top-k ids, top-k log-probs)
 
-    def _next_indices(self) -> list[int]:
+    def next_step(self, ranks=None) -> AnchorStep:
+        """The next `PER_STEP` anchors of the cycle (every rank advances alike), of which
+        this rank computes its share (`ranks.deal`; alone: all of them)."""
         count = min(PER_STEP, len(self.anchors))
         indices = [(self.cursor + i) % len(self.anchors) for i in range(count)]
         self.cursor = (self.cursor + count) % len(self.anchors)
-        return indices
+        mine = ranks.deal(indices) if ranks is not None else indices
+        return AnchorStep(mine, sum(self.anchors[i].num_learned for i in indices))
 
     def prepare(self, loss_function, model, batch_size: int = 8) -> None:
         """For `distill`: the base's top-k distributions at every answer position."""
@@ -68,23 +82,22 @@ class Regularizer:
                     logp = torch.log_softmax(top.values[rows], dim=-1)  # renormalised
                     self.reference.append((top.indices[rows], logp))
 
-    def step_loss(self, loss_function):
-        """The weighted anchor loss for this step (backward it) and the tokens processed."""
+    def step_loss(self, loss_function, step: AnchorStep | None = None):
+        """The weighted anchor loss of `step` (default: the next one) on this rank's anchors:
+        (the tensor to backward, its unweighted value, tokens processed)."""
         import torch
 
-        indices = self._next_indices()
-        batch = [self.anchors[i] for i in indices]
-        out = loss_function.learned_logits(batch)
-        learned = int(out.targets.numel())
+        step = step or self.next_step()
+        out = loss_function.learned_logits([self.anchors[i] for i in step.indices])
         if self.kind == "rehearsal":
-            loss = masked_loss_sum_of(out) / learned
+            loss = masked_loss_sum_of(out) / step.learned
         else:
             logits, _, _ = in_example_order(out)
-            ids = torch.cat([self.reference[i][0] for i in indices])
-            base_logp = torch.cat([self.reference[i][1] for i in indices])
+            ids = torch.cat([self.reference[i][0] for i in step.indices])
+            base_logp = torch.cat([self.reference[i][1] for i in step.indices])
             # Both distributions renormalised over the base's top-k: the loss and its gradient
             # are exactly zero where the adapter agrees with the base (a full-vocabulary
             # student against a truncated teacher would instead sharpen every answer).
             tuned_logp = torch.log_softmax(logits.float().gather(1, ids), dim=-1)
-            loss = (base_logp.exp() * (base_logp - tuned_logp)).sum() / learned
+            loss = (base_logp.exp() * (base_logp - tuned_logp)).sum() / step.learned
         return self.weight * loss, float(loss.detach()), out.tokens

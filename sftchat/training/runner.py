@@ -22,6 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sftchat.training.distributed import kill_hint
 from sftchat.training.events import TERMINAL_EVENTS, make_event, parse_event
 
 
@@ -99,14 +100,9 @@ class TrainerProcess:
                 how = (f"was killed by signal {-code}" if code < 0
                        else f"exited with code {code}")
                 detail = f": {last.strip()}" if last else ""
-                hint = ""
-                if code == -signal.SIGKILL:
-                    # Nobody here sent it: most often the kernel's out-of-memory killer.
-                    hint = (" (if the machine ran out of memory, retry with a smaller "
-                            "--batch-size or --max-length)")
                 self._deliver(make_event(
                     "failed",
-                    message=f"the trainer {how}{detail}; nothing was published{hint}"))
+                    message=f"the trainer {how}{detail}; nothing was published{kill_hint(code)}"))
         return code
 
     async def _read_events(self) -> None:

@@ -11,24 +11,27 @@ which isolates crashes and GPU memory and makes cancel a signal):
    adapter); AdamW on the LoRA weights; gradient accumulation; the loss is the summed masked
    cross-entropy divided by the number of learned tokens in the optimizer step, plus the
    same loss on a batch of the base's own answers (rehearsal, which keeps what it knew);
-   linear warm-up then cosine decay; gradient clipping; a fixed seed. A `step` event per
-   step; the run stops early once every curated answer is reproduced. Then `evaluation`
-   measures curated replay and drift on held-out prompts.
+   linear warm-up then cosine decay; gradient clipping; a fixed seed (the step loop is
+   `loop.train_loop`). A `step` event per step; the run stops early once every curated
+   answer is reproduced. Then `evaluation` measures curated replay and drift on held-out
+   prompts.
 3. save: PEFT files (safetensors), `sftchat.json` (with those measures), `train.jsonl`;
    then one atomic rename publishes `adapters/NAME/`. Any failure or cancel deletes the
    staging folder instead.
+
+Under torchrun (`sftchat train --nproc N`, see `distributed`) every rank runs these steps
+with its `Ranks`: rank 0 does everything above and sends the snapshot and the anchor answers
+to the others, which load the base, train their share of each step and publish nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import random
 import shutil
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,9 +43,10 @@ from sftchat.dataset.store import ExampleStore, snapshot_hash
 from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
 from sftchat.training.batching import count_learned
+from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
-from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
+from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
@@ -118,7 +122,12 @@ def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool
     return training.gradient_checkpointing == "on"
 
 
-def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
+def _wrap_with_lora(loaded, training: TrainingSettings, source,
+                    lora_shape: dict | None = None) -> object:
+    """LoRA on every linear layer (`lora_shape`, default the settings'), or the `--from`
+    adapter made trainable. A rank other than 0 makes a fresh LoRA of the adapter's shape:
+    DDP gives it rank 0's weights before the first step (its machine may not hold the
+    adapter)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     from sftchat.adapter_loading import lora_config
@@ -131,11 +140,12 @@ def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
             gradient_checkpointing_kwargs={"use_reentrant": False})
     elif checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
-    if from_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(from_adapter.path), is_trainable=True)
+    lora_shape = lora_shape or _lora_shape(training, None)
+    if source is not None:
+        model = PeftModel.from_pretrained(model, str(source.path), is_trainable=True)
     else:
-        model = get_peft_model(model, lora_config(training.rank, training.alpha,
-                                                  training.dropout))
+        model = get_peft_model(model, lora_config(lora_shape["rank"], lora_shape["alpha"],
+                                                  lora_shape["dropout"]))
     if loaded.device == "cpu":
         from sftchat.training.fast_dropout import use_fast_dropout
 
@@ -143,112 +153,7 @@ def _wrap_with_lora(loaded, training: TrainingSettings, from_adapter) -> object:
     return model
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:  # `step` = optimizer steps taken so far
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-# --------------------------------------------------------------------------- train
-
-# Early stopping asks every target token to beat the runner-up by this many logits (nats),
-# so that an answer learned exactly does not flip under cached decoding's arithmetic.
-EARLY_STOP_MARGIN = 1.0
-
-
-def _all_learned(loss_function, model, encoded) -> bool:
-    """Whether greedy decoding reproduces every example, each by a safe margin (eval mode)."""
-    model.eval()
-    try:
-        report = replay(loss_function, encoded)
-    finally:
-        model.train()
-    return all(report.exact) and min(report.margins) >= EARLY_STOP_MARGIN
-
-
-def _train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
-                emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None):
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
-    total = len(plans)
-    warmup = min(total - 1, round(training.warmup_ratio * total)) if total > 1 else 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
-    steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    # Per example: reproduced exactly at its latest training pass (read off the training
-    # logits for free; confirmed in eval mode before stopping early).
-    learned_now = [False] * len(encoded)
-    stopped_early = False
-    tokens_seen = 0
-    started = time.perf_counter()
-    model.train()
-    loss_function = LossFunction(model, pad_id, device)
-    loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
-    if regularizer is not None:
-        regularizer.prepare(loss_function, model)
-    index = 0
-    for index, plan in enumerate(plans, start=1):
-        step_examples = [encoded[i] for batch in plan.micro_batches for i in batch]
-        learned = count_learned(step_examples)
-        step_loss = 0.0
-        for batch in plan.micro_batches:
-            if stop.is_set():
-                raise TrainingCancelled("training cancelled; nothing was published")
-            out = loss_function.learned_logits([encoded[i] for i in batch])
-            loss = masked_loss_sum_of(out) / learned
-            loss.backward()
-            step_loss += loss.item()
-            tokens_seen += out.tokens
-            errors, _ = per_example_errors(out.logits.detach(), out.targets, out.owners,
-                                           len(batch))
-            for example_index, wrong in zip(batch, errors.tolist()):
-                learned_now[example_index] = wrong == 0
-        anchor_loss = None
-        if regularizer is not None and regularizer.weight > 0:
-            weighted, anchor_loss, anchor_tokens = regularizer.step_loss(loss_function)
-            weighted.backward()
-            anchor_loss = round(anchor_loss, 6)
-            tokens_seen += anchor_tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        epoch_losses.append(step_loss)
-        elapsed = time.perf_counter() - started
-        emit(make_event(
-            "step", step=index, total_steps=total,
-            epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
-            loss=round(step_loss, 6), anchor_loss=anchor_loss, lr=lr,
-            grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
-            examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
-            elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
-        ))
-        if index == total or plans[index].epoch != plan.epoch:
-            emit(make_event("epoch", epoch=plan.epoch + 1,
-                            loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
-            epoch_losses = []
-            if training.early_stop and index < total and all(learned_now) \
-                    and _all_learned(loss_function, model, encoded):
-                stopped_early = True
-                break
-    model.eval()
-    elapsed = time.perf_counter() - started
-    return {
-        "steps": index, "planned_steps": total, "stopped_early": stopped_early,
-        "warmup_steps": warmup, "final_loss": losses[-1],
-        "loss_curve": [round(loss, 6) for loss in losses],
-        "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
-        "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-        "batch_layout": loss_function.layout,
-    }, loss_function
+# --------------------------------------------------------------------------- train is in loop.py
 
 
 # --------------------------------------------------------------------------- save
@@ -290,12 +195,17 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
 
 def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
                  name: str | None = None, from_adapter: str | None = None,
-                 stop: threading.Event | None = None) -> Path:
-    """Train on the current dataset and publish `adapters/NAME`; return its path.
+                 stop: threading.Event | None = None, ranks: Ranks = SINGLE) -> Path | None:
+    """Train on the current dataset and publish `adapters/NAME`; return its path (on a rank
+    other than 0, which trains beside rank 0 and publishes nothing: None).
 
     Raises `TrainingError` (or `TrainingCancelled` when `stop` is set) with nothing published.
     """
     stop = stop or threading.Event()
+    if not ranks.is_main:
+        run = setup(settings, training, emit, None, ranks=ranks)
+        train(run, training, emit, stop, ranks)
+        return None
     adapters_dir = settings.adapters_dir
     if name:
         adapter_registry.check_name(name)
@@ -310,9 +220,11 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
         staging = adapter_registry.staging_dir(adapters_dir, name)
         staging.mkdir()
         try:
-            run = setup(settings, training, emit, name, source, staging)
-            model, metrics, evaluation = train(run, training, emit, stop)
+            run = setup(settings, training, emit, staging, name, source, ranks)
+            model, metrics, evaluation = train(run, training, emit, stop, ranks)
             save(run, training, model, metrics, evaluation)
+            if stop.is_set():  # asked during the evaluation or the save
+                raise TrainingCancelled("training cancelled; nothing was published")
             target = adapter_registry.publish(staging, adapters_dir, name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -329,7 +241,7 @@ class PreparedRun:
     """Everything `setup` prepares for `train` and `save`."""
 
     name: str
-    staging: Path
+    staging: Path | None      # rank 0's staging folder (None on the other ranks)
     started_at: str
     records: list[dict]       # the examples trained on (the snapshot less `skipped`)
     skipped: list[int]        # ids of examples too long for max_length
@@ -338,17 +250,10 @@ class PreparedRun:
     encoded: list
     schedule: Schedule
     plans: list
-    source: object            # the --from adapter's AdapterInfo, or None
+    source: object            # the --from adapter's AdapterInfo, or None (or not rank 0)
+    lora_shape: dict          # rank, alpha, dropout of the adapter being trained
     regularizer: Regularizer | None
     drift_anchors: list
-
-
-def _run_template(settings: Settings, source, tokenizer) -> str:
-    """An adapter continued with --from keeps the template it was trained with; otherwise
-    the setting (auto: the model's chat template if it has one, else Alpaca)."""
-    if source is not None and source.meta.get("template"):
-        return source.meta["template"]
-    return resolve_template(settings.template, tokenizer)
 
 
 def _lora_shape(training: TrainingSettings, source) -> dict:
@@ -361,11 +266,26 @@ def _lora_shape(training: TrainingSettings, source) -> dict:
     return {"rank": training.rank, "alpha": training.alpha, "dropout": training.dropout}
 
 
-def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str, source,
-          staging: Path) -> PreparedRun:
-    """Snapshot the data, load the base, answer the anchor prompts, plan the steps."""
+def _shared_plan(settings: Settings, training: TrainingSettings, staging: Path | None,
+                 name: str | None, source, ranks: Ranks) -> dict:
+    """What rank 0 decides for every rank: the snapshot trained on, the adapter's name and
+    LoRA shape, and the template a --from adapter keeps (None: the setting decides)."""
+    plan = None
+    if ranks.is_main:
+        plan = {"records": _snapshot(settings, staging), "name": name,
+                "lora_shape": _lora_shape(training, source),
+                "template": source.meta.get("template") if source is not None else None}
+    return ranks.broadcast(plan)
+
+
+def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: Path | None,
+          name: str | None = None, source=None, ranks: Ranks = SINGLE) -> PreparedRun:
+    """Snapshot the data, load the base, answer the anchor prompts, plan the steps.
+
+    On rank 0 only: the snapshot (sent to the other ranks), the anchor answers (likewise),
+    the `started` event."""
     started_at = _now_iso()
-    records = _snapshot(settings, staging)
+    shared = _shared_plan(settings, training, staging, name, source, ranks)
     from sftchat.models.loader import load_model
     import torch
 
@@ -374,15 +294,17 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
                         settings.trust_remote_code, progress=_progress_to_stderr)
     if source is not None:
         adapter_registry.check_base(source, loaded.identity)
-    template = _run_template(settings, source, loaded.tokenizer)
-    records, encoded, skipped = _encode_all(records, loaded.tokenizer, template,
+    # A --from adapter keeps the template it was trained with; otherwise the setting (auto:
+    # the model's chat template if it has one, else Alpaca).
+    template = shared["template"] or resolve_template(settings.template, loaded.tokenizer)
+    records, encoded, skipped = _encode_all(shared["records"], loaded.tokenizer, template,
                                             training.max_length, training.strict)
     schedule = fit_schedule(len(encoded), training)
     plans = plan_schedule(schedule, len(encoded), training.seed)
     # The base answers its anchor prompts before any adapter is attached (cached after the
-    # first run on this model).
+    # first run on this model); rank 0 answers for every rank.
     pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
-    answers = base_answers(loaded, template, pools)
+    answers = ranks.broadcast(base_answers(loaded, template, pools) if ranks.is_main else None)
     regularizer = None
     if training.regularize != "off":
         regularizer = Regularizer(training.regularize, answers[:len(REHEARSAL_PROMPTS)],
@@ -390,17 +312,17 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, name: str,
     truncated = [record["id"] for record, example in zip(records, encoded)
                  if example.prompt.truncated]
     emit(make_event(
-        "started", name=name, base_model=settings.model, examples=len(records),
+        "started", name=shared["name"], base_model=settings.model, examples=len(records),
         truncated_prompts=truncated, skipped_too_long=skipped,
         max_length=training.max_length, template=template,
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,
-        lora=_lora_shape(training, source), device=loaded.device,
+        lora=shared["lora_shape"], device=loaded.device, ranks=ranks.world_size,
     ))
-    return PreparedRun(name=name, staging=staging, started_at=started_at, records=records,
-                       skipped=skipped,
-                       loaded=loaded, template=template, encoded=encoded, schedule=schedule,
-                       plans=plans, source=source, regularizer=regularizer,
+    return PreparedRun(name=shared["name"], staging=staging, started_at=started_at,
+                       records=records, skipped=skipped, loaded=loaded, template=template,
+                       encoded=encoded, schedule=schedule, plans=plans, source=source,
+                       lora_shape=shared["lora_shape"], regularizer=regularizer,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):])
 
 
@@ -420,7 +342,7 @@ def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> None:
                        [:PER_STEP])
     tokens = max(len(batch) * max(len(e.input_ids) for e in batch) for batch in batches)
     learned = max(sum(e.num_learned for e in batch) for batch in batches)
-    needed = estimate(run.loaded.model.config, _lora_shape(training, run.source)["rank"],
+    needed = estimate(run.loaded.model.config, run.lora_shape["rank"],
                       tokens, learned,
                       _use_gradient_checkpointing(training, run.loaded.device))
     problem = check_fits(needed, torch.cuda.mem_get_info(run.loaded.model.device)[0],
@@ -429,23 +351,28 @@ def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> None:
         raise TrainingError(problem)
 
 
-def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event):
-    """Wrap the base with LoRA, train, then measure replay and drift: (model, metrics,
-    evaluation)."""
+def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event,
+          ranks: Ranks = SINGLE):
+    """Wrap the base with LoRA, train, then (rank 0) measure replay and drift: (model,
+    metrics, evaluation)."""
     import torch
 
     _check_gpu_memory(run, training)
-    model = _wrap_with_lora(run.loaded, training, run.source)
+    model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape)
     try:
-        metrics, loss_function = _train_loop(
+        metrics, loss_function = train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
-            run.loaded.model.device, emit, stop, run.regularizer)
+            run.loaded.model.device, emit, stop, run.regularizer, ranks)
         if stop.is_set():
-            raise TrainingCancelled("training cancelled; nothing was published")
+            raise StopRequested
+        if not ranks.is_main:
+            return model, metrics, None
         evaluation = {
             "replay": _final_replay(loss_function, run.encoded, run.records, training.seed),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
         }
+    except StopRequested:
+        raise TrainingCancelled("training cancelled; nothing was published") from None
     except torch.OutOfMemoryError as exc:
         raise TrainingError(
             f"CUDA ran out of memory at batch size {run.schedule.batch_size} and max length "

@@ -65,7 +65,8 @@ def _prepared_run(device: str):
     return SimpleNamespace(
         loaded=SimpleNamespace(device=device, model=model), encoded=examples,
         plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], regularizer=None,
-        schedule=SimpleNamespace(batch_size=8), source=None)
+        schedule=SimpleNamespace(batch_size=8), source=None,
+        lora_shape={"rank": 16, "alpha": 32, "dropout": 0.0})
 
 
 def test_the_trainer_refuses_a_run_that_does_not_fit_beside_the_chat(monkeypatch):

@@ -1,0 +1,170 @@
+"""The optimizer-step loop of one training run (on one rank of it, when there are several).
+
+Every step: the step's curated examples (this rank's share of them, `Ranks.share`) in
+micro-batches, each loss the summed masked cross-entropy divided by the number of learned
+tokens in the whole step (over every rank), gradients accumulated; then the step's anchor
+loss (`Regularizer`), gradient clipping, AdamW, and linear warm-up then cosine decay. One
+`step` event per step (rank 0). The run stops early once every curated answer is reproduced
+exactly, by a margin, under greedy decoding.
+
+With several ranks, the backward passes go through `DataParallel` (DDP sums the gradients at
+each rank's last backward of the step) and one all-reduce per step (`Ranks.sum`) gathers the
+loss, the tokens, which examples were reproduced, and whether any rank was asked to stop.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+from sftchat.config import TrainingSettings
+from sftchat.training.batching import count_learned
+from sftchat.training.distributed import SINGLE, DataParallel, Ranks
+from sftchat.training.evaluation import replay
+from sftchat.training.events import Emit, make_event
+from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
+from sftchat.training.regularizer import Regularizer
+
+# Early stopping asks every target token to beat the runner-up by this many logits (nats),
+# so that an answer learned exactly does not flip under cached decoding's arithmetic.
+EARLY_STOP_MARGIN = 1.0
+
+
+class StopRequested(Exception):
+    """A rank was asked to stop (every rank raises it at the same step boundary)."""
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:  # `step` = optimizer steps taken so far
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def all_learned(loss_function, model, encoded, ranks: Ranks = SINGLE) -> bool:
+    """Whether greedy decoding reproduces every example, each by a safe margin (eval mode);
+    each rank replays its share."""
+    model.eval()
+    try:
+        report = replay(loss_function, ranks.deal(encoded))
+    finally:
+        model.train()
+    good = all(report.exact) and min(report.margins, default=math.inf) >= EARLY_STOP_MARGIN
+    return ranks.sum([0.0 if good else 1.0])[0] == 0
+
+
+def _stop_everywhere(stop: threading.Event, ranks: Ranks) -> None:
+    """Raise `StopRequested` on every rank if any was asked to stop."""
+    if ranks.sum([1.0 if stop.is_set() else 0.0])[0] > 0:
+        raise StopRequested
+
+
+def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
+               emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None,
+               ranks: Ranks = SINGLE):
+    """Run every planned step (or stop early): (metrics, the loss function).
+
+    Raises `StopRequested` when `stop` is set (on any rank)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+    total = len(plans)
+    warmup = min(total - 1, round(training.warmup_ratio * total)) if total > 1 else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
+    steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
+    lengths = [len(example.input_ids) for example in encoded]
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    # Per example: reproduced exactly at its latest training pass (read off the training
+    # logits for free; confirmed in eval mode before stopping early).
+    learned_now = [False] * len(encoded)
+    stopped_early = False
+    tokens_seen = 0
+    started = time.perf_counter()
+    model.train()
+    loss_function = LossFunction(model, pad_id, device)
+    loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
+    if regularizer is not None:
+        regularizer.prepare(loss_function, model)
+    forward = DataParallel(loss_function, ranks)
+    _stop_everywhere(stop, ranks)  # a cancel during setup
+    index = 0
+    for index, plan in enumerate(plans, start=1):
+        step_examples = [i for batch in plan.micro_batches for i in batch]
+        learned = count_learned([encoded[i] for i in step_examples])
+        batches = ranks.share(plan.micro_batches, lengths, training.batch_size)
+        anchors = None
+        if regularizer is not None and regularizer.weight > 0:
+            anchors = regularizer.next_step(ranks)
+        backward_passes = len(batches) + (1 if anchors and anchors.indices else 0)
+        # Summed over ranks: loss, tokens, anchor loss, then per step example 1 = reproduced,
+        # 2 = not (0 from the ranks that did not run it).
+        totals = [0.0, 0.0, 0.0] + [0.0] * len(step_examples)
+        position = {example: slot for slot, example in enumerate(step_examples)}
+        for number, batch in enumerate(batches, start=1):
+            if stop.is_set() and not ranks.distributed:
+                raise StopRequested  # alone, no need to wait for the step's end
+            with forward.backward_pass(last=number == backward_passes):
+                out = forward.learned_logits([encoded[i] for i in batch])
+                loss = masked_loss_sum_of(out) / learned
+                loss.backward()
+            totals[0] += loss.item()
+            totals[1] += out.tokens
+            errors, _ = per_example_errors(out.logits.detach(), out.targets, out.owners,
+                                           len(batch))
+            for example_index, wrong in zip(batch, errors.tolist()):
+                totals[3 + position[example_index]] = 1.0 if wrong == 0 else 2.0
+        if anchors and anchors.indices:
+            with forward.backward_pass(last=True):
+                weighted, anchor_loss, anchor_tokens = regularizer.step_loss(forward, anchors)
+                weighted.backward()
+            totals[2] += anchor_loss
+            totals[1] += anchor_tokens
+        if backward_passes == 0:
+            forward.join_empty()
+        totals = ranks.sum(totals + [1.0 if stop.is_set() else 0.0])
+        if totals.pop() > 0:
+            raise StopRequested
+        for example_index, code in zip(step_examples, totals[3:]):
+            if code:
+                learned_now[example_index] = code == 1.0
+        step_loss, tokens_seen = totals[0], tokens_seen + int(totals[1])
+        anchor_loss = round(totals[2], 6) if anchors is not None else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        epoch_losses.append(step_loss)
+        elapsed = time.perf_counter() - started
+        emit(make_event(
+            "step", step=index, total_steps=total,
+            epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
+            loss=round(step_loss, 6), anchor_loss=anchor_loss, lr=lr,
+            grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
+            examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
+            elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
+        ))
+        if index == total or plans[index].epoch != plan.epoch:
+            emit(make_event("epoch", epoch=plan.epoch + 1,
+                            loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
+            epoch_losses = []
+            if training.early_stop and index < total and all(learned_now) \
+                    and all_learned(loss_function, model, encoded, ranks):
+                stopped_early = True
+                break
+    model.eval()
+    elapsed = time.perf_counter() - started
+    return {
+        "steps": index, "planned_steps": total, "stopped_early": stopped_early,
+        "warmup_steps": warmup, "final_loss": losses[-1],
+        "loss_curve": [round(loss, 6) for loss in losses],
+        "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
+        "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
+        "batch_layout": loss_function.layout, "ranks": ranks.world_size,
+    }, loss_function
