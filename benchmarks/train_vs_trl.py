@@ -9,6 +9,12 @@ curves. Prints the ratio and writes a JSON record (--out) for RESULTS.md.
     python benchmarks/train_vs_trl.py --data ../shared/data/alpaca_5000.json \\
         --examples 300 --epochs 2
 
+With `--device cuda` (benchmarks/gpu_check.sh runs it so, on a ~1B Llama shape) each side
+also reports its training-phase tokens per second, its peak GPU memory (the caching
+allocator's peak reserved bytes, model load included) and an MFU estimate (6 × parameters ×
+tokens/s over the GPU's dense bf16 peak: the usual convention; QLoRA does less work per token
+than full training, so this understates the hardware's use a little for both alike).
+
 Needs `pip install trl datasets` (not project dependencies).
 """
 
@@ -64,6 +70,41 @@ def real_tokens(model: Path, data: Path, max_length: int) -> int:
                for r in records)
 
 
+# Dense bf16 peak of the GPUs this is run on (vendor figures, no sparsity).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def parameter_count(model: Path) -> int:
+    """Parameters of a Llama-shaped model, from its config."""
+    config = json.loads((model / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads")
+    kv = kv or heads
+    attention = 2 * hidden * hidden + 2 * hidden * (hidden // heads * kv)
+    layer = attention + 3 * hidden * inter + 2 * hidden
+    embeddings = config["vocab_size"] * hidden * (1 if config.get("tie_word_embeddings")
+                                                  else 2)
+    return config["num_hidden_layers"] * layer + embeddings + hidden
+
+
+def gpu_figures(row: dict, tokens: int, train_seconds: float, peak_mb, model: Path) -> None:
+    """Training-phase tokens/s, peak GPU memory and MFU, into `row`."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    peak_flops = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    row["train_seconds"] = round(train_seconds, 2)
+    row["train_tokens_per_s"] = round(tokens / train_seconds, 1)
+    row["peak_gpu_memory_mb"] = peak_mb
+    if peak_flops:
+        row["mfu"] = round(6 * parameter_count(model) * tokens / train_seconds / peak_flops, 4)
+
+
+def sftchat_metrics(workspace: Path) -> dict:
+    (adapter,) = [p for p in (workspace / "adapters").iterdir() if not p.name.startswith(".")]
+    return json.loads((adapter / "sftchat.json").read_text())["metrics"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +121,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--out", type=Path, help="write the JSON record here")
     parser.add_argument("--skip-trl", action="store_true", help="only run sftchat")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     add_model_arguments(parser)
     args = parser.parse_args()
 
@@ -94,7 +136,8 @@ def main() -> None:
         same_recipe = ["--no-early-stop", "--regularize", "off", "--max-grad-norm", "0.3"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         sft = run_measured([sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace),
-                            "--model", str(model), "--template", "alpaca", "train", "--json",
+                            "--model", str(model), "--template", "alpaca", "--device",
+                            args.device, "train", "--json",
                             "--grad-accum", "1", *same_recipe,
                             *common], env=env)
         if sft.returncode:
@@ -109,11 +152,17 @@ def main() -> None:
             "real_tokens": tokens,
             "sftchat": {"wall_s": round(sft.seconds, 2), "peak_rss_mb": round(sft.peak_rss_mb),
                         "tokens_per_s": round(tokens / sft.seconds, 1), "losses": sft_losses},
+            "device": args.device,
         }
+        if args.device == "cuda":
+            metrics = sftchat_metrics(workspace)
+            gpu_figures(result["sftchat"], tokens, metrics["train_seconds"],
+                        metrics["peak_gpu_memory_mb"], model)
         if not args.skip_trl:
             trl = run_measured([sys.executable, str(HERE / "trl_baseline.py"), "--model",
                                 str(model), "--data", str(root / "trl.jsonl"),
-                                "--output", str(root / "trl-out"), *common], env=env)
+                                "--output", str(root / "trl-out"), "--device", args.device,
+                                *common], env=env)
             if trl.returncode:
                 sys.exit(f"TRL failed:\n{trl.stderr[-3000:]}")
             trl_metrics = json_lines(trl.stdout)[-1]
@@ -123,6 +172,14 @@ def main() -> None:
                              "losses": trl_metrics["losses"]}
             result["speedup_wall"] = round(trl.seconds / sft.seconds, 2)
             result["memory_ratio"] = round(sft.peak_rss_mb / trl.peak_rss_mb, 2)
+            if args.device == "cuda":
+                gpu_figures(result["trl"], tokens, trl_metrics["train_seconds"],
+                            trl_metrics["peak_gpu_memory_mb"], model)
+                ours, theirs = result["sftchat"], result["trl"]
+                result["speedup_train"] = round(ours["train_tokens_per_s"]
+                                                / theirs["train_tokens_per_s"], 2)
+                result["gpu_memory_ratio"] = round(ours["peak_gpu_memory_mb"]
+                                                   / theirs["peak_gpu_memory_mb"], 2)
         print(json.dumps({k: v for k, v in result.items()
                           if k not in ("sftchat", "trl")}, indent=1))
         for name in ("sftchat", "trl"):
@@ -134,6 +191,13 @@ def main() -> None:
         if "speedup_wall" in result:
             print(f"sftchat train is {result['speedup_wall']}x faster than TRL SFTTrainer "
                   f"(wall time), with {result['memory_ratio']}x its peak memory")
+        if "speedup_train" in result:
+            for name in ("sftchat", "trl"):
+                row = result[name]
+                print(f"{name:8} GPU: {row['train_tokens_per_s']:9.1f} tok/s while training, "
+                      f"peak {row['peak_gpu_memory_mb']} MiB, MFU {row.get('mfu')}")
+            print(f"on the GPU: {result['speedup_train']}x TRL's training tokens/s (goal >= 2), "
+                  f"{result['gpu_memory_ratio']}x its peak memory (goal <= 0.6)")
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))
     finally:

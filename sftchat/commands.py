@@ -402,7 +402,9 @@ def _train_as_rank(args, settings: Settings, training, ranks) -> int:
     try:
         if ranks.distributed:
             from sftchat.models.loader import resolve_device
+            from sftchat.training.distributed import stop_when_orphaned
 
+            stop_when_orphaned(stop)
             ranks.start(resolve_device(settings.device))
         run_training(settings, training, emit, name=args.name,
                      from_adapter=args.from_adapter, stop=stop, ranks=ranks)

@@ -42,6 +42,22 @@ CURATED = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: without one they are skipped, saying so (GPU machines
+    run them through benchmarks/gpu_check.sh)."""
+    cuda = [item for item in items if "cuda" in item.keywords]
+    if not cuda:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here; benchmarks/gpu_check.sh "
+                                   "runs these on one)")
+    for item in cuda:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def ws(tmp_path) -> Path:
     """An empty workspace folder."""

@@ -148,6 +148,21 @@ class Ranks:
 SINGLE = Ranks()
 
 
+def stop_when_orphaned(stop, interval: float = 1.0) -> None:
+    """Set `stop` if this rank's launcher dies (killed with SIGKILL, it cannot pass a cancel
+    on): the ranks then stop together at the step's end, publishing nothing. A daemon thread."""
+    import threading
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            if os.getppid() != launcher:
+                stop.set()
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 @contextlib.contextmanager
 def _communicating():
     """A collective that fails because another rank went away raises `PeerLost`."""

@@ -160,6 +160,9 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
                 break
     model.eval()
     elapsed = time.perf_counter() - started
+    peak_gpu = None
+    if torch.device(device).type == "cuda":  # the process's peak, model load included
+        peak_gpu = round(torch.cuda.max_memory_reserved(device) / 2**20)
     return {
         "steps": index, "planned_steps": total, "stopped_early": stopped_early,
         "warmup_steps": warmup, "final_loss": losses[-1],
@@ -167,4 +170,5 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         "train_seconds": round(elapsed, 3), "tokens": tokens_seen,
         "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
         "batch_layout": loss_function.layout, "ranks": ranks.world_size,
+        "peak_gpu_memory_mb": peak_gpu,
     }, loss_function

@@ -326,11 +326,12 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):])
 
 
-def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> None:
+def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | None:
     """On CUDA, refuse a run that cannot fit beside what the GPU already holds (the chat's
-    model included) before its first step, with what to change (`training.memory`)."""
+    model included) before its first step, with what to change (`training.memory`); return
+    the bytes it estimated the run needs (None off CUDA)."""
     if run.loaded.device != "cuda":
-        return
+        return None
     import torch
 
     from sftchat.training.memory import check_fits, estimate
@@ -349,6 +350,7 @@ def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> None:
                          run.schedule.batch_size, training.max_length)
     if problem:
         raise TrainingError(problem)
+    return needed
 
 
 def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event,
@@ -358,8 +360,8 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
     import torch
 
     _check_gpu_memory(run, training)
-    model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape)
     try:
+        model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape)
         metrics, loss_function = train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
             run.loaded.model.device, emit, stop, run.regularizer, ranks)

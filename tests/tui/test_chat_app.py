@@ -14,7 +14,7 @@ from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.chat_log import UserMessage
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import (ENDLESS_TRAINING, answers, ask, finished_answers,
+from tui_helpers import (ENDLESS_TRAINING, NO_REVIEW, answers, ask, finished_answers,
                          make_long_answer_workspace, make_workspace, notices, recording_app,
                          settings_for, toasts, wait_until)
 
@@ -314,6 +314,31 @@ async def test_slash_train_takes_the_command_lines_options(tmp_path):
     meta = json.loads((workspace / "adapters" / "custom" / "sftchat.json").read_text())
     assert meta["metrics"]["steps"] == 2 and meta["hyperparameters"]["max_steps"] == 2
     assert (meta["lora"]["r"], meta["lora"]["alpha"]) == (8, 16)
+
+
+async def test_a_two_rank_run_shows_in_the_panel_like_any_other(tmp_path):
+    """Issue 13: `/train --nproc 2` trains through torchrun (two gloo ranks on this CPU);
+    rank 0's events drive the panel and the adapter swaps in as after any run."""
+    workspace = make_workspace(tmp_path, top=NO_REVIEW,
+                               extra="[training]\nearly_stop = false\nmax_steps = 40\n")
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.store.add("Ping?", "Pong.")
+        app.store.add("Ding?", "Dong.")
+        await pilot.press(*"/train --nproc 2 --name pair", "enter")
+        panel = app.screen.query_one("#training-panel")
+        title = panel.query_one("#training-title")
+        stats = panel.query_one("#training-stats")
+        await wait_until(pilot, lambda: "2 processes on cpu" in str(title.render()),
+                         timeout=300, what="the panel to show the two-rank run")
+        await wait_until(pilot, lambda: str(stats.render()).startswith("step "),
+                         timeout=300, what="a step of the two-rank run in the panel")
+        status = app.screen.query_one(StatusLine)
+        await wait_until(pilot, lambda: status.adapter == "pair", timeout=300,
+                         what="the two-rank adapter to be swapped in")
+        assert any("Training finished: adapter pair" in toast for toast in toasts(app))
+    assert sorted(p.name for p in (workspace / "adapters").iterdir()) == ["pair"]
 
 
 async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):
