@@ -57,14 +57,18 @@ def train(workspace: Path, model: Path, nproc: int, recipe: list[str], device: s
             "loss_curve": metrics["loss_curve"], "adapter": str(adapter)}
 
 
-def weight_difference(one: str, other: str) -> float:
-    """Largest LoRA weight difference, relative to the largest weight of that tensor."""
+def weight_difference(one: str, other: str) -> dict:
+    """How far apart two adapters' LoRA weights are, tensor by tensor: the difference's norm
+    over the tensor's norm, and its largest element over the tensor's largest (worst
+    tensors)."""
     from safetensors.torch import load_file
 
     a = load_file(str(Path(one) / "adapter_model.safetensors"))
     b = load_file(str(Path(other) / "adapter_model.safetensors"))
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12))
-               for k in a)
+    norm = max(float((a[k] - b[k]).norm() / a[k].norm().clamp(min=1e-12)) for k in a)
+    element = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12))
+                  for k in a)
+    return {"norm": norm, "element": element}
 
 
 def main() -> None:
@@ -105,9 +109,11 @@ def main() -> None:
             print(f"{label:12} wall {row['wall_s']:7.1f} s  training {row['train_seconds']:7.1f}"
                   f" s  {row['train_tokens_per_s']:8.1f} tok/s  peak RSS {row['peak_rss_mb']} "
                   f"MB  loss {row['loss_curve'][0]:.4f} -> {row['loss_curve'][-1]:.4f}")
+        lora = result["lora_max_relative_difference"]
         print(f"same adapter? loss curves differ by at most "
-              f"{result['loss_curve_max_relative_difference']:.2e} (relative), LoRA weights by "
-              f"{result['lora_max_relative_difference']:.2e} of each tensor's largest")
+              f"{result['loss_curve_max_relative_difference']:.2e} (relative); LoRA tensors by "
+              f"{lora['norm']:.2e} of their norm, {lora['element']:.2e} of their largest "
+              "weight element-wise")
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))
     finally:
