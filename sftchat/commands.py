@@ -372,7 +372,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_as_rank(args, settings, training, ranks)
     plan = LaunchPlan(resolve_nproc(training.nproc, settings.device), args.nnodes,
                       args.node_rank, args.rdzv_endpoint)
-    check_plan(plan)
+    check_plan(plan, settings.device)
     if plan.launches:
         return _launch_training(args, settings, plan)
     return _train_as_rank(args, settings, training, SINGLE)

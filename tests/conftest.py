@@ -43,8 +43,11 @@ CURATED = [
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` need a GPU: without one they are skipped, saying so (GPU machines
-    run them through benchmarks/gpu_check.sh)."""
+    """The slowest tests first: under pytest-xdist the worker that gets them starts on the
+    run's critical path at once (the real-model test's training is most of the suite's
+    time). Tests marked `cuda` need a GPU: without one they are skipped, saying so (GPU
+    machines run them through benchmarks/gpu_check.sh)."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: otherwise as collected
     cuda = [item for item in items if "cuda" in item.keywords]
     if not cuda:
         return

@@ -226,7 +226,8 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise _explain(spec, exc) from exc
     kwargs["dtype"] = compute_dtype
-    kwargs["device_map"] = {"": 0} if device == "cuda" else "cpu"
+    # One GPU, never "auto": under torchrun each rank has set its own (`torch.cuda.set_device`).
+    kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else "cpu"
     try:
         _check_architecture(spec, path, trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

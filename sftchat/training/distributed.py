@@ -339,11 +339,22 @@ def resolve_nproc(value: int | str, device: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def check_plan(plan: LaunchPlan) -> None:
+def check_plan(plan: LaunchPlan, device: str = "cpu") -> None:
+    """Refuse, in one sentence, a plan that cannot run (before anything starts); `device` is
+    the setting (auto, cpu or cuda)."""
     from sftchat.training.trainer import TrainingError
 
     if plan.nproc < 1:
         raise TrainingError(f"--nproc must be 1 or more, not {plan.nproc}")
+    if device != "cpu" and plan.nproc > 1:
+        import torch
+
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible and plan.nproc > visible:
+            raise TrainingError(
+                f"--nproc {plan.nproc} needs one GPU per process, but {visible} "
+                f"{'is' if visible == 1 else 'are'} visible (CUDA_VISIBLE_DEVICES); use "
+                f"--nproc {visible} or --nproc auto")
     if plan.nnodes < 1:
         raise TrainingError(f"--nnodes must be 1 or more, not {plan.nnodes}")
     if plan.nnodes > 1:

@@ -318,9 +318,9 @@ async def test_slash_train_takes_the_command_lines_options(tmp_path):
 
 async def test_a_two_rank_run_shows_in_the_panel_like_any_other(tmp_path):
     """Issue 13: `/train --nproc 2` trains through torchrun (two gloo ranks on this CPU);
-    rank 0's events drive the panel and the adapter swaps in as after any run."""
-    workspace = make_workspace(tmp_path, top=NO_REVIEW,
-                               extra="[training]\nearly_stop = false\nmax_steps = 40\n")
+    rank 0's events drive the panel and the adapter swaps in as after any run. Default
+    settings: the ranks agree to stop early once both answers are learned."""
+    workspace = make_workspace(tmp_path, top=NO_REVIEW)
     app = recording_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
@@ -338,7 +338,13 @@ async def test_a_two_rank_run_shows_in_the_panel_like_any_other(tmp_path):
         await wait_until(pilot, lambda: status.adapter == "pair", timeout=300,
                          what="the two-rank adapter to be swapped in")
         assert any("Training finished: adapter pair" in toast for toast in toasts(app))
+        await ask(pilot, "Ping?")
+        assert finished_answers(app)[-1].text == "Pong."
     assert sorted(p.name for p in (workspace / "adapters").iterdir()) == ["pair"]
+    metrics = json.loads((workspace / "adapters" / "pair" / "sftchat.json").read_text())[
+        "metrics"]
+    assert metrics["ranks"] == 2 and metrics["stopped_early"]
+    assert metrics["replay"]["reproduced"] == 2
 
 
 async def test_shift_enter_and_ctrl_j_add_newlines(tmp_path):

@@ -76,6 +76,19 @@ def test_a_plan_that_cannot_run_is_refused_before_anything_starts(plan, message)
         check_plan(plan)
 
 
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    import torch
+
+    # No GPU here: what torch would report on a machine with two (the only fake).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(TrainingError, match="--nproc 4 needs one GPU per process, but 2 are "
+                                            "visible"):
+        check_plan(LaunchPlan(4), "auto")
+    check_plan(LaunchPlan(2), "auto")
+    check_plan(LaunchPlan(4), "cpu")  # gloo on the CPU: any number
+
+
 def test_the_multi_machine_flags_are_in_train_help():
     help_text = sftchat(None, "train", "--help", in_process=True).stdout
     for flag in ("--nproc N|auto", "--nnodes K", "--node-rank I", "--rdzv-endpoint HOST:PORT"):
