@@ -95,8 +95,9 @@ def check_fits(needed: MemoryEstimate, free_bytes: int, batch_size: int,
             f"and the GPU has {free_bytes / GIB:.1f} GiB free (the chat's model and any other "
             f"process included); lower --batch-size (now {batch_size}; raise --grad-accum to "
             f"keep the effective batch), lower --max-length (now {max_length}), use "
-            "--gradient-checkpointing on, or train on another GPU "
-            "(CUDA_VISIBLE_DEVICES=1 sftchat train)")
+            "--gradient-checkpointing on, or train on GPUs the chat does not use "
+            "(CUDA_VISIBLE_DEVICES=1 sftchat train, or with several: CUDA_VISIBLE_DEVICES=1,2 "
+            "sftchat train --nproc 2)")
 
 
 def gpu_memory_text(free_bytes: int, total_bytes: int) -> str:

@@ -52,7 +52,8 @@ def test_check_fits_says_what_to_change():
     message = check_fits(needed, 2 * GIB, 8, 1024)
     assert message.startswith("this run needs about ") and "2.0 GiB free" in message
     for advice in ("--batch-size (now 8", "--max-length (now 1024)",
-                   "--gradient-checkpointing on", "CUDA_VISIBLE_DEVICES"):
+                   "--gradient-checkpointing on", "CUDA_VISIBLE_DEVICES",
+                   "--nproc 2"):
         assert advice in message
 
 
