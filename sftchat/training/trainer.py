@@ -204,7 +204,7 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
     stop = stop or threading.Event()
     if not ranks.is_main:
         run = setup(settings, training, emit, None, ranks=ranks)
-        train(run, training, emit, stop, ranks)
+        train(run, run.training, emit, stop, ranks)
         return None
     adapters_dir = settings.adapters_dir
     if name:
@@ -243,6 +243,7 @@ class PreparedRun:
     name: str
     staging: Path | None      # rank 0's staging folder (None on the other ranks)
     started_at: str
+    training: TrainingSettings  # rank 0's (every rank plans the same steps)
     records: list[dict]       # the examples trained on (the snapshot less `skipped`)
     skipped: list[int]        # ids of examples too long for max_length
     loaded: object            # models.loader.LoadedModel
@@ -268,14 +269,26 @@ def _lora_shape(training: TrainingSettings, source) -> dict:
 
 def _shared_plan(settings: Settings, training: TrainingSettings, staging: Path | None,
                  name: str | None, source, ranks: Ranks) -> dict:
-    """What rank 0 decides for every rank: the snapshot trained on, the adapter's name and
-    LoRA shape, and the template a --from adapter keeps (None: the setting decides)."""
+    """What rank 0 decides for every rank: the snapshot trained on, the training settings
+    (another machine's command line or sftchat.toml cannot plan other steps), the adapter's
+    name and LoRA shape, and the template a --from adapter keeps (None: the setting
+    decides)."""
     plan = None
     if ranks.is_main:
-        plan = {"records": _snapshot(settings, staging), "name": name,
+        plan = {"records": _snapshot(settings, staging), "name": name, "training": training,
                 "lora_shape": _lora_shape(training, source),
                 "template": source.meta.get("template") if source is not None else None}
     return ranks.broadcast(plan)
+
+
+def _same_base(loaded, main_fingerprint: str) -> None:
+    """A rank must train on the base rank 0 loaded (a machine with another --model fails
+    before the first step, saying so)."""
+    if loaded.identity.get("fingerprint") != main_fingerprint:
+        raise TrainingError(
+            f"this machine loaded {loaded.identity.get('model')!r}, which is not the base "
+            "model rank 0 loaded; give every machine the same --model (or sftchat.toml "
+            "model)")
 
 
 def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: Path | None,
@@ -286,6 +299,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     the `started` event."""
     started_at = _now_iso()
     shared = _shared_plan(settings, training, staging, name, source, ranks)
+    training = shared["training"]
     from sftchat.models.loader import load_model
     import torch
 
@@ -304,7 +318,10 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     # The base answers its anchor prompts before any adapter is attached (cached after the
     # first run on this model); rank 0 answers for every rank.
     pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
-    answers = ranks.broadcast(base_answers(loaded, template, pools) if ranks.is_main else None)
+    answers, main_fingerprint = ranks.broadcast(
+        (base_answers(loaded, template, pools), loaded.identity.get("fingerprint"))
+        if ranks.is_main else None)
+    _same_base(loaded, main_fingerprint)
     regularizer = None
     if training.regularize != "off":
         regularizer = Regularizer(training.regularize, answers[:len(REHEARSAL_PROMPTS)],
@@ -320,6 +337,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
         lora=shared["lora_shape"], device=loaded.device, ranks=ranks.world_size,
     ))
     return PreparedRun(name=shared["name"], staging=staging, started_at=started_at,
+                       training=training,
                        records=records, skipped=skipped, loaded=loaded, template=template,
                        encoded=encoded, schedule=schedule, plans=plans, source=source,
                        lora_shape=shared["lora_shape"], regularizer=regularizer,

@@ -72,7 +72,7 @@ async def test_two_apps_curate_together_and_train_one_at_a_time(tmp_path):
             refusal = next(n for n in notices(app_b) if "Training did not start" in n)
             assert "another training run is using this workspace" in refusal
             assert f"adapter {holder['name']}" in refusal and f"pid {holder['pid']}" in refusal
-            await wait_until(pilot, lambda: app_b.trainer is None, timeout=30,
+            await wait_until(pilot, lambda: app_b.trainer is None, timeout=120,
                              what="B's refused trainer process to exit")
             assert status_b.training == "idle"
             assert pid_alive(holder["pid"])  # A's run was not disturbed

@@ -149,3 +149,52 @@ def test_the_started_line_says_how_many_processes():
     assert describe(event).endswith("up to 9 steps on 2 processes on cpu")
     assert describe({**event, "device": "cuda", "ranks": 4}).endswith("on 4 GPUs")
     assert describe({**event, "ranks": 1}).endswith("on cpu")
+
+
+def test_a_rank_on_another_base_model_is_refused_before_the_first_step():
+    from sftchat.training.trainer import _same_base
+
+    loaded = SimpleNamespace(identity={"model": "other/model", "fingerprint": "b" * 64})
+    _same_base(SimpleNamespace(identity={"model": "x", "fingerprint": "a" * 64}), "a" * 64)
+    with pytest.raises(TrainingError, match="loaded 'other/model', which is not the base "
+                                            "model rank 0 loaded; give every machine the "
+                                            "same --model"):
+        _same_base(loaded, "a" * 64)
+
+
+def test_a_rank_whose_launcher_is_killed_is_told_to_stop(tmp_path):
+    """SIGKILL cannot be passed on by torchrun's agent: each rank watches its parent and sets
+    its stop flag when the parent is gone (the ranks then stop together at the step's end,
+    as after a cancel: tests/e2e/test_distributed.py). A launcher and a rank stand-in, real
+    processes, without torch."""
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "rank.txt"
+    rank = ("import os, sys, threading\n"
+            "from sftchat.training.distributed import stop_when_orphaned\n"
+            "def say(text):  # atomically: the test never reads a half-written file\n"
+            "    open(sys.argv[1] + '.tmp', 'w').write(text)\n"
+            "    os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+            "stop = threading.Event()\n"
+            "stop_when_orphaned(stop, interval=0.05)\n"
+            "say('watching')\n"
+            "say('stopped' if stop.wait(30) else 'never told')\n")
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]])\n"
+         "time.sleep(60)\n", rank, str(marker)])
+    try:
+        deadline = time.monotonic() + 30
+        while (not marker.exists() or marker.read_text() != "watching") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == "watching"
+        launcher.kill()
+        launcher.wait(10)
+        while marker.read_text() == "watching" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == "stopped"
+    finally:
+        launcher.kill()
