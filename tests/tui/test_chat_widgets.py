@@ -14,7 +14,7 @@ from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from tui_helpers import (NO_REVIEW, answers, finished_answers, make_long_answer_workspace,
-                         make_workspace, settings_for, wait_until)
+                         make_workspace, settings_for, steady_cursors, wait_until)
 
 SIZE = (120, 40)
 HOSTILE = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred\x1b]0;pwned\x07 done"
@@ -110,6 +110,7 @@ async def test_command_palette_opens_the_dataset(tmp_path):
 def _loaded(app):
     async def run_before(pilot):
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
+        steady_cursors(app)
         await pilot.pause()
     return run_before
 
@@ -127,6 +128,8 @@ def test_snapshot_curate_modal(tmp_path, snap_compare):
         app.screen.last_exchange = Turn("What is the best editor?",
                                             "The one you know best.")
         await pilot.press("ctrl+s")
+        await pilot.pause()
+        steady_cursors(app)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=open_modal)

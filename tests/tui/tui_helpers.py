@@ -93,6 +93,14 @@ def recording_app(settings, engine_factory=None):
     return RecordingApp(settings, engine_factory)
 
 
+def steady_cursors(app) -> None:
+    """Stop every text cursor blinking, so a snapshot does not depend on which half of the
+    blink it was taken in (under load the wait before it can outlast a blink)."""
+    for widget in app.screen.query("*"):
+        if hasattr(widget, "cursor_blink"):
+            widget.cursor_blink = False
+
+
 def toasts(app, severity: str | None = None) -> list[str]:
     """The messages of every notification shown so far (of one severity if given)."""
     return [message for message, level in app.shown if severity in (None, level)]
