@@ -216,7 +216,7 @@ class DataParallel:
         device = loss_function.model.device
         self.ddp = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=False, init_sync=False, forward_sync_buffers=False)
+            find_unused_parameters=False, init_sync=False, **_no_buffer_sync())
         self.ddp.register_comm_hook(None, _sum_gradients)
 
     def learned_logits(self, examples):
@@ -239,6 +239,19 @@ class DataParallel:
             return
         with self.backward_pass(last=True):
             self.ddp(None).backward()
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's option not to broadcast buffers before each forward (rotary tables, quantization
+    state: the same on every rank), by the name this PyTorch knows: `forward_sync_buffers`
+    since 2.13 (where `broadcast_buffers` is deprecated), `broadcast_buffers` before."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    known = inspect.signature(DistributedDataParallel.__init__).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"
+    return {name: False}
 
 
 def _sum_gradients(process_group, bucket):
