@@ -48,10 +48,6 @@ REPORTS_ENV = "SFTCHAT_RANK_REPORTS"
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=30)
 
 
-class PeerLost(RuntimeError):
-    """Another rank of the run stopped answering (it failed, was killed or lost its machine)."""
-
-
 # --------------------------------------------------------------------------- one rank
 
 
@@ -110,8 +106,7 @@ class Ranks:
         import torch.distributed as dist
 
         box = [value if self.is_main else None]
-        with _communicating():
-            dist.broadcast_object_list(box, src=0, device=self._device())
+        dist.broadcast_object_list(box, src=0, device=self._device())
         return box[0]
 
     def sum(self, values: Sequence[float]) -> list[float]:
@@ -122,8 +117,7 @@ class Ranks:
         import torch.distributed as dist
 
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self._device())
-        with _communicating():
-            dist.all_reduce(tensor)
+        dist.all_reduce(tensor)
         return tensor.cpu().tolist()
 
     def share(self, micro_batches: Sequence[Sequence[int]], lengths: Sequence[int],
@@ -137,7 +131,7 @@ class Ranks:
             return [list(batch) for batch in micro_batches]
         examples = sorted((i for batch in micro_batches for i in batch),
                           key=lambda i: -lengths[i])
-        mine = examples[self.rank::self.world_size]
+        mine = self.deal(examples)
         return [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
 
     def deal(self, items: Sequence) -> list:
@@ -163,21 +157,9 @@ def stop_when_orphaned(stop, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-@contextlib.contextmanager
-def _communicating():
-    """A collective that fails because another rank went away raises `PeerLost`."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if is_peer_failure(exc):
-            raise PeerLost(str(exc)) from exc
-        raise
-
-
 def is_peer_failure(exc: BaseException) -> bool:
-    """Whether `exc` is a collective failing because another rank is gone."""
-    if isinstance(exc, PeerLost):
-        return True
+    """Whether `exc` is a collective (a broadcast, an all-reduce, DDP's gradient sum in a
+    backward) failing because another rank is gone: that rank, or the launcher, says why."""
     try:
         from torch.distributed import DistError
     except ImportError:  # pragma: no cover - torch without distributed support
@@ -210,9 +192,8 @@ class DataParallel:
         # Every rank starts from rank 0's LoRA weights (fresh from the same seed, or read
         # --from an adapter that only rank 0's machine may hold). The frozen 4-bit base is
         # the same file on every rank and is not sent.
-        with _communicating():
-            for parameter in module.trainable:
-                dist.broadcast(parameter.data, src=0)
+        for parameter in module.trainable:
+            dist.broadcast(parameter.data, src=0)
         device = loss_function.model.device
         self.ddp = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -227,8 +208,7 @@ class DataParallel:
     @contextlib.contextmanager
     def backward_pass(self, last: bool):
         if self.ddp is None or last:
-            with _communicating():
-                yield
+            yield
         else:
             with self.ddp.no_sync():
                 yield

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import EncodedExample
+from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.loss import LearnedLogits, masked_loss_sum_of
 
 PER_STEP = 4      # anchors per optimizer step
@@ -56,14 +57,13 @@ class Regularizer:
         self.cursor = 0
         self.reference: list | None = None   # per anchor: (top-k ids, top-k log-probs)
 
-    def next_step(self, ranks=None) -> AnchorStep:
+    def next_step(self, ranks: Ranks = SINGLE) -> AnchorStep:
         """The next `PER_STEP` anchors of the cycle (every rank advances alike), of which
         this rank computes its share (`ranks.deal`; alone: all of them)."""
         count = min(PER_STEP, len(self.anchors))
         indices = [(self.cursor + i) % len(self.anchors) for i in range(count)]
         self.cursor = (self.cursor + count) % len(self.anchors)
-        mine = ranks.deal(indices) if ranks is not None else indices
-        return AnchorStep(mine, sum(self.anchors[i].num_learned for i in indices))
+        return AnchorStep(ranks.deal(indices), sum(self.anchors[i].num_learned for i in indices))
 
     def prepare(self, loss_function, model, batch_size: int = 8) -> None:
         """For `distill`: the base's top-k distributions at every answer position."""
