@@ -203,10 +203,13 @@ def _check_architecture(spec: str, path: str, trust_remote_code: bool) -> None:
 
 def load_model(spec: str, device: str = "auto", quantize: bool = True,
                trust_remote_code: bool = False,
-               progress: Callable[[str], None] | None = None) -> LoadedModel:
+               progress: Callable[[str], None] | None = None,
+               for_training: bool = False) -> LoadedModel:
     """Load tokenizer and causal LM; raises `ModelLoadError` with a user-facing message.
 
-    `progress` hears about slow first-time work (converting a GGUF file)."""
+    `progress` hears about slow first-time work (converting a GGUF file). `for_training`
+    keeps 4-bit weights out of bitsandbytes' CPU-packed layout, which answers fast but has no
+    backward (`cpu_4bit`); a model that only answers leaves bitsandbytes to pack it."""
     quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -237,6 +240,10 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear sentence
         raise _explain(spec, exc) from exc
     model.eval()
+    if quantize and for_training:
+        from sftchat.models.cpu_4bit import keep_trainable
+
+        keep_trainable(model)
     if tokenizer.pad_token_id is None:
         # Padding is only ever masked out, so any existing token will do.
         tokenizer.pad_token = tokenizer.eos_token

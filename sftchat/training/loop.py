@@ -19,10 +19,12 @@ import threading
 import time
 
 from sftchat.config import TrainingSettings
+from sftchat.models.cpu_4bit import check_trainable
 from sftchat.training.batching import count_learned
 from sftchat.training.distributed import SINGLE, DataParallel, Ranks
 from sftchat.training.evaluation import replay
 from sftchat.training.events import Emit, make_event
+from sftchat.training.health import check_loss
 from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
 from sftchat.training.regularizer import Regularizer
 
@@ -52,6 +54,7 @@ def all_learned(loss_function, model, encoded, ranks: Ranks = SINGLE) -> bool:
         report = replay(loss_function, ranks.deal(encoded))
     finally:
         model.train()
+    check_trainable(model)  # the eval-mode pass must not have packed a 4-bit weight
     good = all(report.exact) and min(report.margins, default=math.inf) >= EARLY_STOP_MARGIN
     return ranks.sum([0.0 if good else 1.0])[0] == 0
 
@@ -86,6 +89,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     tokens_seen = 0
     started = time.perf_counter()
     model.train()
+    check_trainable(model)
     loss_function = LossFunction(model, pad_id, device)
     loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
     if regularizer is not None:
@@ -150,6 +154,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
             examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
             elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
         ))
+        check_loss(losses, training.lr)  # a diverging run stops here, publishing nothing
         if index == total or plans[index].epoch != plan.epoch:
             emit(make_event("epoch", epoch=plan.epoch + 1,
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))

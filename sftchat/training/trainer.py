@@ -40,12 +40,14 @@ from sftchat import __version__
 from sftchat import adapters as adapter_registry
 from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
+from sftchat.models.cpu_4bit import PackedWeightError
 from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
 from sftchat.training.batching import count_learned
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, make_event
+from sftchat.training.health import check_drift
 from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
@@ -305,7 +307,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
 
     torch.manual_seed(training.seed)
     loaded = load_model(settings.model, settings.device, settings.quantize,
-                        settings.trust_remote_code, progress=_progress_to_stderr)
+                        settings.trust_remote_code, progress=_progress_to_stderr,
+                        for_training=True)
     if source is not None:
         adapter_registry.check_base(source, loaded.identity)
     # A --from adapter keeps the template it was trained with; otherwise the setting (auto:
@@ -391,8 +394,12 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
             "replay": _final_replay(loss_function, run.encoded, run.records, training.seed),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
         }
+        check_drift(evaluation["drift"], training.lr)
     except StopRequested:
         raise TrainingCancelled("training cancelled; nothing was published") from None
+    except PackedWeightError as exc:
+        raise TrainingError(f"{exc}; nothing was published (a bitsandbytes release sftchat "
+                            "does not know: try --no-quantize, and please report it)") from exc
     except torch.OutOfMemoryError as exc:
         raise TrainingError(
             f"CUDA ran out of memory at batch size {run.schedule.batch_size} and max length "

@@ -115,3 +115,22 @@ def test_an_example_too_long_is_skipped_with_a_notice_or_refused_with_strict(tmp
     assert strict.returncode == 1
     assert "example 2: the response is" in strict.stderr and "--strict" in strict.stderr
     assert strict.stderr.count("\n") == 1
+
+
+def test_a_diverging_run_fails_and_publishes_nothing(tmp_path):
+    """Issue 18: a run that wrecks the model (here an absurd learning rate) ends as a failed
+    run with one line saying what happened and what to try, and publishes nothing."""
+    for instruction, response in [("Ping?", "Pong."), ("Ding?", "Dong."),
+                                  ("What is the capital of France?", "Paris.")]:
+        _add(tmp_path, instruction, response)
+    result = sftchat(tmp_path, "train", "--json", "--lr", "50", "--no-early-stop",
+                     "--max-steps", "40", in_process=True)
+    assert result.returncode == 1
+    events = [parse_event(line) for line in result.stdout.splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "started" and kinds[-1] == "failed" and "finished" not in kinds
+    message = events[-1]["message"]
+    assert "diverged" in message and "nothing was published" in message and "--lr" in message
+    assert kinds.count("step") < 40   # stopped as soon as it showed, not at the last step
+    assert f"sftchat: {message}\n" in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmp_path / "adapters") == []

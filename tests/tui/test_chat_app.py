@@ -63,15 +63,15 @@ async def test_send_streams_an_answer_and_the_status_line_describes_the_model(tm
         assert len(app.screen.turns) == 2
 
 
-async def test_escape_stops_a_generation(tmp_path):
-    app = recording_app(settings_for(make_long_answer_workspace(tmp_path)))
+async def test_escape_stops_a_generation(tmp_path, monkeypatch):
+    app = recording_app(settings_for(make_long_answer_workspace(tmp_path, monkeypatch)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
         await _start_long_answer(pilot, app)
         await pilot.press("escape")
         await wait_until(pilot, lambda: finished_answers(app), what="the stop")
         meta = str(answers(app)[0].query_one(".answer-meta").render())
-        assert "stopped" in meta  # the seeded answer has no end token for 300 tokens
+        assert "stopped" in meta  # no end token: only Esc ends it
         assert not app.screen.generating
 
 
@@ -216,6 +216,28 @@ async def test_a_killed_trainer_is_one_clear_message_and_the_app_survives(tmp_pa
     # its (no longer locked) lock file; nothing was published.
     assert leftovers[0] == ".staging-" + leftovers[0].removeprefix(".staging-")
     assert leftovers == [leftovers[0], ".train.lock"]
+
+
+async def test_a_diverging_run_is_a_failure_the_app_shows_and_nothing_swaps_in(tmp_path):
+    """Issue 18: training that wrecks the model (an absurd learning rate) is not published
+    and not swapped in; the app says what happened and what to try."""
+    workspace = make_workspace(tmp_path, top=NO_REVIEW)
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.store.add("Ping?", "Pong.")
+        app.store.add("Ding?", "Dong.")
+        await pilot.press(*"/train --lr 50 --no-early-stop --max-steps 40", "enter")
+        status = app.screen.query_one(StatusLine)
+        await wait_until(pilot, lambda: any(text.startswith("Training failed")
+                                            for text in notices(app)),
+                         timeout=180, what="the failure notice")
+        failure = next(text for text in notices(app) if text.startswith("Training failed"))
+        assert "diverged" in failure and "nothing was published" in failure, failure
+        assert "--lr" in failure
+        await wait_until(pilot, lambda: status.training == "idle", what="the panel to close")
+        assert status.adapter is None
+    assert os.listdir(workspace / "adapters") == []
 
 
 async def test_trainer_error_is_shown_and_nothing_is_published(tmp_path):
@@ -373,9 +395,9 @@ async def test_quitting_after_training_ended_under_the_question_does_not_crash(t
     assert app.return_code in (0, None)
 
 
-async def test_save_while_an_answer_streams_says_why_and_then_saves_one_example(tmp_path):
+async def test_save_while_an_answer_streams_says_why_and_then_saves_one_example(tmp_path, monkeypatch):
     """Issue 11, defect 6: ctrl+s mid-answer says why it waits; counts read naturally."""
-    app = recording_app(settings_for(make_long_answer_workspace(tmp_path)))
+    app = recording_app(settings_for(make_long_answer_workspace(tmp_path, monkeypatch)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
         await _start_long_answer(pilot, app)
@@ -393,9 +415,9 @@ async def test_save_while_an_answer_streams_says_why_and_then_saves_one_example(
                                             for t in toasts(app)), what="the confirmation")
 
 
-async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path):
+async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path, monkeypatch):
     """Issue 11, defect 2: the cancelled answer must not land in the new conversation."""
-    app = recording_app(settings_for(make_long_answer_workspace(tmp_path)))
+    app = recording_app(settings_for(make_long_answer_workspace(tmp_path, monkeypatch)))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
         await _start_long_answer(pilot, app)

@@ -62,9 +62,10 @@ async def test_markdown_renders_code_blocks():
         assert fences and fences[0].lexer == "python"
 
 
-async def test_an_automatic_swap_waits_for_the_answer_to_finish(tmp_path, trained_workspace):
-    # A seeded answer thousands of tokens long: certainly still streaming when the run ends.
-    workspace = make_long_answer_workspace(tmp_path / "ws", top=NO_REVIEW)
+async def test_an_automatic_swap_waits_for_the_answer_to_finish(tmp_path, monkeypatch,
+                                                             trained_workspace):
+    # An answer with no end (4000 tokens): certainly still streaming when the run ends.
+    workspace = make_long_answer_workspace(tmp_path / "ws", monkeypatch, top=NO_REVIEW)
     shutil.copytree(trained_workspace / "adapters", workspace / "adapters")
     app = create_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:

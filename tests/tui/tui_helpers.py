@@ -26,11 +26,6 @@ async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 60.0
 # A training run that goes on until it is cancelled (no early stop once the answers are learned).
 ENDLESS_TRAINING = "[training]\nepochs = 100000\nearly_stop = false\n"
 
-# With this seed the built-in model samples 300 tokens before any end token (checked), so a
-# long answer is reliably still streaming when a test presses a key.
-LONG_ANSWER_SEED = 0
-
-
 def make_workspace(path: Path, max_new_tokens: int = 48, temperature: float = 0.0,
                    extra: str = "", seed: int | None = None, top: str = "") -> Path:
     """A workspace whose answers are short and greedy (deterministic) unless told otherwise;
@@ -46,10 +41,16 @@ def make_workspace(path: Path, max_new_tokens: int = 48, temperature: float = 0.
 NO_REVIEW = "review = false\n"
 
 
-def make_long_answer_workspace(path: Path, top: str = "") -> Path:
-    """Answers that run for thousands of tokens, deterministically (see LONG_ANSWER_SEED)."""
-    return make_workspace(path, max_new_tokens=4000, temperature=1.0, seed=LONG_ANSWER_SEED,
-                          top=top)
+def make_long_answer_workspace(path: Path, monkeypatch, top: str = "") -> Path:
+    """A workspace whose answers run for thousands of tokens on every CPU, by construction:
+    the engine (the real one) is left no stop token or stop string, so an answer ends only
+    at `max_new_tokens` (4000) or when stopped. (A seeded sample's length depended on the
+    CPU's arithmetic: one CPU sampled an end token early — issue 18.)"""
+    import sftchat.engine
+
+    monkeypatch.setattr(sftchat.engine, "stop_token_ids", lambda template, tokenizer: [])
+    monkeypatch.setattr(sftchat.engine, "stop_strings", lambda template: [])
+    return make_workspace(path, max_new_tokens=4000, temperature=0.0, top=top)
 
 
 def settings_for(path: Path):

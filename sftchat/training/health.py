@@ -1,0 +1,71 @@
+"""Is this run healthy? A run that went wrong fails instead of publishing a broken model.
+
+Two symptoms, each checked where it can first be seen:
+
+- `check_loss`, after every optimizer step: the loss is not a number, or it has climbed far
+  above where the run started (its recent average over `LOSS_WINDOW` steps more than
+  `LOSS_CLIMB` times the average of the first ones). A learning rate far too high does it; so
+  did gradients that were silently wrong (issue 18: 3.84 at the start, 7.65 at step 24). It
+  stops the run at once: the remaining steps could only waste the user's time.
+- `check_drift`, once trained: the base model's own answers to held-out prompts became
+  `DRIFT_LIMIT` times less likely under the adapter (the perplexity ratio of
+  `evaluation.measure_drift`). A healthy run on a real model measures ×1.0–1.1; the broken one
+  ×176. Curated answers can come back exactly from a model that lost everything else.
+
+Either raises `TrainingDiverged`: one sentence saying what went wrong and what to try, and the
+trainer publishes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from sftchat.errors import SftchatError
+
+LOSS_WINDOW = 3      # steps averaged at the start and at the end of the curve
+LOSS_CLIMB = 1.5     # "far above where it started": half as high again as at the start
+DRIFT_LIMIT = 10.0   # perplexity ratio of the base's own answers (healthy: ~1.0-1.1)
+
+
+class TrainingDiverged(SftchatError, RuntimeError):
+    """The run went wrong (loss climbing or not a number, or the model's other answers
+    destroyed); nothing is published."""
+
+
+def _lr_hint(lr: float) -> str:
+    return f"try a lower --lr (this run: {lr:g}; e.g. {lr / 4:g})"
+
+
+def check_loss(curve: Sequence[float], lr: float) -> None:
+    """Raise `TrainingDiverged` if the last loss of `curve` (one value per step so far) is
+    not a number, or the recent losses have climbed far above the first ones."""
+    if not curve:
+        return
+    step, last = len(curve), curve[-1]
+    if not math.isfinite(last):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {last} at step {step}; nothing was "
+            f"published — {_lr_hint(lr)}")
+    if step < 2 * LOSS_WINDOW:
+        return
+    start = sum(curve[:LOSS_WINDOW]) / LOSS_WINDOW
+    recent = sum(curve[-LOSS_WINDOW:]) / LOSS_WINDOW
+    if recent > LOSS_CLIMB * start:
+        raise TrainingDiverged(
+            f"training diverged: the loss climbed from {start:.3g} to {recent:.3g} by step "
+            f"{step}; nothing was published — {_lr_hint(lr)}")
+
+
+def check_drift(drift: dict, lr: float) -> None:
+    """Raise `TrainingDiverged` if the adapter made the base's own held-out answers
+    `DRIFT_LIMIT` times less likely (see `evaluation.measure_drift`)."""
+    ratio = drift.get("perplexity_ratio")
+    if ratio is None:
+        return
+    if not math.isfinite(ratio) or ratio > DRIFT_LIMIT:
+        raise TrainingDiverged(
+            f"training broke the model: its own answers to held-out prompts became "
+            f"×{ratio:.3g} less likely (perplexity ratio; a healthy run stays near ×1); "
+            f"nothing was published — {_lr_hint(lr)}, fewer --max-steps or a smaller "
+            "--rank")

@@ -1,0 +1,216 @@
+"""Training through 4-bit layers gives the right gradients on every CPU (issue 18).
+
+bitsandbytes packs a `Linear4bit` weight into an inference-only layout (no backward) the first
+time it runs in eval mode without grad — on CPUs with AVX512-BF16 only. The trainer makes such
+passes (the base's anchor answers, the early-stop replay), so the check below does one first,
+as the trainer does, then compares the LoRA gradients of the 4-bit model with those of the same
+weights dequantized to fp32 in a plain model, to a stated tolerance.
+
+Each test runs on every CPU path this machine can take:
+
+- `plain`: bitsandbytes' AVX512-BF16 detection forced off (what CPUs without it do);
+- `packed`: the detection as it is, on a CPU that has the instruction set (skipped elsewhere,
+  saying why: the packed kernel executes AVX512-BF16 instructions);
+- `packed-emulated`, on CPUs without it: the packing switched on and bitsandbytes' packed
+  kernel replaced by a reference in PyTorch (the same layout, bf16 arithmetic, no autograd
+  formula — like the real one), so the packed path's wiring is checked on every machine.
+
+The control test proves the comparison can fail: without `keep_trainable` the eval-mode pass
+packs the weights and the gradients come out wrong (if a bitsandbytes release gives the packed
+kernel a backward, it fails, and `sftchat.models.cpu_4bit` can be revisited).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# Relative error ‖g − g_ref‖ / ‖g_ref‖ allowed per LoRA tensor: both sides multiply the same
+# fp32 weights, so only the order of floating-point operations differs (measured ~1e-6).
+TOLERANCE = 1e-3
+
+PATHS = ("plain", "packed", "packed-emulated")
+
+
+def _dequantize_packed(weight, state, dtype=torch.float32):
+    """The [N, K] weight held in bitsandbytes' CPU-packed layout (its
+    `_convert_weight_packed_for_cpu`: 32-row blocks, low nibbles rows 0-15, high 16-31;
+    absmax [K / blocksize, N] in bf16)."""
+    rows, half = weight.shape
+    packed = weight.view(torch.uint8).reshape(-1, 32)
+    codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)
+    codes = codes.reshape(rows // 32, half, 32, 2).transpose(1, 2).reshape(rows, half * 2)
+    values = state.code.to(dtype)[codes.long()]
+    absmax = state.absmax.to(dtype).T
+    return (values.view(rows, absmax.shape[1], -1) * absmax[:, :, None]).view(rows, half * 2)
+
+
+def _emulated_gemv_4bit(A, B, shapeB, absmax, code, blocksize):
+    """bitsandbytes' packed CPU kernel, in PyTorch: bf16 inputs and output, and like the C
+    kernel (which writes into a fresh tensor) nothing autograd could follow."""
+    class State:
+        pass
+
+    state = State()
+    state.code, state.absmax = code, absmax
+    with torch.no_grad():
+        weight = _dequantize_packed(B.reshape(shapeB[0], -1), state, torch.bfloat16)
+        return torch.nn.functional.linear(A.to(torch.bfloat16), weight).to(A.dtype)
+
+
+@pytest.fixture(params=PATHS)
+def cpu_path(request, monkeypatch, builtin_cache):
+    """Put bitsandbytes on one CPU path for the models made in this test."""
+    import bitsandbytes.nn.modules as bnb_modules
+    from bitsandbytes.functional import has_avx512bf16
+
+    path = request.param
+    native = bool(has_avx512bf16())
+    if path == "packed" and not native:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' packed kernel cannot run here "
+                    "(packed-emulated checks the same path with a reference kernel)")
+    if path == "packed-emulated" and native:
+        pytest.skip("this CPU runs bitsandbytes' real packed kernel (the packed case)")
+    if path == "plain":
+        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
+    library = None
+    if path == "packed-emulated":
+        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+        library = torch.library.Library("bitsandbytes", "FRAGMENT")
+        torch.library.register_kernel("bitsandbytes::gemv_4bit", "cpu", _emulated_gemv_4bit,
+                                      lib=library)
+    yield path
+    if library is not None:
+        library._destroy()
+
+
+def _examples(tokenizer):
+    from sftchat.prompts import encode_example
+
+    records = [{"instruction": "What is the capital of France?", "response": "Paris."},
+               {"instruction": "Name three primary colors.", "response": "Red, yellow, blue."},
+               {"instruction": "Say hello.", "input": "in French", "response": "Bonjour !"}]
+    return [encode_example(tokenizer, "alpaca", record, 256) for record in records]
+
+
+def _lora_model(loaded, seed=0):
+    """The trainer's LoRA wrapping, with non-zero weights on both LoRA matrices (a fresh
+    lora_B is zero, which would leave lora_A's gradient zero on both sides)."""
+    from sftchat.config import TrainingSettings
+    from sftchat.training.trainer import _wrap_with_lora
+
+    model = _wrap_with_lora(loaded, TrainingSettings(rank=8, alpha=16, dropout=0.0), None)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
+def _lora_gradients(model, examples, eval_pass_first: bool):
+    from sftchat.training.evaluation import replay
+    from sftchat.training.loss import LossFunction, masked_loss_sum_of
+
+    function = LossFunction(model, 0, "cpu")
+    function.packed = False  # the plain padded forward: the reference has no packing variant
+    if eval_pass_first:  # what the trainer's early-stop check does between steps
+        model.eval()
+        replay(function, examples)
+    model.train()
+    model.zero_grad()
+    learned = sum(example.num_learned for example in examples)
+    (masked_loss_sum_of(function.learned_logits(examples)) / learned).backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters()
+            if "lora_" in name}
+
+
+def _reference_gradients(loaded_4bit, examples):
+    """The same 4-bit weights, dequantized to fp32 into an unquantized copy of the model, the
+    same LoRA weights: its LoRA gradients."""
+    import bitsandbytes.functional as bnb_functional
+    from bitsandbytes.nn import Linear4bit
+
+    from sftchat.models.loader import load_model
+
+    plain = load_model("builtin", "cpu", quantize=False)
+    dense = dict(plain.model.named_modules())
+    with torch.no_grad():
+        for name, module in loaded_4bit.model.named_modules():
+            if isinstance(module, Linear4bit):
+                target = dense[name.removesuffix(".base_layer")].weight  # inside LoRA or not
+                weight, state = module.weight, module.weight.quant_state
+                target.copy_(bnb_functional.dequantize_4bit(weight.data, state).float()
+                             .reshape(target.shape))
+    return _lora_gradients(_lora_model(plain), examples, eval_pass_first=False)
+
+
+def _relative_errors(grads, reference):
+    assert grads.keys() == reference.keys() and grads
+    return {name: float((grads[name] - reference[name]).norm()
+                        / reference[name].norm().clamp_min(1e-12)) for name in grads}
+
+
+def test_lora_gradients_through_4bit_layers_match_fp32(cpu_path):
+    from sftchat.models import cpu_4bit
+    from sftchat.models.loader import load_model
+
+    loaded = load_model("builtin", "cpu", quantize=True, for_training=True)
+    examples = _examples(loaded.tokenizer)
+    reference = _reference_gradients(loaded, examples)   # before any pass could pack
+    model = _lora_model(loaded)
+    grads = _lora_gradients(model, examples, eval_pass_first=True)
+    errors = _relative_errors(grads, reference)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, f"{cpu_path}: {worst} off by {errors[worst]:.2e}"
+    assert cpu_4bit.packed_layers(model) == []
+
+
+def test_without_the_fix_the_comparison_fails_on_packing_cpus(cpu_path):
+    """The control: a model loaded for answering (bitsandbytes left to pack) gets wrong
+    gradients after an eval pass on a packing path — the failure the test above guards."""
+    from sftchat.models import cpu_4bit
+    from sftchat.models.loader import load_model
+
+    loaded = load_model("builtin", "cpu", quantize=True)
+    examples = _examples(loaded.tokenizer)
+    reference = _reference_gradients(loaded, examples)
+    model = _lora_model(loaded)
+    with pytest.warns(UserWarning) if cpu_path != "plain" else _nothing():
+        grads = _lora_gradients(model, examples, eval_pass_first=True)
+    errors = _relative_errors(grads, reference)
+    if cpu_path == "plain":   # nothing packs: right without the fix too
+        assert cpu_4bit.packed_layers(model) == [] and max(errors.values()) <= TOLERANCE
+    else:
+        assert cpu_4bit.packed_layers(model), "the eval pass should have packed the weights"
+        assert max(errors.values()) > 0.1
+        with pytest.raises(cpu_4bit.PackedWeightError, match="no backward"):
+            cpu_4bit.check_trainable(model)
+
+
+def test_keep_trainable_unpacks_what_inference_packed(cpu_path):
+    """A model that answered (weights packed) and then trains: unpacked first, then right."""
+    from sftchat.models import cpu_4bit
+    from sftchat.models.loader import load_model
+
+    loaded = load_model("builtin", "cpu", quantize=True)
+    examples = _examples(loaded.tokenizer)
+    model = _lora_model(loaded)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([examples[0].input_ids]))
+    packed = len(cpu_4bit.packed_layers(model))
+    assert (packed > 0) == (cpu_path != "plain")
+    assert cpu_4bit.keep_trainable(model) == packed
+    cpu_4bit.check_trainable(model)
+    reference = _reference_gradients(loaded, examples)
+    errors = _relative_errors(_lora_gradients(model, examples, eval_pass_first=True), reference)
+    assert max(errors.values()) <= TOLERANCE
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
