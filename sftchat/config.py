@@ -102,11 +102,19 @@ class TrainingSettings:
     weight_decay: float = _setting(0.0, "AdamW weight decay")
     max_grad_norm: float = _setting(1.0, "gradient clipping")
     regularize: str = _setting(
-        "rehearsal", "how to keep what the model knew: rehearsal trains on the base model's own "
+        "distill", "how to keep what the model knew: rehearsal trains on the base model's own "
                      "answers to general prompts too; distill matches its next-token "
                      "distributions there; off trains on the curated examples only",
         choices=("rehearsal", "distill", "off"))
-    rehearsal_weight: float = _setting(1.0, "weight of that loss beside the curated loss")
+    rehearsal_weight: float = _setting(3.0, "weight of that loss beside the curated loss")
+    quiet_weight: float = _setting(
+        1e5, "with rehearsal or distill: weight of a penalty on what the adapter adds to each "
+             "layer's output on those general prompts (relative to the layer's own output), "
+             "which keeps it quiet on text unlike the curated examples; 0: off")
+    max_drift: float = _setting(
+        10.0, "fail the run, publishing nothing, when the base model's own answers to held-out "
+              "prompts become this many times less likely under the adapter (perplexity "
+              "ratio; healthy runs stay near 1); 0: never")
     seed: int = _setting(42, "seed for shuffling and initialisation")
     gradient_checkpointing: str = _setting(
         "auto", "recompute activations in the backward pass (auto: on for CUDA)",
@@ -120,10 +128,10 @@ REGULARIZERS = next(f for f in fields(TrainingSettings) if f.name == "regularize
     .metadata["choices"]
 
 
-# The built-in tiny model's random weights know nothing worth keeping (no rehearsal), and
-# learn fastest at a high learning rate (measured; GUIDE §9). These apply unless the user
-# sets a value.
-BUILTIN_TRAINING = {"lr": 4e-3, "regularize": "off"}
+# The built-in tiny model's random weights know nothing worth keeping (no rehearsal, and no
+# drift limit: its gibberish answers drift x8 in a healthy run), and learn fastest at a high
+# learning rate (measured; GUIDE §9). These apply unless the user sets a value.
+BUILTIN_TRAINING = {"lr": 4e-3, "regularize": "off", "max_drift": 0.0}
 
 
 @dataclass(frozen=True)
@@ -198,8 +206,9 @@ def validate_training(settings: TrainingSettings, where: str = "training") -> Tr
     if settings.regularize not in REGULARIZERS:
         raise ConfigError(f"{where}: regularize must be one of {', '.join(REGULARIZERS)}, "
                           f"not {settings.regularize!r}")
-    if settings.rehearsal_weight < 0:
-        raise ConfigError(f"{where}: rehearsal_weight must be 0 or more")
+    for name in ("rehearsal_weight", "quiet_weight", "max_drift"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{where}: {name} must be 0 or more")
     positive = ("lr", "rank", "alpha", "batch_size", "grad_accum", "max_length", "min_steps")
     positive += tuple(name for name in ("epochs", "nproc") if getattr(settings, name) != AUTO)
     for name in positive:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import sftchat
+from cpu_paths import PATHS
 
 # Under pytest-xdist each worker (and every process it starts) gets its share of the cores:
 # PyTorch threads that outnumber the cores spin against each other instead of working.
@@ -124,6 +125,15 @@ def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
 
     # Made once per run, whatever the number of workers; tests only read it (or copy it).
     return shared_dir(tmp_path_factory, "trained", build)
+
+
+@pytest.fixture(params=PATHS)
+def cpu_path(request, monkeypatch, builtin_cache):
+    """Run the test on each of bitsandbytes' CPU 4-bit paths this machine can take (see
+    tests/cpu_paths.py); models loaded in the test take it."""
+    from cpu_paths import force_cpu_path
+
+    yield from force_cpu_path(request.param, monkeypatch)
 
 
 def read_pty(command, env) -> str:

@@ -8,9 +8,11 @@ Two symptoms, each checked where it can first be seen:
   did gradients that were silently wrong (issue 18: 3.84 at the start, 7.65 at step 24). It
   stops the run at once: the remaining steps could only waste the user's time.
 - `check_drift`, once trained: the base model's own answers to held-out prompts became
-  `DRIFT_LIMIT` times less likely under the adapter (the perplexity ratio of
-  `evaluation.measure_drift`). A healthy run on a real model measures ×1.0–1.1; the broken one
-  ×176. Curated answers can come back exactly from a model that lost everything else.
+  more than `max_drift` times less likely under the adapter (the perplexity ratio of
+  `evaluation.measure_drift`; the `max_drift` setting, 10 by default). A healthy run on a real
+  model measures ×1.0–1.1; the broken one ×176. Curated answers can come back exactly from a
+  model that lost everything else. (The built-in model's random answers are nothing to keep:
+  its preset turns this check off.)
 
 Either raises `TrainingDiverged`: one sentence saying what went wrong and what to try, and the
 trainer publishes nothing.
@@ -25,7 +27,6 @@ from sftchat.errors import SftchatError
 
 LOSS_WINDOW = 3      # steps averaged at the start and at the end of the curve
 LOSS_CLIMB = 1.5     # "far above where it started": half as high again as at the start
-DRIFT_LIMIT = 10.0   # perplexity ratio of the base's own answers (healthy: ~1.0-1.1)
 
 
 class TrainingDiverged(SftchatError, RuntimeError):
@@ -57,15 +58,15 @@ def check_loss(curve: Sequence[float], lr: float) -> None:
             f"{step}; nothing was published — {_lr_hint(lr)}")
 
 
-def check_drift(drift: dict, lr: float) -> None:
-    """Raise `TrainingDiverged` if the adapter made the base's own held-out answers
-    `DRIFT_LIMIT` times less likely (see `evaluation.measure_drift`)."""
+def check_drift(drift: dict, max_drift: float, lr: float) -> None:
+    """Raise `TrainingDiverged` if the adapter made the base's own held-out answers more than
+    `max_drift` times less likely (see `evaluation.measure_drift`; 0: no limit)."""
     ratio = drift.get("perplexity_ratio")
-    if ratio is None:
+    if ratio is None or not max_drift:
         return
-    if not math.isfinite(ratio) or ratio > DRIFT_LIMIT:
+    if not math.isfinite(ratio) or ratio > max_drift:
         raise TrainingDiverged(
             f"training broke the model: its own answers to held-out prompts became "
-            f"×{ratio:.3g} less likely (perplexity ratio; a healthy run stays near ×1); "
-            f"nothing was published — {_lr_hint(lr)}, fewer --max-steps or a smaller "
-            "--rank")
+            f"×{ratio:.3g} less likely (perplexity ratio; limit ×{max_drift:g}, a healthy run "
+            f"stays near ×1); nothing was published — {_lr_hint(lr)}, fewer --max-steps or "
+            "a smaller --rank")

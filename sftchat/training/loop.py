@@ -102,7 +102,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         learned = count_learned([encoded[i] for i in step_examples])
         batches = ranks.share(plan.micro_batches, lengths, training.batch_size)
         anchors = None
-        if regularizer is not None and regularizer.weight > 0:
+        if regularizer is not None and (regularizer.weight > 0 or regularizer.quiet_weight > 0):
             anchors = regularizer.next_step(ranks)
         backward_passes = len(batches) + (1 if anchors and anchors.indices else 0)
         # Summed over ranks: loss, tokens, anchor loss, then per step example 1 = reproduced,

@@ -328,7 +328,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     regularizer = None
     if training.regularize != "off":
         regularizer = Regularizer(training.regularize, answers[:len(REHEARSAL_PROMPTS)],
-                                  training.rehearsal_weight)
+                                  training.rehearsal_weight, training.quiet_weight)
     truncated = [record["id"] for record, example in zip(records, encoded)
                  if example.prompt.truncated]
     emit(make_event(
@@ -394,7 +394,7 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
             "replay": _final_replay(loss_function, run.encoded, run.records, training.seed),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
         }
-        check_drift(evaluation["drift"], training.lr)
+        check_drift(evaluation["drift"], training.max_drift, training.lr)
     except StopRequested:
         raise TrainingCancelled("training cancelled; nothing was published") from None
     except PackedWeightError as exc:

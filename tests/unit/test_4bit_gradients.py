@@ -6,14 +6,10 @@ passes (the base's anchor answers, the early-stop replay), so the check below do
 as the trainer does, then compares the LoRA gradients of the 4-bit model with those of the same
 weights dequantized to fp32 in a plain model, to a stated tolerance.
 
-Each test runs on every CPU path this machine can take:
-
-- `plain`: bitsandbytes' AVX512-BF16 detection forced off (what CPUs without it do);
-- `packed`: the detection as it is, on a CPU that has the instruction set (skipped elsewhere,
-  saying why: the packed kernel executes AVX512-BF16 instructions);
-- `packed-emulated`, on CPUs without it: the packing switched on and bitsandbytes' packed
-  kernel replaced by a reference in PyTorch (the same layout, bf16 arithmetic, no autograd
-  formula — like the real one), so the packed path's wiring is checked on every machine.
+Each test runs on every CPU path this machine can take (the `cpu_path` fixture,
+tests/cpu_paths.py): `plain` (bitsandbytes' AVX512-BF16 detection forced off), `packed` (on a
+CPU with the instruction set; skipped elsewhere, saying why) and `packed-emulated` (elsewhere:
+the packing switched on, the packed kernel replaced by a PyTorch reference).
 
 The control test proves the comparison can fail: without `keep_trainable` the eval-mode pass
 packs the weights and the gradients come out wrong (if a bitsandbytes release gives the packed
@@ -28,61 +24,6 @@ import torch
 # Relative error ‖g − g_ref‖ / ‖g_ref‖ allowed per LoRA tensor: both sides multiply the same
 # fp32 weights, so only the order of floating-point operations differs (measured ~1e-6).
 TOLERANCE = 1e-3
-
-PATHS = ("plain", "packed", "packed-emulated")
-
-
-def _dequantize_packed(weight, state, dtype=torch.float32):
-    """The [N, K] weight held in bitsandbytes' CPU-packed layout (its
-    `_convert_weight_packed_for_cpu`: 32-row blocks, low nibbles rows 0-15, high 16-31;
-    absmax [K / blocksize, N] in bf16)."""
-    rows, half = weight.shape
-    packed = weight.view(torch.uint8).reshape(-1, 32)
-    codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)
-    codes = codes.reshape(rows // 32, half, 32, 2).transpose(1, 2).reshape(rows, half * 2)
-    values = state.code.to(dtype)[codes.long()]
-    absmax = state.absmax.to(dtype).T
-    return (values.view(rows, absmax.shape[1], -1) * absmax[:, :, None]).view(rows, half * 2)
-
-
-def _emulated_gemv_4bit(A, B, shapeB, absmax, code, blocksize):
-    """bitsandbytes' packed CPU kernel, in PyTorch: bf16 inputs and output, and like the C
-    kernel (which writes into a fresh tensor) nothing autograd could follow."""
-    class State:
-        pass
-
-    state = State()
-    state.code, state.absmax = code, absmax
-    with torch.no_grad():
-        weight = _dequantize_packed(B.reshape(shapeB[0], -1), state, torch.bfloat16)
-        return torch.nn.functional.linear(A.to(torch.bfloat16), weight).to(A.dtype)
-
-
-@pytest.fixture(params=PATHS)
-def cpu_path(request, monkeypatch, builtin_cache):
-    """Put bitsandbytes on one CPU path for the models made in this test."""
-    import bitsandbytes.nn.modules as bnb_modules
-    from bitsandbytes.functional import has_avx512bf16
-
-    path = request.param
-    native = bool(has_avx512bf16())
-    if path == "packed" and not native:
-        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' packed kernel cannot run here "
-                    "(packed-emulated checks the same path with a reference kernel)")
-    if path == "packed-emulated" and native:
-        pytest.skip("this CPU runs bitsandbytes' real packed kernel (the packed case)")
-    if path == "plain":
-        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
-    library = None
-    if path == "packed-emulated":
-        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
-        library = torch.library.Library("bitsandbytes", "FRAGMENT")
-        torch.library.register_kernel("bitsandbytes::gemv_4bit", "cpu", _emulated_gemv_4bit,
-                                      lib=library)
-    yield path
-    if library is not None:
-        library._destroy()
-
 
 def _examples(tokenizer):
     from sftchat.prompts import encode_example

@@ -137,10 +137,12 @@ def test_builtin_model_gets_the_builtin_training_preset(ws):
     assert training == dataclasses.replace(TrainingSettings(), **BUILTIN_TRAINING)
     for name, value in BUILTIN_TRAINING.items():
         assert getattr(training, name) == value, name
-    # The preset is small: a higher learning rate, and no rehearsal of random answers.
+    # The preset is small: a higher learning rate, nothing of random answers to keep (no
+    # regularizer, no drift limit).
     assert training.lr > TrainingSettings().lr
-    assert training.regularize == "off" and TrainingSettings().regularize == "rehearsal"
-    assert set(BUILTIN_TRAINING) == {"lr", "regularize"}
+    assert training.regularize == "off" and TrainingSettings().regularize == "distill"
+    assert training.max_drift == 0 and TrainingSettings().max_drift == 10
+    assert set(BUILTIN_TRAINING) == {"lr", "regularize", "max_drift"}
 
 
 def test_real_model_gets_the_adaptive_defaults(monkeypatch, ws):
@@ -150,7 +152,8 @@ def test_real_model_gets_the_adaptive_defaults(monkeypatch, ws):
     assert training == TrainingSettings()
     assert (training.lr, training.rank, training.alpha, training.epochs) == (1e-3, 16, 32,
                                                                               "auto")
-    assert training.early_stop and training.regularize == "rehearsal"
+    assert training.early_stop and training.regularize == "distill"
+    assert (training.rehearsal_weight, training.quiet_weight) == (3.0, 1e5)
 
 
 def test_epochs_auto_or_a_number_and_booleans_from_toml(ws):

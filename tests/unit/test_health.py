@@ -9,8 +9,7 @@ import math
 import pytest
 
 from sftchat.errors import SftchatError
-from sftchat.training.health import (DRIFT_LIMIT, TrainingDiverged, check_drift,
-                                     check_loss)
+from sftchat.training.health import TrainingDiverged, check_drift, check_loss
 
 
 @pytest.mark.parametrize("curve", [
@@ -42,10 +41,22 @@ def test_a_loss_that_is_not_a_number_fails_at_once(bad):
 
 
 def test_drift_beyond_the_limit_fails():
-    check_drift({"prompts": 12, "perplexity_ratio": 1.1}, lr=1e-3)
-    check_drift({"prompts": 0}, lr=1e-3)   # nothing measured: nothing to judge
-    check_drift({"perplexity_ratio": DRIFT_LIMIT}, lr=1e-3)
-    with pytest.raises(TrainingDiverged, match=r"×177 less likely.*nothing was published"):
-        check_drift({"prompts": 12, "perplexity_ratio": 176.6}, lr=1e-3)
+    check_drift({"prompts": 12, "perplexity_ratio": 1.1}, max_drift=10, lr=1e-3)
+    check_drift({"prompts": 0}, max_drift=10, lr=1e-3)   # nothing measured: nothing to judge
+    check_drift({"perplexity_ratio": 10.0}, max_drift=10, lr=1e-3)
+    with pytest.raises(TrainingDiverged, match=r"×177 less likely.*limit ×10.*nothing was "
+                                               r"published"):
+        check_drift({"prompts": 12, "perplexity_ratio": 176.6}, max_drift=10, lr=1e-3)
     with pytest.raises(TrainingDiverged):
-        check_drift({"prompts": 12, "perplexity_ratio": math.inf}, lr=1e-3)
+        check_drift({"prompts": 12, "perplexity_ratio": math.inf}, max_drift=10, lr=1e-3)
+    check_drift({"prompts": 12, "perplexity_ratio": 176.6}, max_drift=0, lr=1e-3)  # off
+
+
+def test_the_drift_limit_is_a_setting_off_for_the_builtin_model(tmp_path):
+    from sftchat.config import ConfigError, load_settings, validate_training
+    from sftchat.config import TrainingSettings
+
+    assert TrainingSettings().max_drift == 10
+    assert load_settings(workspace=str(tmp_path)).training.max_drift == 0   # built-in
+    with pytest.raises(ConfigError, match="max_drift must be 0 or more"):
+        validate_training(TrainingSettings(max_drift=-1))

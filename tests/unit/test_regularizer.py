@@ -80,3 +80,44 @@ def test_rehearsal_is_cross_entropy_on_the_base_answers_and_cycles(wrapped):
                                  rel=1e-4)
     assert float(weighted) == pytest.approx(0.5 * loss, rel=1e-5)
     assert tokens == sum(len(a.input_ids) for a in answers)
+
+
+def test_the_quiet_penalty_is_what_the_adapter_adds_to_each_layer_relative_to_the_layer(wrapped):
+    """Zero while the adapter adds nothing; then Σ‖scaling·B·A·x‖² / (the layer's mean squared
+    output with the adapter off) over layers and anchor tokens — checked against a direct
+    computation — and its gradient reaches the LoRA weights."""
+    import torch
+
+    from sftchat.training.regularizer import lora_layers
+
+    answers, model, loss_function = wrapped
+    regularizer = Regularizer("rehearsal", answers, weight=0.0, quiet_weight=2.0)
+    regularizer.prepare(loss_function, model)
+    layers = lora_layers(model)
+    assert len(regularizer.scales) == len(layers) > 0 and min(regularizer.scales) > 0
+    with torch.no_grad():
+        weighted, _, _ = regularizer.step_loss(loss_function)
+    assert float(weighted) == 0.0   # lora_B starts at zero: nothing added yet
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    # Direct: hook each layer's LoRA output and its base output (adapter on), same anchors.
+    step = regularizer.next_step()
+    regularizer.cursor = 0
+    added = []
+    handles = [module.lora_B[name].register_forward_hook(
+        lambda m, i, o, s=module.scaling[name]: added.append(float((o * s).pow(2).sum())))
+        for module, name in layers]
+    with torch.no_grad():
+        loss_function.learned_logits([answers[i] for i in step.indices])
+    for handle in handles:
+        handle.remove()
+    expected = sum(a / s for a, s in zip(added, regularizer.scales)) / (len(layers) * step.tokens)
+    model.zero_grad()
+    weighted, _, _ = regularizer.step_loss(loss_function)
+    assert float(weighted) == pytest.approx(2.0 * expected, rel=1e-4) and expected > 0
+    weighted.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert all(g is not None for g in grads) and sum(float(g.norm()) for g in grads) > 0
