@@ -87,8 +87,16 @@ def _batch(tokenizer, size: int, length: int):
     template = resolve_template("auto", tokenizer)
     words = ("the quick brown fox jumps over the lazy dog " * length).split()
     records = [{"instruction": f"Question {i}: tell me a story.",
-                "response": " ".join(words[i:i + length // 2])} for i in range(size)]
-    return [encode_example(tokenizer, template, record, length) for record in records]
+                "response": " ".join(words[i:i + length])} for i in range(size)]
+    # Each example cut to `length` tokens (the response's end goes): equal-sized work items.
+    return [_cut(encode_example(tokenizer, template, record, 4 * length), length)
+            for record in records]
+
+
+def _cut(example, length: int):
+    from sftchat.prompts import EncodedExample
+
+    return EncodedExample(input_ids=example.input_ids[:length], labels=example.labels[:length])
 
 
 def _train_step(spec: str, steps: int, size: int, length: int, packed_path: bool) -> dict:

