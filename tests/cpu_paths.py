@@ -16,6 +16,8 @@ The detection is read when a `Linear4bit` is made: models loaded inside the test
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -38,11 +40,7 @@ def _dequantize_packed(weight, state, dtype=torch.float32):
 def _emulated_gemv_4bit(A, B, shapeB, absmax, code, blocksize):
     """bitsandbytes' packed CPU kernel, in PyTorch: bf16 inputs and output, and like the C
     kernel (which writes into a fresh tensor) nothing autograd could follow."""
-    class State:
-        pass
-
-    state = State()
-    state.code, state.absmax = code, absmax
+    state = types.SimpleNamespace(code=code, absmax=absmax)
     with torch.no_grad():
         weight = _dequantize_packed(B.reshape(shapeB[0], -1), state, torch.bfloat16)
         return torch.nn.functional.linear(A.to(torch.bfloat16), weight).to(A.dtype)
