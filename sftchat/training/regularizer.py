@@ -167,8 +167,9 @@ class Regularizer:
         finally:
             for handle in handles:
                 handle.remove()
-        if terms and result:
-            real = result.pop().real   # padding positions are not text: not counted
+        forward = result.pop() if result else None
+        if terms and forward is not None:
+            real = forward.real   # padding positions are not text: not counted
             penalty = sum(term[real].sum() for term in terms)
             result.append(penalty / (len(self.layers) * max(step.tokens, 1)))
 
