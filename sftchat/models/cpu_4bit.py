@@ -35,12 +35,14 @@ def packed_layout_supported() -> bool:
     return bool(has_avx512bf16())
 
 
-def _linear_4bit_layers(model) -> Iterator:
+def _linear_4bit_layers(model) -> Iterator[tuple[str, object]]:
+    """(name, layer) for every bitsandbytes `Linear4bit` of `model`."""
     try:
         from bitsandbytes.nn import Linear4bit
     except ImportError:
         return iter(())
-    return (module for module in model.modules() if isinstance(module, Linear4bit))
+    return ((name, module) for name, module in model.named_modules()
+            if isinstance(module, Linear4bit))
 
 
 def is_packed(layer) -> bool:
@@ -51,9 +53,7 @@ def is_packed(layer) -> bool:
 
 def packed_layers(model) -> list[str]:
     """Names of the 4-bit layers of `model` whose weights are in the packed layout."""
-    layers = set(_linear_4bit_layers(model))
-    return [name for name, module in model.named_modules() if module in layers
-            and is_packed(module)]
+    return [name for name, layer in _linear_4bit_layers(model) if is_packed(layer)]
 
 
 def keep_trainable(model) -> int:
@@ -61,7 +61,7 @@ def keep_trainable(model) -> int:
     bitsandbytes from packing them at the next eval-mode pass, and unpack any already packed.
     Returns how many layers had to be unpacked. A no-op off bitsandbytes' packing CPUs."""
     unpacked = 0
-    for layer in _linear_4bit_layers(model):
+    for _name, layer in _linear_4bit_layers(model):
         # bitsandbytes reads this flag (set from the CPU's features when the layer was made)
         # in every forward before it packs; an older release without it never packs.
         layer.support_avx512bf16_for_cpu = False
