@@ -14,6 +14,7 @@ keeping, only differs in a higher learning rate and no rehearsal.
     template = "auto"               # auto | alpaca | chatml | tokenizer
     trust_remote_code = false
     review = true                   # the app reviews a new adapter before it answers
+    system = ""                     # the system prompt of new conversations ("": none)
 
     [generation]
     max_new_tokens = 256
@@ -145,6 +146,9 @@ class Settings:
     # A finished run's adapter is replayed against the one answering and shown for review
     # before it takes over (False: it is swapped in at once; `/train --auto-swap` per run).
     review: bool = True
+    # The system prompt a new conversation starts with (`/system` changes it in the app,
+    # `ask --system` per question); saved with every example it produced. "": none.
+    system: str = ""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
@@ -275,7 +279,7 @@ def load_settings(
     toml = read_toml(root)
     where = str(root / CONFIG_FILE)
     top_level = {"model": str, "device": str, "quantize": bool, "template": str,
-                 "trust_remote_code": bool, "review": bool}
+                 "trust_remote_code": bool, "review": bool, "system": str}
     for key in toml:
         if key not in top_level and key not in ("generation", "training"):
             raise ConfigError(
@@ -321,6 +325,7 @@ def load_settings(
         template=chosen_template,
         trust_remote_code=file_values.get("trust_remote_code", False),
         review=file_values.get("review", True),
+        system=file_values.get("system", ""),
         generation=validate_generation(generation, f"{where} [generation]"),
         training=validate_training(training, f"{where} [training]"),
     )

@@ -169,14 +169,16 @@ class ChatEngine:
 
     def generate(self, instruction: str, history: Sequence[Turn] = (), input: str = "",
                  settings: GenerationSettings | None = None,
-                 cancel: threading.Event | None = None) -> Generation:
-        """Start answering `instruction` after `history`; iterate the result for text."""
+                 cancel: threading.Event | None = None, system: str = "") -> Generation:
+        """Start answering `instruction` after `history`, under the `system` prompt; iterate
+        the result for text."""
         settings = settings or self.generation
         cancel = cancel or threading.Event()
 
         def encode(template: str):
             return encode_prompt(self.tokenizer, template, instruction, input, history,
-                                 max_tokens=self.max_prompt_tokens(settings.max_new_tokens))
+                                 max_tokens=self.max_prompt_tokens(settings.max_new_tokens),
+                                 system=system)
 
         template = self.template
         prompt = encode(template)

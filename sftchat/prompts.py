@@ -3,17 +3,28 @@
 Training and inference both call this module, so the prompt the model is trained on and the
 prompt it is asked at inference are byte-identical (GUIDE §1):
 
-- `render_prompt(template, instruction, input, history)` -> the prompt text, response empty.
+- `render_prompt(template, instruction, input, history, system=...)` -> the prompt text,
+  response empty.
 - `render(template, example)` -> the full training text (prompt + response).
 - `encode_prompt(tokenizer, ...)` -> prompt token ids, truncated to a budget if needed.
 - `encode_example(tokenizer, template, example, max_length)` -> `(input_ids, labels)` where
-  every prompt token is `IGNORE_INDEX` and only the response tokens and the end-of-turn token
-  are learned.
+  every prompt token is `IGNORE_INDEX` and only the learned answers (the last one, and earlier
+  ones whose `Turn.learn` is set) and their end-of-turn tokens are learned.
 - `supervision_view(...)` shows which tokens are learned, for debugging masks.
 
-Prompt and response are tokenized separately and concatenated, so the inference prompt's
-token ids are always an exact prefix of the training ids (joint tokenization could merge
-tokens across the boundary and break that).
+A conversation is tokenized in segments, never as one text: the first prompt, then each
+answer, its end token, the text the template puts between that answer and the next one, and
+so on. The chat builds its prompt for the next answer the same way, so that prompt is a
+byte-identical prefix of the ids the conversation trains on, earlier turns and system prompt
+included (joint tokenization could merge tokens across a boundary and break that). An earlier
+answer is followed by the end token the model ended it with: the template's own text for it
+(`<|im_end|>`) is replaced by the token, and Alpaca, whose text has none, gets the EOS there.
+This needs a template that renders earlier turns the same way whatever follows them; one that
+does not (it trims or rewrites earlier answers) is refused for multi-turn conversations.
+
+The system prompt: ChatML and the tokenizer's template get it as their system message (when
+it is empty, ChatML's default line and whatever default the tokenizer's template has);
+Alpaca's rendering replaces its header paragraph with it.
 
 Templates: "auto" (the default: the model tokenizer's own chat template when it has one,
 as instruct models were trained on it, else Alpaca), "alpaca" (with Alpaca's `### Input:`
@@ -27,6 +38,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
+
+from sftchat.conversation import Turn, example_context, to_messages
+
+__all__ = ["Turn"]  # re-exported: prompts took (and take) turns before the store had them
 
 IGNORE_INDEX = -100
 AUTO_TEMPLATE = "auto"
@@ -54,15 +69,6 @@ class ExampleTooLongError(ValueError):
     """The response (plus its end token) alone does not fit in `max_length`."""
 
 
-@dataclass(frozen=True)
-class Turn:
-    """One finished exchange of a conversation: what the user asked and what was answered."""
-
-    instruction: str
-    response: str
-    input: str = ""
-
-
 @dataclass
 class PromptEncoding:
     """Prompt token ids plus what truncation did to fit them in the budget."""
@@ -70,6 +76,10 @@ class PromptEncoding:
     ids: list[int]
     dropped_turns: int = 0
     truncated_tokens: int = 0
+    # The earlier turns that stayed in the prompt, and where each one's answer and end token
+    # lie in `ids` (start, end): what training learns when the turn is marked.
+    kept_turns: list[Turn] = field(default_factory=list)
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def truncated(self) -> bool:
@@ -130,16 +140,10 @@ def _alpaca_block(instruction: str, input_text: str) -> str:
     return block + "### Response:\n"
 
 
-def _messages(instruction: str, input_text: str, history: Sequence[Turn]) -> list[dict]:
-    def user_content(turn_instruction: str, turn_input: str) -> str:
-        return f"{turn_instruction}\n\n{turn_input}" if turn_input else turn_instruction
-
-    messages: list[dict] = []
-    for turn in history:
-        messages.append({"role": "user", "content": user_content(turn.instruction, turn.input)})
-        messages.append({"role": "assistant", "content": turn.response})
-    messages.append({"role": "user", "content": user_content(instruction, input_text)})
-    return messages
+def _alpaca_header(system: str, first_input: str) -> str:
+    if system:
+        return system + "\n\n"
+    return ALPACA_HEADER_WITH_INPUT if first_input else ALPACA_HEADER
 
 
 def render_prompt(
@@ -148,22 +152,26 @@ def render_prompt(
     input: str = "",
     history: Sequence[Turn] = (),
     tokenizer: Any = None,
+    system: str = "",
 ) -> str:
     """The prompt text for `instruction`, after `history`, with the response left empty.
 
     Alpaca has no multi-turn form of its own: earlier turns are repeated as
-    Instruction/Response blocks under one header, each response ended by a blank line.
+    Instruction/Response blocks under one header, each response ended by a blank line. The
+    header is the system prompt when there is one, else Alpaca's own, in its `### Input:`
+    wording when the conversation's first message has an input (a later turn cannot change
+    the header: what came before an answer must not depend on what follows it).
     """
     check_template(template)
     if template == "alpaca":
-        has_input = bool(input) or any(turn.input for turn in history)
-        text = ALPACA_HEADER_WITH_INPUT if has_input else ALPACA_HEADER
+        text = _alpaca_header(system, history[0].input if history else input)
         for turn in history:
             text += _alpaca_block(turn.instruction, turn.input) + turn.response + "\n\n"
         return text + _alpaca_block(instruction, input)
+    messages = to_messages(system, history, instruction, input)
     if template == "chatml":
-        text = f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n"
-        for message in _messages(instruction, input, history):
+        text = "" if system else f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n"
+        for message in messages:
             text += f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n"
         return text + "<|im_start|>assistant\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -171,16 +179,15 @@ def render_prompt(
             "template 'tokenizer' needs a tokenizer with a chat template; "
             "this model has none, use --template alpaca or chatml"
         )
-    return tokenizer.apply_chat_template(
-        _messages(instruction, input, history), tokenize=False, add_generation_prompt=True
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def render(template: str, example: Any, tokenizer: Any = None) -> str:
     """The full training text of an example (prompt + response), without the end token."""
     return render_prompt(
         template, example_field(example, "instruction"), example_field(example, "input"),
-        tokenizer=tokenizer,
+        history=example_context(example), tokenizer=tokenizer,
+        system=example_field(example, "system"),
     ) + example_field(example, "response")
 
 
@@ -260,6 +267,46 @@ def _tokenize(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _end_token_text(tokenizer: Any, token_id: int) -> str:
+    """How a template writes the end token in its text ("<|im_end|>"), or "" if it cannot."""
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    return token if isinstance(token, str) else ""
+
+
+def _encode_turns(tokenizer: Any, template: str, instruction: str, input_text: str,
+                  history: Sequence[Turn], system: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The prompt ids of a conversation, tokenized in segments (see the module docstring),
+    and the (start, end) of each earlier answer with its end token."""
+    texts = [render_prompt(template, turn.instruction, turn.input, history[:k], tokenizer,
+                           system) for k, turn in enumerate(history)]
+    texts.append(render_prompt(template, instruction, input_text, history, tokenizer, system))
+    # The "tokenizer" template's text already carries the BOS when the template adds one.
+    ids = _tokenize(tokenizer, texts[0], special=template != "tokenizer")
+    spans: list[tuple[int, int]] = []
+    if not history:
+        return ids, spans
+    end_id = end_token_id(template, tokenizer)
+    end_text = _end_token_text(tokenizer, end_id)
+    for k, turn in enumerate(history):
+        answer, following = turn.response, texts[k + 1]
+        if not following.startswith(texts[k] + answer):
+            # Templates that trim messages (Llama 3's) render " Paris. " as "Paris.".
+            answer = answer.strip()
+            if not following.startswith(texts[k] + answer):
+                raise TemplateError(
+                    f"the {template} template renders an earlier answer differently once "
+                    "the conversation goes on, so a multi-turn prompt cannot be a prefix of "
+                    "its training text; use --template chatml or alpaca for conversations")
+        start = len(ids)
+        ids += _tokenize(tokenizer, answer, special=False) + [end_id]
+        spans.append((start, len(ids)))
+        between = following[len(texts[k] + answer):]
+        if end_text and between.startswith(end_text):
+            between = between[len(end_text):]
+        ids += _tokenize(tokenizer, between, special=False)
+    return ids, spans
+
+
 def encode_prompt(
     tokenizer: Any,
     template: str,
@@ -267,6 +314,7 @@ def encode_prompt(
     input: str = "",
     history: Sequence[Turn] = (),
     max_tokens: int | None = None,
+    system: str = "",
 ) -> PromptEncoding:
     """Prompt token ids; if longer than `max_tokens`, fit them without ever failing.
 
@@ -277,14 +325,13 @@ def encode_prompt(
     history = list(history)
     dropped = 0
     while True:
-        text = render_prompt(template, instruction, input, history, tokenizer)
-        # The "tokenizer" template's text already carries the BOS when the template adds one.
-        ids = _tokenize(tokenizer, text, special=template != "tokenizer")
+        ids, spans = _encode_turns(tokenizer, template, instruction, input, history, system)
         if max_tokens is None or len(ids) <= max_tokens or not history:
             break
         history.pop(0)
         dropped += 1
-    encoding = PromptEncoding(ids, dropped_turns=dropped)
+    encoding = PromptEncoding(ids, dropped_turns=dropped, kept_turns=history,
+                              answer_spans=spans)
     if max_tokens is not None and len(ids) > max_tokens:
         marker = _tokenize(tokenizer, TRUNCATION_MARKER, special=False)
         if max_tokens < len(marker) + 8:
@@ -310,7 +357,8 @@ def encode_example(
     """Tokenize a training example into `input_ids` and masked `labels`.
 
     `labels` is `IGNORE_INDEX` for every prompt token; the response tokens and the end token
-    are learned. When the whole does not fit in `max_length`, the prompt side is truncated
+    are learned, and so is every earlier answer (with its end token) whose turn is marked
+    `learn`. When the whole does not fit in `max_length`, the prompt side is truncated
     (see `encode_prompt`); the response and its end token are never cut: if they alone leave
     no room for a prompt, `ExampleTooLongError` says so.
     """
@@ -326,11 +374,16 @@ def encode_example(
             )
     prompt = encode_prompt(
         tokenizer, template, example_field(example, "instruction"),
-        example_field(example, "input"), max_tokens=budget,
+        example_field(example, "input"), history=example_context(example), max_tokens=budget,
+        system=example_field(example, "system"),
     )
+    labels = [IGNORE_INDEX] * len(prompt.ids)
+    for turn, (start, end) in zip(prompt.kept_turns, prompt.answer_spans):
+        if turn.learn:
+            labels[start:end] = prompt.ids[start:end]
     return EncodedExample(
         input_ids=prompt.ids + response_ids,
-        labels=[IGNORE_INDEX] * len(prompt.ids) + response_ids,
+        labels=labels + response_ids,
         prompt=prompt,
     )
 

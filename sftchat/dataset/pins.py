@@ -2,6 +2,9 @@
 for it; every new adapter is replayed on the pins before it answers (the review, `sftchat
 eval`), and one whose greedy answer differs is a regression to look at.
 
+A pin keeps the conversation its prompt was asked in (system prompt and earlier turns): it is
+replayed with them, as the answer was given.
+
 Pins live in the workspace's store (the `pins` table, beside the examples) and are never
 trained on: to teach an answer, save it as an example too.
 """
@@ -12,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from sftchat.dataset.store import StoreError, validate_fields
+from sftchat.conversation import Turn
+from sftchat.dataset.store import StoreError, context_column, row_with_turns, validate_fields
 
 
 class PinNotFound(StoreError):
@@ -27,12 +31,14 @@ class Pin:
     response: str          # the accepted answer
     adapter: str | None    # the adapter that gave it (None: the base model or typed in)
     created_at: float
+    system: str = ""
+    context: tuple[Turn, ...] = ()   # the earlier turns it was asked after
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_COLUMNS = "id, instruction, input, response, adapter, created_at"
+_COLUMNS = "id, instruction, input, response, adapter, created_at, system, context"
 
 
 class Pins:
@@ -43,21 +49,25 @@ class Pins:
         self._transaction = transaction
 
     def add(self, instruction: str, response: str, input: str = "",
-            adapter: str | None = None) -> int:
-        """Pin `instruction` with its accepted `response`; pinning the same prompt again
-        replaces the answer (one pin per prompt). Returns the pin's id."""
+            adapter: str | None = None, system: str = "", context=()) -> int:
+        """Pin `instruction` (asked after `context`, under `system`) with its accepted
+        `response`; pinning the same prompt in the same conversation again replaces the
+        answer (one pin per prompt). Returns the pin's id."""
         validate_fields(instruction, response)
+        context_json = context_column(context)
         with self._transaction():
-            row = self._db.execute("SELECT id FROM pins WHERE instruction=? AND input=?",
-                                   (instruction, input or "")).fetchone()
+            row = self._db.execute(
+                "SELECT id FROM pins WHERE instruction=? AND input=? AND system=? AND context=?",
+                (instruction, input or "", system or "", context_json)).fetchone()
             if row is not None:
                 self._db.execute("UPDATE pins SET response=?, adapter=?, created_at=? "
                                  "WHERE id=?", (response, adapter, time.time(), row[0]))
                 return row[0]
             return self._db.execute(
-                "INSERT INTO pins (instruction, input, response, adapter, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (instruction, input or "", response, adapter, time.time())).lastrowid
+                "INSERT INTO pins (instruction, input, response, adapter, created_at, system, "
+                "context) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (instruction, input or "", response, adapter, time.time(), system or "",
+                 context_json)).lastrowid
 
     def remove(self, pin_id: int) -> None:
         with self._transaction():
@@ -68,10 +78,10 @@ class Pins:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM pins WHERE id=?", (pin_id,)).fetchone()
         if row is None:
             raise PinNotFound(f"no pin with id {pin_id}; `sftchat pins list` shows them")
-        return Pin(*row)
+        return row_with_turns(Pin, row)
 
     def all(self) -> list[Pin]:
-        return [Pin(*row) for row in self._db.execute(
+        return [row_with_turns(Pin, row) for row in self._db.execute(
             f"SELECT {_COLUMNS} FROM pins ORDER BY id")]
 
     def count(self) -> int:

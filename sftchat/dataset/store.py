@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from sftchat.conversation import Turn, turns_from_json, turns_to_json
 from sftchat.errors import SftchatError
 
 DB_NAME = "examples.sqlite3"
@@ -71,6 +72,17 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2 -> 3: conversations. An example, a rejected answer and a pin each answer the last
+    # user message after an optional system prompt and earlier turns (`context`: JSON, see
+    # `sftchat.conversation`); '' for both is the single-turn case every older row is.
+    """
+    ALTER TABLE examples ADD COLUMN system TEXT NOT NULL DEFAULT '';
+    ALTER TABLE examples ADD COLUMN context TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rejected ADD COLUMN system TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rejected ADD COLUMN context TEXT NOT NULL DEFAULT '';
+    ALTER TABLE pins ADD COLUMN system TEXT NOT NULL DEFAULT '';
+    ALTER TABLE pins ADD COLUMN context TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -95,6 +107,8 @@ class Rejected:
     response: str
     source: str          # "edit" | "compare" | "bad" | "cli"
     created_at: float
+    system: str = ""
+    context: tuple[Turn, ...] = ()   # the earlier turns the answer followed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,25 +127,52 @@ class Example:
     source: str
     created_at: float
     updated_at: float
+    system: str = ""
+    context: tuple[Turn, ...] = ()   # earlier turns, oldest first (`sftchat.conversation`)
+
+    @property
+    def is_conversation(self) -> bool:
+        """More than the single-turn case: a system prompt or earlier turns."""
+        return bool(self.system or self.context)
 
     def to_record(self) -> dict:
-        """The training/export view: Alpaca field names plus provenance."""
-        return {"id": self.id, "instruction": self.instruction, "input": self.input,
-                "output": self.response}
+        """The training/export view: Alpaca field names plus provenance, and `system` and
+        `context` only for a conversation (a single-turn record is what it always was)."""
+        record = {"id": self.id, "instruction": self.instruction, "input": self.input,
+                  "output": self.response}
+        if self.system:
+            record["system"] = self.system
+        if self.context:
+            record["context"] = [turn.to_dict() for turn in self.context]
+        return record
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 _COLUMNS = ("id, instruction, input, response, original_response, source, "
-            "created_at, updated_at")
+            "created_at, updated_at, system, context")
+_REJECTED_COLUMNS = "id, example_id, instruction, input, response, source, created_at, " \
+    "system, context"
 
 
-def validate_fields(instruction: str, response: str) -> None:
+def row_with_turns(cls, row):
+    """A dataclass from a row whose last column is the JSON of the earlier turns."""
+    return cls(*row[:-1], turns_from_json(row[-1]))
+
+
+def context_column(context) -> str:
+    turns = [Turn.from_dict(turn) for turn in context]
+    for turn in turns:
+        validate_fields(turn.instruction, turn.response, what="an earlier turn's ")
+    return turns_to_json(turns)
+
+
+def validate_fields(instruction: str, response: str, what: str = "the ") -> None:
     if not instruction or not instruction.strip():
-        raise StoreError("the instruction is empty; give the example an instruction")
+        raise StoreError(f"{what}instruction is empty; give the example an instruction")
     if not response or not response.strip():
-        raise StoreError("the response is empty; give the example a response")
+        raise StoreError(f"{what}response is empty; give the example a response")
 
 
 class ExampleStore:
@@ -226,71 +267,86 @@ class ExampleStore:
 
     def add(self, instruction: str, response: str, input: str = "",
             original_response: str | None = None, source: str = "cli",
-            rejected: Iterable[tuple[str, str]] = ()) -> int:
+            rejected: Iterable[tuple[str, str]] = (), system: str = "",
+            context: Iterable[Turn] = ()) -> int:
         """Insert one example and return its id once the commit is durable. `rejected` are
         (answer, source) pairs of answers not chosen for it; an `original_response` that the
-        user changed is one too (source "edit")."""
+        user changed is one too (source "edit"). `system` and `context` (earlier turns) make
+        it a conversation."""
+        context = tuple(context)
         with self._transaction():
             example_id = self.add_many(
-                [(instruction, input, response, original_response, source)])[0]
-            self._add_rejected(example_id, instruction, input, rejected)
+                [(instruction, input, response, original_response, source, system,
+                  context)])[0]
+            for answer, answer_source in rejected:
+                if answer and answer.strip():
+                    self._insert_rejected(example_id, instruction, input, answer,
+                                          answer_source, system, context)
         return example_id
 
     def add_rejected(self, instruction: str, response: str, input: str = "",
-                     source: str = "bad", example_id: int | None = None) -> int:
+                     source: str = "bad", example_id: int | None = None, system: str = "",
+                     context: Iterable[Turn] = ()) -> int:
         """Keep a model answer that was not chosen (by default: flagged as a bad answer, with
-        no replacement); return its id."""
+        no replacement) with the conversation it answered; return its id."""
         validate_fields(instruction, response)
         with self._transaction():
             if example_id is not None:
                 self.get(example_id)  # raises ExampleNotFound
-            return self._insert_rejected(example_id, instruction, input, response, source)
+            return self._insert_rejected(example_id, instruction, input, response, source,
+                                         system, tuple(context))
 
-    def _add_rejected(self, example_id: int, instruction: str, input_text: str,
-                      rejected: Iterable[tuple[str, str]]) -> None:
-        for answer, source in rejected:
-            if answer and answer.strip():
-                self._insert_rejected(example_id, instruction, input_text, answer, source)
-
-    def _insert_rejected(self, example_id, instruction, input_text, response, source) -> int:
+    def _insert_rejected(self, example_id, instruction, input_text, response, source,
+                         system: str = "", context: tuple = ()) -> int:
         if source not in REJECTED_SOURCES:
             raise StoreError(f"unknown source of a rejected answer {source!r}")
         return self._db.execute(
             "INSERT INTO rejected (example_id, instruction, input, response, source, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (example_id, instruction, input_text or "", response, source, time.time()),
+            "created_at, system, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (example_id, instruction, input_text or "", response, source, time.time(),
+             system or "", context_column(context)),
         ).lastrowid
 
-    def add_many(self, rows: Iterable[tuple[str, str, str, str | None, str]]) -> list[int]:
-        """Insert (instruction, input, response, original_response, source) rows atomically:
-        all of them or, on any invalid row, none."""
+    def add_many(self, rows: Iterable[tuple]) -> list[int]:
+        """Insert (instruction, input, response, original_response, source[, system,
+        context]) rows atomically: all of them or, on any invalid row, none."""
         now = time.time()
         ids = []
         with self._transaction():
-            for instruction, input_text, response, original, source in rows:
+            for row in rows:
+                instruction, input_text, response, original, source = row[:5]
+                system, context = (row[5], tuple(row[6])) if len(row) > 5 else ("", ())
                 validate_fields(instruction, response)
                 cursor = self._db.execute(
                     "INSERT INTO examples (instruction, input, response, original_response, "
-                    "source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (instruction, input_text or "", response, original, source, now, now),
+                    "source, created_at, updated_at, system, context) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (instruction, input_text or "", response, original, source, now, now,
+                     system or "", context_column(context)),
                 )
                 ids.append(cursor.lastrowid)
                 if original is not None and original != response:
                     self._insert_rejected(cursor.lastrowid, instruction, input_text, original,
-                                          "edit")
+                                          "edit", system, context)
         return ids
 
     def update(self, example_id: int, instruction: str | None = None,
-               response: str | None = None, input: str | None = None) -> Example:
+               response: str | None = None, input: str | None = None,
+               system: str | None = None, context: Iterable[Turn] | None = None) -> Example:
+        """Change the fields given (None: keep); `context=()` makes it single-turn."""
         with self._transaction():
             current = self.get(example_id)
             instruction = current.instruction if instruction is None else instruction
             response = current.response if response is None else response
             input_text = current.input if input is None else input
+            system = current.system if system is None else system
+            context = current.context if context is None else tuple(context)
             validate_fields(instruction, response)
             self._db.execute(
-                "UPDATE examples SET instruction=?, input=?, response=?, updated_at=? "
-                "WHERE id=?", (instruction, input_text, response, time.time(), example_id),
+                "UPDATE examples SET instruction=?, input=?, response=?, system=?, context=?, "
+                "updated_at=? WHERE id=?",
+                (instruction, input_text, response, system,
+                 context_column(context), time.time(), example_id),
             )
         return self.get(example_id)
 
@@ -322,7 +378,7 @@ class ExampleStore:
         ).fetchone()
         if row is None:
             raise ExampleNotFound(self._not_found(example_id))
-        return Example(*row)
+        return row_with_turns(Example, row)
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
@@ -337,29 +393,27 @@ class ExampleStore:
 
     def iter_examples(self, search: str | None = None, limit: int | None = None,
                       offset: int = 0) -> Iterator[Example]:
-        """Examples in id order; `search` matches instruction, input or response text."""
+        """Examples in id order; `search` matches the text of any turn or the system prompt."""
         sql = f"SELECT {_COLUMNS} FROM examples"
         params: list = []
         if search:
-            sql += (" WHERE instr(lower(instruction), lower(?)) OR instr(lower(input), lower(?))"
-                    " OR instr(lower(response), lower(?))")
-            params += [search] * 3
+            fields = ("instruction", "input", "response", "system", "context")
+            sql += " WHERE " + " OR ".join(f"instr(lower({name}), lower(?))" for name in fields)
+            params += [search] * len(fields)
         sql += " ORDER BY id LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         for row in self._db.execute(sql, params):
-            yield Example(*row)
+            yield row_with_turns(Example, row)
 
     def rejected_for(self, example_id: int) -> list[Rejected]:
-        return [Rejected(*row) for row in self._db.execute(
-            "SELECT id, example_id, instruction, input, response, source, created_at "
-            "FROM rejected WHERE example_id=? ORDER BY id", (example_id,))]
+        return [row_with_turns(Rejected, row) for row in self._db.execute(
+            f"SELECT {_REJECTED_COLUMNS} FROM rejected WHERE example_id=? ORDER BY id",
+            (example_id,))]
 
     def iter_rejected(self) -> Iterator[Rejected]:
         """Every rejected answer, in id order (those of deleted examples are gone)."""
-        for row in self._db.execute(
-                "SELECT id, example_id, instruction, input, response, source, created_at "
-                "FROM rejected ORDER BY id"):
-            yield Rejected(*row)
+        for row in self._db.execute(f"SELECT {_REJECTED_COLUMNS} FROM rejected ORDER BY id"):
+            yield row_with_turns(Rejected, row)
 
     def preference_records(self, kind: str) -> Iterator[dict]:
         """Preference data as TRL's trainers load it. `dpo`: {prompt, chosen, rejected} for

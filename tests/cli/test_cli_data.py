@@ -14,7 +14,7 @@ from cli_helpers import assert_one_line_error, clean_env, cli_command, ok, sftch
 from sftchat.dataset.store import ExampleStore
 
 FULL_FIELDS = {"id", "instruction", "input", "response", "original_response", "source",
-               "created_at", "updated_at"}
+               "created_at", "updated_at", "system", "context"}
 
 
 
