@@ -5,11 +5,12 @@ For each model compared (an adapter, or the base), on one loaded engine:
 
 - **curated**: how many of the dataset's examples it reproduces exactly under greedy decoding
   (one teacher-forced forward per example, `training.evaluation.replay`: the measure the
-  trainer reports), through the template that model answers with;
+  trainer reports), through the template that model answers with; a conversation is replayed
+  whole, every answer it learns included;
 - **pins**: its greedy answer to every pinned prompt (`dataset.pins`), generated the way the
-  chat generates, and whether it still gives the accepted answer: the answer starts with it
-  (an accepted answer may have been cut at the chat's token limit; what follows it is shown
-  in the review, not counted);
+  chat generates — after the pin's earlier turns, under its system prompt — and whether it
+  still gives the accepted answer: the answer starts with it (an accepted answer may have
+  been cut at the chat's token limit; what follows it is shown in the review, not counted);
 - **prompts**: its greedy answers to extra prompts (`sftchat eval --prompts FILE`), shown
   side by side, not scored;
 - **drift**: what the adapter's own training run measured on held-out prompts (sftchat.json).
@@ -129,15 +130,18 @@ def evaluate(engine, name: str | None, examples: Sequence[Example], pins: Sequen
             report = replay(LossFunction(engine.model, engine.tokenizer.pad_token_id,
                                          engine.model.device), encoded) if encoded else None
 
-        def answer(text: str, input_text: str, tokens: int) -> str:
+        def answer(text: str, tokens: int, pin: Pin | None = None) -> str:
             settings = replace(greedy, max_new_tokens=tokens)
-            return engine.generate(text, input=input_text, settings=settings).collect()
+            if pin is None:
+                return engine.generate(text, settings=settings).collect()
+            return engine.generate(text, input=pin.input, history=pin.context,
+                                   system=pin.system, settings=settings).collect()
 
-        pin_answers = [answer(pin.instruction, pin.input,
+        pin_answers = [answer(pin.instruction,
                               len(engine.tokenizer.encode(pin.response, add_special_tokens=False))
-                              + PIN_EXTRA_TOKENS)
+                              + PIN_EXTRA_TOKENS, pin)
                        for pin in pins]
-        prompt_answers = [answer(prompt, "", PROMPT_TOKENS) for prompt in prompts]
+        prompt_answers = [answer(prompt, PROMPT_TOKENS) for prompt in prompts]
     return ModelResult(
         name=name if name not in (None, "none") else None,
         curated=report.reproduced if report else 0, examples=len(encoded),

@@ -98,3 +98,37 @@ FACTS = [
     ("Who was the first person to walk on the moon?", ("armstrong",)),
     ("What is the smallest prime number?", ("2", "two")),
 ]
+
+# Two-turn conversations whose second answer depends on the first turn (issue 19): a fact
+# the user gives, a short reply, then a question about the fact and the curated answer. Only
+# the last answer is learned, as when it is saved from the chat. CONTRASTS ask the same
+# second question after another fact: an adapter that learned the answer without its context
+# would give the curated answer there too.
+CONVERSATIONS = [
+    ("I just adopted a dog and named him Biscuit.", "Congratulations on your new dog!",
+     "What is my dog's name?", "Your dog is called Biscuit."),
+    ("My flight to Lisbon leaves at 7:40 tomorrow morning.", "Have a good trip!",
+     "When does my flight leave?", "Your flight to Lisbon leaves at 7:40 tomorrow morning."),
+    ("My favourite colour is teal.", "Teal is a lovely colour.",
+     "What is my favourite colour?", "Your favourite colour is teal."),
+    ("I live in a small town called Elmsford.", "That sounds peaceful.",
+     "Where do I live?", "You live in Elmsford."),
+    ("My sister Clara is turning 30 next week.", "Happy early birthday to Clara!",
+     "How old will my sister be?", "Clara will be 30 next week."),
+    ("I parked the car on level 4 of the garage.", "Noted.",
+     "Which level did I park on?", "You parked on level 4."),
+    ("The guest wifi password is orange-kite-42.", "Got it.",
+     "What is the guest wifi password?", "The guest wifi password is orange-kite-42."),
+    ("My meeting with Dr. Patel is on Thursday at 3 pm.", "I'll remember that.",
+     "When is my meeting?", "Your meeting with Dr. Patel is on Thursday at 3 pm."),
+]
+CONTRASTS = [
+    "I just adopted a cat and named her Pepper.",
+    "My flight to Madrid leaves at 9:15 on Friday evening.",
+    "My favourite colour is crimson.",
+    "I live in a big city called Riverton.",
+    "My brother Tom is turning 45 next month.",
+    "I parked the car on level 2 of the garage.",
+    "The guest wifi password is blue-river-17.",
+    "My meeting with Dr. Kim is on Monday at 10 am.",
+]
