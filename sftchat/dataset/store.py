@@ -416,29 +416,13 @@ class ExampleStore:
             yield row_with_turns(Rejected, row)
 
     def preference_records(self, kind: str) -> Iterator[dict]:
-        """Preference data as TRL's trainers load it. `dpo`: {prompt, chosen, rejected} for
-        every rejected answer of an example; `kto`: {prompt, completion, label}, every
-        example labelled true and every rejected answer false."""
-        def prompt(instruction: str, input_text: str) -> str:
-            return instruction + ("\n\n" + input_text if input_text else "")
+        """Preference data as TRL's trainers load it, read in one transaction: `dpo` or `kto`
+        records, standard or conversational (`sftchat.dataset.preferences` says which)."""
+        from sftchat.dataset.preferences import preference_records
 
         with self._transaction(read_only=True):
-            if kind == "dpo":
-                rows = self._db.execute(
-                    "SELECT e.instruction, e.input, e.response, r.response FROM rejected r "
-                    "JOIN examples e ON e.id = r.example_id ORDER BY e.id, r.id").fetchall()
-                for instruction, input_text, chosen, rejected in rows:
-                    yield {"prompt": prompt(instruction, input_text), "chosen": chosen,
-                           "rejected": rejected}
-            elif kind == "kto":
-                for example in list(self.iter_examples()):
-                    yield {"prompt": prompt(example.instruction, example.input),
-                           "completion": example.response, "label": True}
-                for rejected in list(self.iter_rejected()):
-                    yield {"prompt": prompt(rejected.instruction, rejected.input),
-                           "completion": rejected.response, "label": False}
-            else:
-                raise StoreError(f"unknown preference format {kind!r}; choose dpo or kto")
+            examples, rejected = list(self.iter_examples()), list(self.iter_rejected())
+        return preference_records(kind, examples, rejected)
 
     def snapshot(self) -> list[Example]:
         """Every example, read in one transaction: a consistent view for a training run."""
@@ -446,11 +430,15 @@ class ExampleStore:
             return list(self.iter_examples())
 
     def stats(self) -> dict:
+        """Counts and averages of the dataset. `conversations`: examples with a system prompt
+        or earlier turns, of which `multi_turn` have earlier turns and `with_system` a system
+        prompt."""
         row = self._db.execute(
             "SELECT COUNT(*), SUM(length(instruction)), SUM(length(input)), "
             "SUM(length(response)), SUM(original_response IS NOT NULL "
-            "AND original_response != response), MIN(created_at), MAX(updated_at) "
-            "FROM examples"
+            "AND original_response != response), MIN(created_at), MAX(updated_at), "
+            "SUM(input != ''), SUM(system != '' OR context != ''), SUM(context != ''), "
+            "SUM(system != '') FROM examples"
         ).fetchone()
         count = row[0]
         sources = dict(self._db.execute(
@@ -458,8 +446,10 @@ class ExampleStore:
         ).fetchall())
         return {
             "examples": count,
-            "with_input": self._db.execute(
-                "SELECT COUNT(*) FROM examples WHERE input != ''").fetchone()[0],
+            "with_input": row[7] or 0,
+            "conversations": row[8] or 0,
+            "multi_turn": row[9] or 0,
+            "with_system": row[10] or 0,
             "edited_from_chat": row[4] or 0,
             "avg_instruction_chars": round((row[1] or 0) / count, 1) if count else 0,
             "avg_response_chars": round((row[3] or 0) / count, 1) if count else 0,

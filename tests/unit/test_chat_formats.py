@@ -18,10 +18,12 @@ from sftchat.dataset.formats import (
     FormatError,
     describe_export,
     import_file,
+    read_conversation,
     read_records,
     write_records,
 )
-from sftchat.dataset.schemas import detect_schema
+from sftchat.conversation import Turn
+from sftchat.dataset.schemas import Conversation, detect_schema
 
 # The store's export view (what write_records is given); inputs empty so round trips are exact.
 STORE_RECORDS = [
@@ -166,14 +168,17 @@ def test_sharegpt_accepts_user_and_assistant_and_either_field_spelling(tmp_path)
         ("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
 
 
-def test_a_leading_system_message_is_dropped_and_counted(tmp_path):
+def test_a_leading_system_message_becomes_the_system_prompt(tmp_path):
     records = [messages(("system", "You are helpful."), ("user", "q1"), ("assistant", "a1")),
                messages(("user", "q2"), ("assistant", "a2")),
                messages(("system", ""), ("user", "q3"), ("assistant", "a3"))]
     imported = import_file(write_file(tmp_path / "sys.json", records))
-    assert imported.system_messages == 2
-    assert imported.records == [{"instruction": f"q{n}", "input": "", "response": f"a{n}"}
-                                for n in (1, 2, 3)]
+    assert imported.system_messages == 1       # kept as a system prompt; "" is none
+    assert imported.multi_turn == 0
+    assert imported.records == [
+        {"instruction": "q1", "input": "", "response": "a1", "system": "You are helpful."},
+        {"instruction": "q2", "input": "", "response": "a2"},
+        {"instruction": "q3", "input": "", "response": "a3"}]
 
 
 def test_wrapped_lists_and_a_single_record_object_are_read(tmp_path):
@@ -215,10 +220,6 @@ def test_a_file_mixing_schemas_is_refused_at_the_odd_record(tmp_path):
 
 
 @pytest.mark.parametrize("turns, fragments", [
-    ([("human", "q1"), ("gpt", "a1"), ("human", "q2"), ("gpt", "a2")],
-     ["multi-turn", "2 user/assistant exchanges", "single-turn"]),
-    ([("system", "s"), ("human", "q1"), ("gpt", "a1"), ("human", "q2"), ("gpt", "a2"),
-      ("human", "q3"), ("gpt", "a3")], ["multi-turn", "3 user/assistant"]),
     ([("human", "q"), ("gpt", "a"), ("human", "q2")], ["ends with a user message"]),
     ([("human", "q")], ["ends with a user message", "assistant's answer"]),
     ([("gpt", "a"), ("human", "q")], ["message 1 is from the assistant where the user"]),
@@ -226,11 +227,16 @@ def test_a_file_mixing_schemas_is_refused_at_the_odd_record(tmp_path):
      ["message 2 is from the user where the assistant"]),
     ([("human", "q"), ("system", "s"), ("gpt", "a")],
      ["message 2 is a system message", "leading"]),
+    ([("system", "s"), ("system", "t"), ("human", "q"), ("gpt", "a")],
+     ["message 2 is a system message"]),
+    ([("human", "q1"), ("gpt", "a1"), ("system", "s"), ("human", "q2"), ("gpt", "a2")],
+     ["message 3 is a system message"]),
     ([("system", "s")], ["no user and assistant messages"]),
     ([], ["no user and assistant messages"]),
     ([("human", "q"), ("tool", "x")], ["message 2 has from 'tool'", "human, user"]),
-    ([("human", "q"), ("gpt", "   ")], ["empty instruction or output"]),
-    ([("human", ""), ("gpt", "a")], ["empty instruction or output"]),
+    ([("human", "q"), ("gpt", "   ")], ["message 2 is empty", "fix or remove that record"]),
+    ([("human", ""), ("gpt", "a")], ["message 1 is empty"]),
+    ([("human", "q1"), ("gpt", ""), ("human", "q2"), ("gpt", "a2")], ["message 2 is empty"]),
 ])
 def test_bad_conversations(tmp_path, turns, fragments):
     good = sharegpt(("human", "fine"), ("gpt", "fine"))
@@ -272,6 +278,171 @@ def test_conversations_that_are_not_a_list(tmp_path, value, fragment):
 
 def test_an_error_anywhere_means_nothing_is_returned(tmp_path):
     records = [sharegpt(("human", f"q{n}"), ("gpt", f"a{n}")) for n in range(50)]
-    records.append(sharegpt(("human", "q"), ("gpt", "a"), ("human", "again"), ("gpt", "b")))
+    records.append(sharegpt(("human", "q"), ("gpt", "a"), ("human", "again")))
     path = write_file(tmp_path / "late.jsonl", records)
     assert "line 51" in error_of(path)
+
+
+# --------------------------------------------------------------------------- conversations
+
+CONVERSATION = [("system", "You are terse."), ("human", "Capital of France?"), ("gpt", "Paris."),
+                ("human", "Its population?"), ("gpt", "About 2.1 million.")]
+
+
+def test_a_multi_turn_record_keeps_its_system_prompt_and_earlier_turns(tmp_path):
+    path = write_file(tmp_path / "multi.jsonl", [sharegpt(*CONVERSATION),
+                                                 sharegpt(("human", "q"), ("gpt", "a"))])
+    imported = import_file(path)
+    assert (imported.multi_turn, imported.system_messages) == (1, 1)
+    assert imported.records[0] == {
+        "instruction": "Its population?", "input": "", "response": "About 2.1 million.",
+        "system": "You are terse.",
+        # Every earlier answer is learned by default, as TRL and axolotl train them.
+        "context": [{"instruction": "Capital of France?", "response": "Paris.",
+                     "learn": True}]}
+    assert imported.records[1] == {"instruction": "q", "input": "", "response": "a"}
+
+
+def test_weight_says_which_earlier_answers_are_learned(tmp_path):
+    record = {"messages": [
+        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "weight": 0},
+        {"role": "user", "content": "q2", "weight": 0},
+        {"role": "assistant", "content": "a2", "weight": 1},
+        {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"},
+        {"role": "user", "content": "q4"}, {"role": "assistant", "content": "a4", "weight": 1}]}
+    (read,) = read_records(write_file(tmp_path / "w.json", [record]))
+    assert [(turn["instruction"], turn.get("learn", False)) for turn in read["context"]] == [
+        ("q1", False), ("q2", True), ("q3", True)]
+    assert (read["instruction"], read["response"]) == ("q4", "a4")
+
+
+@pytest.mark.parametrize("weights, fragments", [
+    ({3: 0}, ["message 4 (the last answer) has weight 0", "always learns its last answer"]),
+    ({1: 0.5}, ["message 2 has weight 0.5", "0 (an answer not learned) or 1"]),
+    ({1: "no"}, ["message 2 has weight 'no'"]),
+    ({1: True}, ["message 2 has weight True"]),
+    ({0: 1}, ["message 1 is a user message with weight 1", "only assistant answers"]),
+])
+def test_bad_weights(tmp_path, weights, fragments):
+    turns = [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")]
+    record = {"messages": [{"role": role, "content": text, **(
+        {"weight": weights[index]} if index in weights else {})}
+        for index, (role, text) in enumerate(turns)]}
+    message = error_of(write_file(tmp_path / "bad.jsonl", [record]))
+    assert "line 1" in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def _store_record(record: dict, example_id: int) -> dict:
+    """What `Example.to_record` gives for an imported record."""
+    out = {"id": example_id, "instruction": record["instruction"], "input": record["input"],
+           "output": record["response"]}
+    return {**out, **{key: record[key] for key in ("system", "context") if key in record}}
+
+
+@pytest.mark.parametrize("schema", ["sharegpt", "messages"])
+def test_conversations_export_whole_and_import_back_the_same(tmp_path, schema):
+    make = sharegpt if schema == "sharegpt" else messages
+    names = {"human": "user", "gpt": "assistant", "system": "system"}
+    conversation = [(role if schema == "sharegpt" else names[role], text)
+                    for role, text in CONVERSATION]
+    records = [make(*conversation), make(*conversation[1:3]), make(*conversation[1:])]
+    # An earlier answer that is not learned carries weight 0, and nothing else a weight.
+    records[2][f"{'conversations' if schema == 'sharegpt' else 'messages'}"][1]["weight"] = 0
+    source = write_file(tmp_path / "in.jsonl", records)
+    read = read_records(source)
+    assert read[2]["context"] == [{"instruction": "Capital of France?", "response": "Paris."}]
+    out = tmp_path / "out.jsonl"
+    write_records(out, [_store_record(r, n) for n, r in enumerate(read, 1)], schema)
+    assert out.read_bytes() == source.read_bytes()
+
+
+def test_an_input_folds_into_its_user_message_in_every_turn(tmp_path):
+    record = {"id": 4, "instruction": "Translate", "input": "Bye", "output": "Au revoir",
+              "context": [{"instruction": "Translate", "input": "Hi", "response": "Salut"}]}
+    write_records(tmp_path / "m.json", [record], "messages")
+    expected = messages(("user", "Translate\n\nHi"), ("assistant", "Salut"),
+                        ("user", "Translate\n\nBye"), ("assistant", "Au revoir"))
+    expected["messages"][1]["weight"] = 0      # an earlier answer not learned (the default)
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == [expected]
+
+
+ALPACA_CONVERSATION = {"id": 7, "instruction": "Its population?", "input": "", "output": "2.1M",
+                       "system": "Be terse.",
+                       "context": [{"instruction": "Capital of France?", "response": "Paris.",
+                                    "learn": True}]}
+
+
+@pytest.mark.parametrize("record, what", [
+    (ALPACA_CONVERSATION, "2 turns and a system prompt"),
+    ({**ALPACA_CONVERSATION, "system": ""}, "2 turns"),
+    ({key: value for key, value in ALPACA_CONVERSATION.items() if key != "context"},
+     "a system prompt"),
+])
+@pytest.mark.parametrize("fmt", ["alpaca", "jsonl"])
+def test_alpaca_export_of_a_conversation_is_refused_and_writes_nothing(tmp_path, record,
+                                                                       what, fmt):
+    target = tmp_path / "out.json"
+    target.write_text("old", encoding="utf-8")
+    plain = {"id": 1, "instruction": "q", "input": "", "output": "a"}
+    with pytest.raises(FormatError) as info:
+        write_records(target, [plain, record], fmt)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"example 7 is a conversation ({what})" in message
+    assert "--flatten" in message and "--format sharegpt or messages" in message
+    assert target.read_text(encoding="utf-8") == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_flatten_writes_the_conversation_before_the_last_message_into_the_input(tmp_path):
+    target = tmp_path / "flat.json"
+    records = [ALPACA_CONVERSATION,
+               {**ALPACA_CONVERSATION, "id": 8, "input": "in Paris proper", "system": ""},
+               {"id": 9, "instruction": "q", "input": "i", "output": "a"}]
+    assert write_records(target, records, "alpaca", flatten=True) == 3
+    assert json.loads(target.read_text(encoding="utf-8")) == [
+        {"instruction": "Its population?", "output": "2.1M",
+         "input": "System: Be terse.\n\nUser: Capital of France?\n\nAssistant: Paris."},
+        {"instruction": "Its population?", "output": "2.1M",
+         "input": "User: Capital of France?\n\nAssistant: Paris.\n\nin Paris proper"},
+        {"instruction": "q", "input": "i", "output": "a"}]     # a single turn is unchanged
+    with pytest.raises(FormatError, match="--flatten only applies to Alpaca"):
+        write_records(tmp_path / "x.json", records, "sharegpt", flatten=True)
+
+
+# --------------------------------------------------------------------------- ask --messages
+
+
+def test_read_conversation_answers_the_last_user_message():
+    text = json.dumps({"messages": [
+        {"role": "system", "content": "Be terse."}, {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]})
+    conversation = read_conversation("chat.json", text)
+    assert conversation == Conversation("Be terse.", (Turn("q1", "a1", learn=True),), "q2",
+                                        None)
+    bare = read_conversation("chat.json", json.dumps([{"role": "user", "content": "q"}]))
+    assert (bare.system, bare.context, bare.instruction) == ("", (), "q")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ('[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]',
+     ["chat.json ends with an assistant message", "the user message to answer"]),
+    ('[{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]',
+     ["chat.json, message 1 is from the assistant where the user was expected"]),
+    ('[{"role": "user", "content": "q"', ["chat.json: not valid JSON at line 1", "role"]),
+    ('"hello"', ["chat.json: expected a JSON list of messages", "got str"]),
+    ('{"messages": "q"}', ["'messages' must be a list of messages, not str"]),
+    ('[]', ["chat.json has no user message"]),
+    ('[{"role": "system", "content": "s"}]', ["chat.json has no user message"]),
+    ('[{"role": "user", "content": " "}]', ["message 1 is empty", "fix the file"]),
+    ('[{"role": "user", "content": "q", "weight": 2}]', ["message 1 has weight 2"]),
+])
+def test_bad_conversation_files(text, fragments):
+    with pytest.raises(FormatError) as info:
+        read_conversation("chat.json", text)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message

@@ -16,7 +16,8 @@ import pytest
 
 from sftchat.cli import main
 from sftchat.dataset.pins import PinNotFound
-from sftchat.dataset.store import DB_NAME, MIGRATIONS, ExampleStore
+from sftchat.conversation import Turn
+from sftchat.dataset.store import DB_NAME, MIGRATIONS, ExampleStore, StoreError
 
 
 def _cli(ws, *args: str) -> int:
@@ -89,6 +90,62 @@ def test_trl_reads_the_preference_exports_where_it_is_installed(ws, tmp_path):
     assert data_utils.is_conversational(dpo[0]) is False  # the standard (text) format
     assert data_utils.is_conversational(kto[0]) is False
     assert set(dpo[0]) == {"prompt", "chosen", "rejected"}
+    with ExampleStore(ws / "data") as store:
+        store.add("Why?", "Because.", system="Be terse.", rejected=[("Dunno.", "cli")])
+        dpo = list(store.preference_records("dpo"))
+        kto = list(store.preference_records("kto"))
+    assert all(data_utils.is_conversational(record) for record in dpo + kto)
+
+
+def test_conversations_export_in_trls_conversational_format(ws, tmp_path):
+    """Once one record is a conversation the whole file is conversational (a column holds one
+    type); the prompt is every message before the answer, the system message first."""
+    import datasets
+
+    earlier = (Turn("Capital of France?", "Paris.", learn=True),)
+    with ExampleStore(ws / "data") as store:
+        store.add("Best editor?", "Vim.", rejected=[("Emacs.", "cli")])
+        store.add("Its population?", "2.1M.", system="Be terse.", context=earlier,
+                  rejected=[("14M.", "compare")])
+        store.add_rejected("Its size?", "Blue.", context=earlier)
+    user = {"role": "user", "content": "Best editor?"}
+    conversation = [{"role": "system", "content": "Be terse."},
+                    {"role": "user", "content": "Capital of France?"},
+                    {"role": "assistant", "content": "Paris."},
+                    {"role": "user", "content": "Its population?"}]
+
+    def answer(text):
+        return [{"role": "assistant", "content": text}]
+
+    dpo_file, kto_file = tmp_path / "dpo.jsonl", tmp_path / "kto.json"
+    assert _cli(ws, "data", "export", str(dpo_file), "--format", "dpo") == 0
+    assert _cli(ws, "data", "export", str(kto_file), "--format", "kto") == 0
+    cache = str(tmp_path / "hf-cache")
+    dpo = datasets.load_dataset("json", data_files=str(dpo_file), split="train",
+                                cache_dir=cache).to_list()
+    assert dpo == [
+        {"prompt": [user], "chosen": answer("Vim."), "rejected": answer("Emacs.")},
+        {"prompt": conversation, "chosen": answer("2.1M."), "rejected": answer("14M.")}]
+    kto = datasets.load_dataset("json", data_files=str(kto_file), split="train",
+                                cache_dir=cache).to_list()
+    assert kto == [
+        {"prompt": [user], "completion": answer("Vim."), "label": True},
+        {"prompt": conversation, "completion": answer("2.1M."), "label": True},
+        {"prompt": [user], "completion": answer("Emacs."), "label": False},
+        {"prompt": conversation, "completion": answer("14M."), "label": False},
+        {"prompt": conversation[1:3] + [{"role": "user", "content": "Its size?"}],
+         "completion": answer("Blue."), "label": False}]
+
+
+def test_dpo_stays_standard_when_no_pair_is_a_conversation(ws):
+    with ExampleStore(ws / "data") as store:
+        store.add("Best editor?", "Vim.", rejected=[("Emacs.", "cli")])
+        store.add("Its population?", "2.1M.", system="Be terse.")   # no rejected answer
+        assert list(store.preference_records("dpo")) == [
+            {"prompt": "Best editor?", "chosen": "Vim.", "rejected": "Emacs."}]
+        assert isinstance(next(store.preference_records("kto"))["prompt"], list)
+        with pytest.raises(StoreError, match="unknown preference format 'orpo'"):
+            list(store.preference_records("orpo"))
 
 
 def test_a_version_1_store_moves_edited_originals_into_rejected(ws):

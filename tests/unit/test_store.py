@@ -319,6 +319,7 @@ def test_stats_on_empty_and_filled_store(store):
     assert empty["edited_from_chat"] == 0
     assert empty["avg_instruction_chars"] == 0
     assert empty["sources"] == {}
+    assert (empty["conversations"], empty["multi_turn"], empty["with_system"]) == (0, 0, 0)
     assert empty["schema_version"] == SCHEMA_VERSION
 
     store.add("abcd", "12", input="ctx")                                  # 4 / 2 chars
