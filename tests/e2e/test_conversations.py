@@ -1,10 +1,13 @@
-"""Conversations trained and answered on the built-in model (issue 19).
+"""Conversations imported, trained, answered and exported on the built-in model (issue 19).
 
 Two conversations ask the same second question after different first turns and expect
 different answers: a model trained on single turns could give at most one of them back,
-so both coming back proves the earlier turn is in what the model learned — through the real
-`sftchat train` subprocess, then the engine answering with the same history, `sftchat eval`
-replaying the stored conversations, and the adapter's `train.jsonl` snapshot.
+so both coming back proves the earlier turn is in what the model learned. The workspace is
+made as a user would: a ShareGPT file with system prompts and multi-turn records (the first
+answers marked `"weight": 0`, as the chat saves them: only the last answer learned) imported
+with `sftchat data import`, then the real `sftchat train` subprocess; then the engine answers
+with the same history, `sftchat eval` replays the stored conversations, the adapter's
+`train.jsonl` holds them whole, and `data export` gives the file back unchanged.
 """
 
 from __future__ import annotations
@@ -32,17 +35,40 @@ SINGLE = ("Say hi.", "Hi there!")
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
 
+def _sharegpt_lines() -> str:
+    records = [{"conversations": [
+        {"from": "system", "value": SYSTEM}, {"from": "human", "value": first},
+        {"from": "gpt", "value": reply, "weight": 0}, {"from": "human", "value": question},
+        {"from": "gpt", "value": answer}]} for first, reply, question, answer in CONVERSATIONS]
+    records.append({"conversations": [{"from": "human", "value": SINGLE[0]},
+                                      {"from": "gpt", "value": SINGLE[1]}]})
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 @pytest.fixture(scope="module")
 def conversations_workspace(tmp_path_factory, builtin_cache) -> Path:
     def build(workspace: Path) -> None:
-        with ExampleStore(workspace / "data") as store:
-            for first, reply, question, answer in CONVERSATIONS:
-                store.add(question, answer, source="chat", system=SYSTEM,
-                          context=[Turn(first, reply)])
-            store.add(*SINGLE)
+        source = workspace / "talks.jsonl"
+        source.write_text(_sharegpt_lines(), encoding="utf-8")
+        sftchat(workspace, "data", "import", str(source), check=True, in_process=True)
         sftchat(workspace, "train", "--name", "talks", check=True, timeout=600)
 
     return shared_dir(tmp_path_factory, "conversations", build)
+
+
+def test_the_import_keeps_system_prompts_and_earlier_turns(conversations_workspace):
+    with ExampleStore(conversations_workspace / "data") as store:
+        first = store.get(1)
+    assert first.system == SYSTEM
+    assert first.context == (Turn(CONVERSATIONS[0][0], CONVERSATIONS[0][1], learn=False),)
+    assert (first.instruction, first.response) == CONVERSATIONS[0][2:]
+
+
+def test_export_gives_the_imported_file_back_unchanged(conversations_workspace, tmp_path):
+    exported = tmp_path / "back.jsonl"
+    sftchat(conversations_workspace, "data", "export", str(exported), "--format", "sharegpt",
+            check=True, in_process=True)
+    assert exported.read_text(encoding="utf-8") == _sharegpt_lines()
 
 
 @pytest.fixture(scope="module")
