@@ -37,6 +37,8 @@ PALETTE = [
     ("Pin the last answer (it must keep working)", "pin", "ctrl+k · /pin"),
     ("Keep the last answer as a bad one", "bad_answer", "ctrl+x · /bad"),
     ("Compare the last answer across models", "compare", "ctrl+y · /compare"),
+    ("Set the system prompt", "system_prompt", "/system TEXT · /system none"),
+    ("Sampling: temperature, top_p, max_new_tokens", "sampling", "/set KEY VALUE"),
     ("Help", "help", "F1 · /help"),
 ]
 

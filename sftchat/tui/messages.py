@@ -80,3 +80,5 @@ class ExampleSaved(Message):
     saved_response: str
     example_id: int
     count: int
+    # Earlier turns corrected in the same save: (as the chat had it, as saved) pairs.
+    earlier: tuple = ()

@@ -157,6 +157,11 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         assert not app.screen.query_one("#training-panel").display
         assert json.loads((tmp_path / "adapters" / name / "review.json").read_text())[
             "status"] == "accepted"
+        # The swap kept the conversation; the example was a single turn: in a new
+        # conversation, the adapter gives it back.
+        assert [turn.instruction for turn in app.screen.turns] == [
+            "What is the best editor?", "Are you still there?"]
+        await pilot.press("ctrl+n")
         await ask(pilot, "What is the best editor?")
         assert answers(app)[-1].text == "Use vim."
         assert status.adapter in str(answers(app)[-1].query_one(".answer-meta").render())
@@ -428,8 +433,6 @@ async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path
         await wait_until(pilot, lambda: any("No answer to save yet" in t for t in toasts(app)),
                          what="the refusal")
         # The next conversation works as usual (with short answers from here on).
-        from sftchat.config import GenerationSettings
-
-        app.engine.generation = GenerationSettings(max_new_tokens=8, temperature=0)
+        await pilot.press(*"/set max_new_tokens 8", "enter")
         await ask(pilot, "Hello?")
         assert len(app.screen.turns) == 1 and app.screen.turns[0].instruction == "Hello?"

@@ -10,6 +10,7 @@ from textual.widgets import Markdown
 from sftchat.prompts import Turn
 from sftchat.tui.app import create_app
 from sftchat.tui.messages import TrainingEnded
+from sftchat.tui.screens.chat_commands import Exchange
 from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
@@ -126,8 +127,8 @@ def test_snapshot_curate_modal(tmp_path, snap_compare):
 
     async def open_modal(pilot):
         await _loaded(app)(pilot)
-        app.screen.last_exchange = Turn("What is the best editor?",
-                                            "The one you know best.")
+        app.screen.last_exchange = Exchange(Turn("What is the best editor?",
+                                                 "The one you know best."))
         await pilot.press("ctrl+s")
         await pilot.pause()
         steady_cursors(app)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from rich.text import Text
 from textual.app import App
-from textual.widgets import Input, Label, TextArea
+from textual.widgets import Checkbox, Input, Label, TextArea
 
+from sftchat.conversation import Turn
 from sftchat.dataset.store import ExampleNotFound, ExampleStore
 from sftchat.tui.screens.confirm import ConfirmModal
 from sftchat.tui.screens.curate import CurateModal
@@ -191,6 +192,43 @@ async def test_edit_saves_through_the_curate_modal(small_dataset):
         # Refreshed in place, cursor where it was, and a confirmation.
         assert str(table(app).get_row_at(1)[2]) == "Fixed answer"
         assert table(app).cursor_row == 1
+
+
+async def test_edit_a_conversation_shows_and_saves_its_system_prompt_and_turns(data_dir):
+    """Issue 19: a stored conversation opens with its system prompt and earlier turns (learn
+    flags as stored); an earlier turn edited, another dropped, the system prompt cleared."""
+    context = (Turn("Name a river.", "The Nile.", learn=True), Turn("Longer?", "Yes."))
+    with ExampleStore(data_dir) as store:
+        store.add("Where is it?", "In Africa.", system="Be brief.", context=context)
+    app = HostApp(data_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 1)
+        assert str(table(app).get_row_at(0)[1]).startswith("[3 turns, system] Where is it?")
+        await pilot.press("e")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        modal = app.screen
+        assert modal.query_one("#curate-system", TextArea).text == "Be brief."
+        assert modal.query_one("#curate-answer-0", TextArea).text == "The Nile."
+        assert modal.query_one("#curate-learn-0", Checkbox).value
+        assert not modal.query_one("#curate-learn-1", Checkbox).value
+        assert app.focused is modal.query_one("#curate-response", TextArea)
+        # Unchanged: nothing is written.
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: "Example #1 is unchanged." in app.notes)
+        await pilot.press("e")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        modal = app.screen
+        modal.query_one("#curate-answer-0", TextArea).focus()
+        await pilot.press("f7", *"The Amazon.")
+        modal.query_one("#curate-keep-1", Checkbox).focus()
+        await pilot.press("space")
+        modal.query_one("#curate-system", TextArea).focus()
+        await pilot.press("f7", "backspace", "ctrl+s")
+        await wait_until(pilot, lambda: "Saved example #1." in app.notes, what="the save")
+    example = stored(data_dir, 1)
+    assert (example.instruction, example.response, example.system) == (
+        "Where is it?", "In Africa.", "")
+    assert example.context == (Turn("Name a river.", "The Amazon.", learn=True),)
 
 
 async def test_enter_edits_and_escape_cancels(small_dataset):

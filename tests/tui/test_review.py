@@ -196,7 +196,7 @@ class _FixedAnswers:
         self.model = model
         return contextlib.nullcontext()
 
-    def generate(self, question, cancel=None):
+    def generate(self, question, history=(), system="", settings=None, cancel=None):
         from sftchat.engine import Generation
 
         text = self.answers[self.model]

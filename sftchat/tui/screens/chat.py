@@ -8,6 +8,9 @@ holding the write lock delays the save, never the interface (reads in WAL mode d
 for a writer). Training runs in a subprocess (`TrainerProcess`) whose events arrive as
 messages. The engine lock guarantees an adapter swap never lands in the middle of an answer;
 the screen also defers an automatic swap until the answer completes.
+
+A saved answer keeps its conversation: the turns before it (the context) and the system
+prompt it was answered under; the curate modal shows them, to edit, drop or learn too.
 """
 
 from __future__ import annotations
@@ -20,25 +23,32 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
+from sftchat.conversation import Turn
 from sftchat.dataset.store import ExampleStore
 from sftchat.errors import SftchatError
-from sftchat.prompts import Turn
 from sftchat.training.memory import gpu_memory_text
 from sftchat.tui.messages import (
-    ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted, StoreWritten,
+    ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted,
 )
+from sftchat.tui.screens.chat_commands import CommandsMixin, Exchange
 from sftchat.tui.screens.chat_models import ModelsMixin
 from sftchat.tui.screens.curate import CurateModal, CurateResult
 from sftchat.tui.screens.dataset import OUTSIDE_CHANGES_POLL_S
 from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
-from sftchat.tui.widgets.status_line import StatusLine
+from sftchat.tui.widgets.status_line import StatusLine, model_label
 from sftchat.tui.widgets.training_panel import TrainingPanel
 
 # A save still waiting after this long says why (another process holds the dataset's lock).
 SLOW_SAVE_NOTICE_S = 1.0
 # How often the status line reads the GPU's memory (a driver query, microseconds).
 GPU_MEMORY_POLL_S = 2.0
+
+
+def same_text(one: Turn, other: Turn) -> bool:
+    """The same exchange, whether or not training learns its answer."""
+    return (one.instruction, one.input, one.response) == (other.instruction, other.input,
+                                                          other.response)
 
 
 def error_line(exc: BaseException) -> str:
@@ -48,7 +58,7 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class ChatScreen(ModelsMixin, Screen):
+class ChatScreen(CommandsMixin, ModelsMixin, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save answer", priority=True),
         Binding("ctrl+t", "train", "Train", priority=True),
@@ -69,12 +79,14 @@ class ChatScreen(ModelsMixin, Screen):
     def __init__(self) -> None:
         super().__init__()
         self.turns: list[Turn] = []
-        self.last_exchange: Turn | None = None  # the last finished turn: what ctrl+s curates
+        self.turn_systems: list[str] = []     # the system prompt each turn was answered under
+        self.last_exchange: Exchange | None = None  # the last finished turn: what ctrl+s curates
         self.pending: list[str] = []          # prompts typed before the model was ready
         self.model_error: str | None = None   # why the model could not be loaded, if so
         self.pending_swap: str | None = None  # adapter to swap in once the answer completes
         self._turn_counter = 0
-        self._active_turn: tuple[int, str] | None = None
+        # The answer coming: (its id, the question, the system prompt it is answered under).
+        self._active_turn: tuple[int, str, str] | None = None
         # A turn whose conversation was left (ctrl+n) mid-answer: its late result is dropped.
         self._abandoned_turn: int | None = None
         self._cancel = threading.Event()
@@ -95,6 +107,7 @@ class ChatScreen(ModelsMixin, Screen):
 
     def on_mount(self) -> None:
         self.query_one(PromptInput).focus()
+        self.start_session()
         self.refresh_dataset_size()
         # Another app or a CLI may curate into the same workspace: keep the count true.
         self._outside_changes = self.app.store.outside_changes()
@@ -137,7 +150,7 @@ class ChatScreen(ModelsMixin, Screen):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.app.engine = message.engine
-        self.status.model = message.engine.loaded.describe()
+        self.status.model = model_label(message.engine.loaded)
         if message.engine.loaded.device == "cuda":
             # The chat and the trainer share the GPU: its memory stays in view.
             self._show_gpu_memory()
@@ -211,16 +224,18 @@ class ChatScreen(ModelsMixin, Screen):
             self.log_view.add_user(question)
         self._turn_counter += 1
         turn_id = self._turn_counter
-        self._active_turn = (turn_id, question)
+        self._active_turn = (turn_id, question, self.system)
         self._cancel = threading.Event()
         self.log_view.add_assistant(turn_id)
         self.status.generating = True
-        self.generate(turn_id, question, list(self.turns), self._cancel)
+        self.generate(turn_id, question, list(self.turns), self.system, self.sampling,
+                      self._cancel)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def generate(self, turn_id: int, question: str, history: list[Turn],
-                 cancel: threading.Event) -> None:
-        generation = self.app.engine.generate(question, history=history, cancel=cancel)
+    def generate(self, turn_id: int, question: str, history: list[Turn], system: str,
+                 settings, cancel: threading.Event) -> None:
+        generation = self.app.engine.generate(question, history=history, system=system,
+                                              settings=settings, cancel=cancel)
         for piece in generation:
             self.post_message(ResponseChunkReceived(turn_id, piece))
         self.post_message(ResponseCompleted(
@@ -251,9 +266,11 @@ class ChatScreen(ModelsMixin, Screen):
             self.log_view.add_notice(message.notice)
         if self._active_turn and self._active_turn[0] == message.turn_id \
                 and message.turn_id != self._abandoned_turn:
-            question = self._active_turn[1]
-            self.turns.append(Turn(question, message.text))
-            self.last_exchange = Turn(question, message.text)
+            _, question, system = self._active_turn
+            turn = Turn(question, message.text)
+            self.last_exchange = Exchange(turn, len(self.turns), system)
+            self.turns.append(turn)
+            self.turn_systems.append(system)
         self._answer_finished()
 
     def _answer_failed(self, error: str) -> None:
@@ -278,6 +295,7 @@ class ChatScreen(ModelsMixin, Screen):
             self.notify("Nothing to regenerate yet.", markup=False)
             return
         last = self.turns.pop()
+        self.turn_systems.pop()
         self.start_answer(last.instruction, show_user=False)
 
     def action_new_chat(self) -> None:
@@ -285,9 +303,12 @@ class ChatScreen(ModelsMixin, Screen):
             self._cancel.set()
             self._abandoned_turn = self._active_turn[0]
         self.turns.clear()
+        self.turn_systems.clear()
         self.last_exchange = None
         self.log_view.remove_children()
-        self.notify("New conversation.", markup=False)
+        # The system prompt stays: it belongs to the session, not to one conversation.
+        self.notify("New conversation." + (" The system prompt stays (/system none clears "
+                                           "it)." if self.system else ""), markup=False)
 
     # ------------------------------------------------------------------ curate
 
@@ -300,27 +321,38 @@ class ChatScreen(ModelsMixin, Screen):
         if self.last_exchange is None:
             self.notify("No answer to save yet: ask something first.", markup=False)
             return
-        exchange = self.last_exchange
-        self.app.push_screen(CurateModal(exchange.instruction, exchange.response),
-                             lambda result: self._saved(exchange, result))
+        # The conversation up to that answer: the turns before it, its system prompt.
+        exchange, context = self.last_exchange, self.context_of(self.last_exchange)
+        modal = CurateModal(exchange.instruction, exchange.response, system=exchange.system,
+                            context=context)
+        self.app.push_screen(modal, lambda result: self._saved(exchange, context, result))
 
-    def _saved(self, exchange: Turn, result: CurateResult | None) -> None:
+    def _saved(self, exchange: Exchange, context: tuple[Turn, ...],
+               result: CurateResult | None) -> None:
         if result is None:
             return
         self.saves_in_flight += 1
-        self.save_example(exchange, result)
+        self.save_example(exchange, context, result)
         self.set_timer(SLOW_SAVE_NOTICE_S, self._notice_slow_save)
 
     @work(thread=True, exit_on_error=False, group="save")
-    def save_example(self, exchange: Turn, result: CurateResult) -> None:
+    def save_example(self, exchange: Exchange, context: tuple[Turn, ...],
+                     result: CurateResult) -> None:
         # A connection of its own: while another process holds the write lock, this waits
         # (up to the store's busy timeout) in this thread, not on the app's connection.
         with ExampleStore(self.app.settings.data_dir) as store:
             example_id = store.add(result.instruction, result.response,
-                                   original_response=exchange.response, source="chat")
+                                   original_response=exchange.response, source="chat",
+                                   system=result.system, context=result.context)
             count = store.count()
+        # The earlier turns the user corrected (those dropped from the example stay as
+        # they are in the chat).
+        corrected = tuple((before, Turn(after.instruction, after.response, after.input))
+                          for before, after in zip(context, result.earlier)
+                          if after is not None and not same_text(before, after))
         self.post_message(ExampleSaved(exchange.instruction, exchange.response,
-                                       result.instruction, result.response, example_id, count))
+                                       result.instruction, result.response, example_id, count,
+                                       corrected))
 
     def _notice_slow_save(self) -> None:
         if self.saves_in_flight:
@@ -329,11 +361,16 @@ class ChatScreen(ModelsMixin, Screen):
 
     def on_example_saved(self, message: ExampleSaved) -> None:
         self.saves_in_flight -= 1
-        # The corrected answer replaces the model's in the conversation's context too.
-        for index in range(len(self.turns) - 1, -1, -1):
-            if self.turns[index] == Turn(message.instruction, message.response):
-                self.turns[index] = Turn(message.saved_instruction, message.saved_response)
-                break
+        # The corrected answer (and earlier turns corrected with it) replace the model's in
+        # the conversation's context too: the next answer follows them.
+        corrections = [(Turn(message.instruction, message.response),
+                        Turn(message.saved_instruction, message.saved_response)),
+                       *message.earlier]
+        for before, after in corrections:
+            for index in range(len(self.turns) - 1, -1, -1):
+                if self.turns[index] == before:
+                    self.turns[index] = after
+                    break
         count = message.count
         self.status.examples = count
         self.notify(f"Saved example #{message.example_id} — the dataset has {count} "
@@ -344,126 +381,3 @@ class ChatScreen(ModelsMixin, Screen):
         self.saves_in_flight -= 1
         self.notify(f"{error}; the answer is still in the conversation: press ctrl+s to try "
                     "again.", title="Not saved", severity="error", markup=False, timeout=15)
-
-    # ------------------------------------------------------------------ pin, bad answer, compare
-
-    def _finished_turn(self, what: str) -> Turn | None:
-        """The last finished turn, or None after saying why there is none to `what`."""
-        if self.generating:
-            self.notify(f"The answer is still coming: {what} it once it is finished.",
-                        markup=False)
-            return None
-        if self.last_exchange is None:
-            self.notify(f"No answer to {what} yet: ask something first.", markup=False)
-            return None
-        return self.last_exchange
-
-    @work(thread=True, exit_on_error=False, group="store")
-    def write_store(self, write) -> None:
-        """`write(store)` on a connection of its own (it may wait for another process's
-        lock); it returns the past-tense line to show."""
-        with ExampleStore(self.app.settings.data_dir) as store:
-            done = write(store)
-        self.post_message(StoreWritten(done))
-
-    def on_store_written(self, message: StoreWritten) -> None:
-        self.refresh_dataset_size()
-        self.notify(message.text, markup=False)
-
-    def action_pin(self, number: str = "") -> None:
-        """Pin the last turn (or turn `number` of this conversation, from 1): its answer must
-        keep working (replayed before every swap)."""
-        turn = self._finished_turn("pin")
-        if turn is not None and number:
-            if not number.isdigit() or not 1 <= int(number) <= len(self.turns):
-                self.notify(f"Usage: /pin [N], N a turn of this conversation (1–"
-                            f"{len(self.turns)}).", markup=False)
-                return
-            turn = self.turns[int(number) - 1]
-        if turn is not None:
-            adapter = self.app.engine.active_adapter if self.app.engine else None
-            # Reviews ask a pinned prompt alone, as adapters are trained: an answer given
-            # after earlier turns may have leaned on them.
-            earlier = self.turns.index(turn) if turn in self.turns else 0
-            alone = "" if earlier == 0 else (
-                " It is replayed alone, without the earlier turns of this conversation.")
-            self.write_store(lambda store: (
-                f"Pinned as pin #{store.pins.add(turn.instruction, turn.response, adapter=adapter)}"
-                ": every new adapter is checked against this answer before it answers." + alone))
-
-    def action_bad_answer(self) -> None:
-        """Keep the last answer as a rejected one, with no replacement (preference data)."""
-        turn = self._finished_turn("flag")
-        if turn is not None:
-            self.write_store(lambda store: (
-                f"Kept as a bad answer (#{store.add_rejected(turn.instruction, turn.response)}"
-                "): it exports as preference data (sftchat data export --format kto)."))
-
-    def action_compare(self) -> None:
-        """The last prompt answered again by the base model, the adapter that answered
-        before and the active one, side by side; the one picked is saved."""
-        from sftchat.tui.screens.compare import CompareScreen
-
-        turn = self._finished_turn("compare")
-        engine = self.app.engine
-        if turn is None or engine is None:
-            return
-        models = list(dict.fromkeys([None, *self.answered_before[-1:], engine.active_adapter]))
-        if len(models) < 2:
-            self.notify("Nothing to compare yet: only the base model has answered. Train an "
-                        "adapter first.", markup=False)
-            return
-        self.app.push_screen(CompareScreen(engine, turn.instruction, models),
-                             lambda picked: self._compared(turn, models, picked))
-
-    def _compared(self, turn: Turn, models: list, picked) -> None:
-        if picked is None:
-            return
-        index, answers = picked
-        chosen = answers[index]
-        others = [(answer, "compare") for i, answer in enumerate(answers)
-                  if i != index and answer != chosen]
-        self.write_store(lambda store: (
-            f"Saved example #{store.add(turn.instruction, chosen, source='chat', rejected=others)}"
-            f" (the answer of {models[index] or 'the base model'}; the other "
-            f"{len(others)} kept as rejected answers)."))
-
-    def action_dataset(self) -> None:
-        from sftchat.tui.screens.dataset import DatasetScreen
-
-        self.app.push_screen(DatasetScreen(self.app.settings.data_dir))
-
-    def action_help(self) -> None:
-        from sftchat.tui.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen())
-
-    # ------------------------------------------------------------------ slash commands
-
-    def run_slash_command(self, text: str) -> None:
-        command, _, argument = text.partition(" ")
-        argument = argument.strip()
-        actions = {
-            "/help": self.action_help, "/save": self.action_save, "/train": self.action_train,
-            "/cancel": self.action_cancel_training, "/adapters": self.action_adapters,
-            "/data": self.action_dataset, "/retry": self.action_retry,
-            "/new": self.action_new_chat, "/quit": self.app.action_quit,
-        }
-        actions.update({"/pin": self.action_pin, "/bad": self.action_bad_answer,
-                        "/compare": self.action_compare})
-        if command == "/train" and argument:
-            self.train_with_options(argument)
-        elif command == "/pin" and argument:
-            self.action_pin(argument)
-        elif command == "/adapter":
-            if not argument:
-                self.notify("Usage: /adapter NAME|latest|previous|none", markup=False)
-            else:
-                self.swap_adapter(argument)
-        elif command in actions:
-            result = actions[command]()
-            if result is not None:  # /quit is a coroutine action
-                self.run_worker(result)
-        else:
-            self.notify(f"Unknown command {command}; /help lists them.", severity="warning",
-                        markup=False)

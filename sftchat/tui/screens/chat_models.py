@@ -5,8 +5,9 @@ When a run finishes, its adapter does not answer blindly: a worker replays it ag
 model answering now (`sftchat.review.compare`: curated examples, pinned prompts) and the
 review opens (`ReviewScreen`); accept swaps it in, reject keeps the current one and marks the
 new one rejected on disk. `review = false` in sftchat.toml, or `/train --auto-swap`, swaps at
-once as before. Swaps wait for an answer in progress; `/adapter previous` (and `p` on the
-adapters screen) goes back to the adapter that answered before.
+once as before. Swaps wait for an answer in progress and keep the conversation's context;
+`/adapter previous` (and `p` on the adapters screen) goes back to the adapter that answered
+before.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ AUTO_SWAP_FLAG = "--auto-swap"
 
 class ModelsMixin:
     """Training, review, swap and rollback for `ChatScreen` (which provides `status`,
-    `log_view`, `generating`, `pending_swap` and `turns`)."""
+    `log_view`, `generating`, `pending_swap` and `turns`). A swap keeps the conversation:
+    the next answer comes from the new adapter, after the same turns."""
 
     # Adapters that answered before the active one, oldest first (None: the base model).
     answered_before: list[str | None]
@@ -215,11 +217,9 @@ class ModelsMixin:
         self.status.adapter = message.name
         who = f"adapter {message.name}" if message.name else "the base model"
         if self.turns:
-            # Earlier answers came from another model: the new one starts from a clean
-            # context (still on screen), so its answers are its own — the same single-turn
-            # prompt it was trained on.
-            self.turns.clear()
-            self.log_view.add_notice(f"── now answering: {who} · context restarted ──")
+            # The conversation goes on: adapters train on conversations, so the new one
+            # answers after the same turns, as it would in the data it learned from.
+            self.log_view.add_notice(f"── now answering: {who} · same conversation ──")
         how = "Swapped in" if message.automatic else "Switched to"
         self.notify(f"{how} {who} ({message.seconds * 1000:.0f} ms); "
                     "the next answer comes from it.", markup=False)

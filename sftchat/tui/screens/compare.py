@@ -1,6 +1,7 @@
 """Compare the same turn: the last prompt answered again by the base model, the adapter that
 answered before and the one answering now, side by side (columns on a wide terminal,
-stacked on a narrow one).
+stacked on a narrow one). Each answers after the same earlier turns, under the same system
+prompt and sampling, as the chat's answer was given.
 
 The answers stream in turn, in a worker, each under `ChatEngine.using(model)` (the engine is
 held per answer; the chat's own adapter answers again afterwards). `1`/`2`/`3` picks the best:
@@ -49,9 +50,11 @@ class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
         Binding("escape", "close", "Close"),
     ]
 
-    def __init__(self, engine, question: str, models: list[str | None]) -> None:
+    def __init__(self, engine, question: str, models: list[str | None], history=(),
+                 system: str = "", settings=None) -> None:
         super().__init__()
         self.engine, self.question, self.models = engine, question, models
+        self.history, self.system, self.settings = list(history), system, settings
         self.answers = [""] * len(models)
         self.done = [False] * len(models)
         self._cancel = threading.Event()
@@ -83,7 +86,9 @@ class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
     def answer_all(self) -> None:
         for column, model in enumerate(self.models):
             with self.engine.using(model):
-                generation = self.engine.generate(self.question, cancel=self._cancel)
+                generation = self.engine.generate(self.question, history=self.history,
+                                                  system=self.system, settings=self.settings,
+                                                  cancel=self._cancel)
                 for piece in generation:
                     self.post_message(CompareChunk(column, piece))
             self.post_message(CompareDone(column, generation.text))

@@ -4,7 +4,9 @@ The table shows one page (`PAGE_SIZE` rows) at a time, read with one
 `ExampleStore.iter_examples(search, limit, offset)` query, so the screen opens at once on a
 dataset of any size and never holds more than a page. `]` / `[` turn pages, typing in the
 search box filters by text, `e` / Enter edits the highlighted example in the curate modal,
-`d` / Delete removes it after a confirmation, Escape closes the screen.
+`d` / Delete removes it after a confirmation, Escape closes the screen. A conversation's
+instruction cell starts with its number of turns and a mark for a system prompt; the curate
+modal edits its system prompt and earlier turns too.
 
 How many examples match a search is counted in a thread worker on a connection of its own:
 counting means reading every matching row (about 0.1 s on 50,000 examples), too long to do
@@ -35,6 +37,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Label
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from ...conversation import describe_turns
 from ...dataset.store import Example, ExampleStore, StoreError
 from ...text import one_line, strip_control
 from .confirm import ConfirmModal
@@ -67,10 +70,17 @@ def is_edited(example: Example) -> bool:
     return example.original_response is not None and example.original_response != example.response
 
 
+def conversation_mark(example: Example) -> str:
+    """"" for a single-turn example; "[3 turns] ", "[system] ", "[2 turns, system] "."""
+    parts = [describe_turns(example.context)] + (["system"] if example.system else [])
+    parts = [part for part in parts if part]
+    return f"[{', '.join(parts)}] " if parts else ""
+
+
 def row_cells(example: Example) -> tuple[Text, ...]:
     return (
         Text(str(example.id), justify="right"),
-        _cell(example.instruction, INSTRUCTION_WIDTH),
+        _cell(conversation_mark(example) + example.instruction, INSTRUCTION_WIDTH),
         _cell(example.response, RESPONSE_WIDTH),
         _cell(example.source, SOURCE_WIDTH),
         Text("yes" if is_edited(example) else ""),
@@ -319,14 +329,17 @@ class DatasetScreen(Screen[None]):
         def edited(result: CurateResult | None) -> None:
             if result is None or self.store is None:
                 return
-            if (result.instruction, result.response) == (example.instruction, example.response):
+            if (result.instruction, result.response, result.system, result.context) == (
+                    example.instruction, example.response, example.system, example.context):
                 self.notify(f"Example #{example_id} is unchanged.", markup=False)
                 return
             self._write(ExampleEdited(example_id), "update", example_id,
-                        instruction=result.instruction, response=result.response)
+                        instruction=result.instruction, response=result.response,
+                        system=result.system, context=result.context)
 
         self.app.push_screen(
-            CurateModal(example.instruction, example.response, title=f"Edit example #{example_id}"),
+            CurateModal(example.instruction, example.response, title=f"Edit example #{example_id}",
+                        system=example.system, context=example.context),
             edited,
         )
 
