@@ -68,7 +68,14 @@ class AdapterSlots:
 
     def load(self, info: AdapterInfo) -> bool:
         """Load `info` unless already loaded from the same files; True if read from disk."""
-        stamp = f"{info.created_at}:{(info.path / 'adapter_model.safetensors').stat().st_mtime}"
+        weights = info.path / "adapter_model.safetensors"
+        try:
+            stamp = f"{info.created_at}:{weights.stat().st_mtime}"
+        except FileNotFoundError:
+            raise AdapterError(
+                f"adapter {info.name!r} has no weights file ({weights} is missing: the folder "
+                f"was copied or changed by hand); retrain it, or remove it with `sftchat "
+                f"adapters rm {info.name}`") from None
         current = self._keys.get(info.name)
         if current and current[1] == stamp:
             return False

@@ -44,6 +44,16 @@ def _text_arg(value: str | None) -> str | None:
     return value
 
 
+def _text_args(args: argparse.Namespace, *names: str) -> dict[str, str | None]:
+    """The text options `names` of `args`, with '-' read from stdin — which can be read only
+    once: two options given '-' are refused (the second would silently get "")."""
+    dashed = [f"--{name}" for name in names if getattr(args, name, None) == "-"]
+    if len(dashed) > 1:
+        raise CommandError(f"only one of {' and '.join(dashed)} can be read from stdin ('-'); "
+                           "give the others as text")
+    return {name: _text_arg(getattr(args, name, None)) for name in names}
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -60,10 +70,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     command = args.data_command
     with _store(settings) as store:
         if command == "add":
-            example_id = store.add(_text_arg(args.instruction), _text_arg(args.response),
-                                   input=args.input, source="cli",
-                                   rejected=[(text, "cli") for text in args.rejected],
-                                   system=args.system)
+            text = _text_args(args, "instruction", "response", "input", "system")
+            example_id = store.add(text["instruction"], text["response"],
+                                   input=text["input"] or "", source="cli",
+                                   rejected=[(answer, "cli") for answer in args.rejected],
+                                   system=text["system"] or "")
             print(example_id)
         elif command == "list":
             examples = store.iter_examples(search=args.search, limit=args.limit)
@@ -87,9 +98,10 @@ def cmd_data(args: argparse.Namespace) -> int:
                                                args.system)):
                 raise CommandError("nothing to change: give --instruction, --response, "
                                    "--input and/or --system")
-            example = store.update(args.id, instruction=_text_arg(args.instruction),
-                                   response=_text_arg(args.response), input=args.input,
-                                   system=args.system)
+            text = _text_args(args, "instruction", "response", "input", "system")
+            example = store.update(args.id, instruction=text["instruction"],
+                                   response=text["response"], input=text["input"],
+                                   system=text["system"])
             print(example.id)
         elif command == "rm":
             store.delete(args.id)
@@ -216,8 +228,9 @@ def cmd_pins(args: argparse.Namespace) -> int:
                 _print_text(f"{pin.id:>6}  {one_line(pin.instruction, 50):<50}  "
                             f"{one_line(pin.response, 60)}")
         elif args.pins_command == "add":
-            print(store.pins.add(_text_arg(args.instruction), _text_arg(args.response),
-                                 input=args.input))
+            text = _text_args(args, "instruction", "response", "input")
+            print(store.pins.add(text["instruction"], text["response"],
+                                 input=text["input"] or ""))
         elif args.pins_command == "rm":
             store.pins.remove(args.id)
             print(f"removed pin {args.id}", file=sys.stderr)
@@ -304,40 +317,14 @@ def _eval_pair(adapters_dir, names: list[str]) -> tuple[str | None, str]:
     return (found[index - 1] if index > 0 else None), candidate_info.name
 
 
-def _read_prompts(path: str | None) -> list[str]:
-    """A JSONL file of prompts: each line a string, or an object with "prompt" or
-    "instruction"."""
-    if path is None:
-        return []
-    prompts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError:
-            raise CommandError(f"{path}, line {number}: not JSON; give one prompt per line "
-                               'as a JSON string or {"prompt": ...}') from None
-        text = item if isinstance(item, str) else \
-            (item.get("prompt") or item.get("instruction") if isinstance(item, dict) else None)
-        if not isinstance(text, str) or not text.strip():
-            raise CommandError(f'{path}, line {number}: no prompt; give a JSON string or '
-                               '{"prompt": ...}')
-        prompts.append(text)
-    return prompts
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from sftchat.dataset.formats import read_prompts
     from sftchat.engine import ChatEngine
     from sftchat.review import compare
 
     settings = _settings(args)
     current, candidate = _eval_pair(settings.adapters_dir, args.adapter)
-    prompts = _read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts)
     with _store(settings) as store:
         examples, pins = store.snapshot(), store.pins.all()
     engine = ChatEngine.from_settings(settings)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from sftchat.conversation import Turn, example_context, to_messages
+from sftchat.errors import SftchatError
 
 __all__ = ["Turn"]  # re-exported: prompts took (and take) turns before the store had them
 
@@ -61,11 +62,12 @@ CHATML_SYSTEM = "You are a helpful assistant."
 TRUNCATION_MARKER = "\n…\n"
 
 
-class TemplateError(ValueError):
-    """A template name is unknown, or cannot be used with this tokenizer."""
+class TemplateError(SftchatError, ValueError):
+    """A template name is unknown, or cannot be used with this tokenizer (a user's choice:
+    the message says which template to use instead)."""
 
 
-class ExampleTooLongError(ValueError):
+class ExampleTooLongError(SftchatError, ValueError):
     """The response (plus its end token) alone does not fit in `max_length`."""
 
 

@@ -254,3 +254,30 @@ def _cannot_write(path: Path, exc: OSError) -> FormatError:
     # A read-only folder or a full disk is the user's to fix, not a bug: one line, no trace.
     return FormatError(f"{path}: cannot write it ({exc.strerror or exc}); "
                        "fix that or choose another path")
+
+
+def read_prompts(path: str | None) -> list[str]:
+    """The prompts of `sftchat eval --prompts FILE`: a JSONL file, each line a JSON string or
+    an object with "prompt" (or "instruction"); [] without a file."""
+    if path is None:
+        return []
+    prompts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise FormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise FormatError(f"{path}, line {number}: not JSON; give one prompt per line "
+                              'as a JSON string or {"prompt": ...}') from None
+        text = item if isinstance(item, str) else \
+            (item.get("prompt") or item.get("instruction") if isinstance(item, dict) else None)
+        if not isinstance(text, str) or not text.strip():
+            raise FormatError(f'{path}, line {number}: no prompt; give a JSON string or '
+                              '{"prompt": ...}')
+        prompts.append(text)
+    return prompts

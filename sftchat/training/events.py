@@ -5,19 +5,24 @@ Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order t
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
               template, regularize, lora {rank, alpha, dropout} (the adapter's shape),
               ranks (training processes: 1, or N under torchrun),
-              skipped_too_long (ids of examples whose answer alone exceeds max_length),
-              truncated_prompts (ids of examples whose prompt was cut to fit), max_length
+              skipped_too_long (the first ids of examples whose answer alone exceeds
+              max_length) and skipped_count, truncated_prompts (the first ids of examples
+              whose prompt was cut to fit) and truncated_count, max_length
 - `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null), lr,
               grad_norm, learned (curated examples reproduced exactly at their latest pass),
               examples, tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
 - `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
 - `finished`: name, adapter (path), final_loss, steps, stopped_early, train_seconds,
-              replay {examples, reproduced, token_accuracy, not_reproduced},
+              replay {examples, reproduced, token_accuracy, not_reproduced (the first ids),
+              not_reproduced_count},
               drift {prompts, kl_per_token, perplexity_ratio}
 - `cancelled`: message (SIGINT/SIGTERM; nothing was published)
 - `failed`:   message (one sentence: what went wrong and what to do; nothing was published)
 
-The TUI reads these from the trainer subprocess; `parse_event` is the reading side. Nothing
+Events are bounded: a list of example ids holds at most `IDS_IN_EVENTS` of them, beside a
+count (the adapter's `sftchat.json` keeps every id), so a run on 100,000 examples prints the
+same few hundred bytes as one on a dozen. The TUI reads these from the trainer subprocess;
+`parse_event` is the reading side (`runner` reads lines with a limit of its own). Nothing
 here imports torch.
 """
 
@@ -32,6 +37,15 @@ TERMINAL_EVENTS = ("finished", "cancelled", "failed")   # every run ends with ex
 EVENT_KINDS = ("started", "step", "epoch", *TERMINAL_EVENTS)
 Emit = Callable[[dict], None]
 EXIT_CANCELLED = 130   # `sftchat train`'s exit code after a cancel (as after SIGINT)
+
+
+# How many example ids an event names; counts say how many there are.
+IDS_IN_EVENTS = 20
+
+
+def first_ids(ids) -> list:
+    """The ids an event names of `ids`: the first `IDS_IN_EVENTS`."""
+    return list(ids)[:IDS_IN_EVENTS]
 
 
 def make_event(kind: str, **fields) -> dict:
@@ -78,25 +92,27 @@ def outcome_summary(replay: dict | None, drift: dict | None) -> str:
     return "; ".join(parts)
 
 
-def _ids(ids: list) -> str:
-    return ", ".join(str(i) for i in ids[:10]) + (", …" if len(ids) > 10 else "")
+def _ids(ids: list, count: int) -> str:
+    return ", ".join(str(i) for i in ids[:10]) + (", …" if count > min(len(ids), 10) else "")
 
 
 def truncation_notice(event: dict) -> str | None:
     """For a `started` event: which examples were skipped or had their prompt cut to fit."""
     notices = []
     skipped = event.get("skipped_too_long") or []
-    if skipped:
+    skipped_count = event.get("skipped_count", len(skipped))
+    if skipped_count:
         notices.append(
-            f"skipped {len(skipped)} example{'' if len(skipped) == 1 else 's'} whose answer "
-            f"alone is longer than max length {event.get('max_length')} (ids {_ids(skipped)}); "
-            "raise --max-length to train on them")
+            f"skipped {skipped_count} example{'' if skipped_count == 1 else 's'} whose answer "
+            f"alone is longer than max length {event.get('max_length')} "
+            f"(ids {_ids(skipped, skipped_count)}); raise --max-length to train on them")
     truncated = event.get("truncated_prompts") or []
-    if truncated:
+    truncated_count = event.get("truncated_count", len(truncated))
+    if truncated_count:
         notices.append(
-            f"{len(truncated)} example(s) longer than max length {event.get('max_length')}: "
-            f"their prompts were cut to fit (ids {_ids(truncated)}); raise --max-length to "
-            "keep them whole")
+            f"{truncated_count} example(s) longer than max length {event.get('max_length')}: "
+            f"their prompts were cut to fit (ids {_ids(truncated, truncated_count)}); raise "
+            "--max-length to keep them whole")
     return "; ".join(notices) or None
 
 

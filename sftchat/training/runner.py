@@ -9,6 +9,14 @@ Every run ends with exactly one terminal event passed to `on_event`: `finished`,
 `cancelled` or `failed`, with `started` added (whether training got past its setup). If the
 process dies without saying why (killed, crashed), a `failed` event is made up from its exit
 code and the last line it wrote to stderr.
+
+What crosses the process boundary is bounded on both sides: the trainer's events carry counts
+and a few ids, never whole lists (`events`), and this side reads lines up to
+`EVENT_LINE_LIMIT` bytes itself — a longer line is skipped and said, not fatal (asyncio's own
+reader raises past its 64 KiB limit, which used to kill the reading task silently: the panel
+stayed at "step…", the child blocked on a full pipe holding the workspace lock). Any failure
+of the reading side ends the run the same way as a crash: the child is killed and waited
+for (so its workspace lock is freed) and one `failed` event says why.
 No Textual here: the app wraps the callbacks into messages.
 """
 
@@ -20,7 +28,7 @@ import signal
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from sftchat.training.distributed import kill_hint
 from sftchat.training.events import TERMINAL_EVENTS, make_event, parse_event
@@ -43,6 +51,38 @@ def trainer_environment() -> dict[str, str]:
     return env
 
 
+# The longest event line read; events are a few hundred bytes, `started` a few KiB at most.
+EVENT_LINE_LIMIT = 256 * 1024
+_CHUNK = 64 * 1024
+
+
+async def read_lines(stream: asyncio.StreamReader,
+                     limit: int = EVENT_LINE_LIMIT) -> AsyncIterator[bytes | None]:
+    """The lines of `stream` without their newline; None in place of a line over `limit`
+    bytes (its bytes are dropped as they come, so memory stays bounded too)."""
+    buffer = b""
+    overflowing = False
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if not chunk:
+            if buffer or overflowing:
+                yield None if overflowing else buffer
+            return
+        buffer += chunk
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                if len(buffer) > limit:
+                    buffer, overflowing = b"", True
+                break
+            line, buffer = buffer[:newline], buffer[newline + 1:]
+            if overflowing or len(line) > limit:
+                overflowing = False
+                yield None
+            else:
+                yield line
+
+
 def _lower_priority() -> None:  # runs in the child before exec
     try:
         os.nice(5)
@@ -61,6 +101,7 @@ class TrainerProcess:
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._ended = False
         self._started = False
+        self.overlong_lines = 0   # event lines skipped as longer than EVENT_LINE_LIMIT
 
     @property
     def running(self) -> bool:
@@ -89,7 +130,17 @@ class TrainerProcess:
         except OSError as exc:
             self._deliver(make_event("failed", message=f"could not start the trainer: {exc}"))
             return -1
-        await asyncio.gather(self._read_events(), self._read_stderr())
+        try:
+            await asyncio.gather(self._read_events(), self._read_stderr())
+        except Exception as exc:  # noqa: BLE001 - any failure here must still end the run
+            self.kill()
+            self._deliver_safely(make_event(
+                "failed", message=f"reading the trainer's output failed ({type(exc).__name__}: "
+                                  f"{exc}); the trainer was stopped and nothing was published"))
+        except BaseException:
+            # Cancelled from outside (the app quitting): never leave the child behind.
+            self.kill()
+            raise
         code = await self.process.wait()
         if not self._ended:
             if self.cancel_requested:
@@ -100,22 +151,36 @@ class TrainerProcess:
                 how = (f"was killed by signal {-code}" if code < 0
                        else f"exited with code {code}")
                 detail = f": {last.strip()}" if last else ""
+                if self.overlong_lines:
+                    detail += (f" (it wrote {self.overlong_lines} line(s) over "
+                               f"{EVENT_LINE_LIMIT // 1024} KiB, which were skipped)")
                 self._deliver(make_event(
                     "failed",
                     message=f"the trainer {how}{detail}; nothing was published{kill_hint(code)}"))
         return code
 
+    def _deliver_safely(self, event: dict) -> None:
+        """Deliver a terminal event even when `on_event` failed on the one before."""
+        try:
+            self._deliver(event)
+        except Exception:  # noqa: BLE001 - the failure being reported is what matters
+            self._ended = True
+
     async def _read_events(self) -> None:
         assert self.process and self.process.stdout
-        async for raw in self.process.stdout:
+        async for raw in read_lines(self.process.stdout):
+            if raw is None:
+                self.overlong_lines += 1
+                continue
             event = parse_event(raw.decode("utf-8", "replace"))
             if event is not None:
                 self._deliver(event)
 
     async def _read_stderr(self) -> None:
         assert self.process and self.process.stderr
-        async for raw in self.process.stderr:
-            self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        async for raw in read_lines(self.process.stderr):
+            if raw is not None:
+                self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\r"))
 
     def cancel(self) -> None:
         """Ask the trainer to stop (SIGTERM): it cleans up and publishes nothing."""

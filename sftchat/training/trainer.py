@@ -47,7 +47,7 @@ from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answ
 from sftchat.training.batching import count_learned
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.evaluation import measure_drift, replay
-from sftchat.training.events import Emit, make_event
+from sftchat.training.events import Emit, first_ids, make_event
 from sftchat.training.health import check_drift
 from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.regularizer import PER_STEP, Regularizer
@@ -232,6 +232,11 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    replayed = evaluation.get("replay")
+    if replayed and "not_reproduced" in replayed:  # every id is in sftchat.json
+        missed = replayed["not_reproduced"]
+        evaluation = {**evaluation, "replay": {**replayed, "not_reproduced": first_ids(missed),
+                                               "not_reproduced_count": len(missed)}}
     emit(make_event("finished", name=name, adapter=str(target),
                     final_loss=metrics["final_loss"], steps=metrics["steps"],
                     stopped_early=metrics["stopped_early"],
@@ -334,7 +339,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                  if example.prompt.truncated]
     emit(make_event(
         "started", name=shared["name"], base_model=settings.model, examples=len(records),
-        truncated_prompts=truncated, skipped_too_long=skipped,
+        truncated_prompts=first_ids(truncated), truncated_count=len(truncated),
+        skipped_too_long=first_ids(skipped), skipped_count=len(skipped),
         max_length=training.max_length, template=template,
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,

@@ -87,6 +87,7 @@ class SftchatApp(App):
         self.push_screen("chat")
 
     async def on_unmount(self) -> None:
+        self._stop_answer()
         if self.trainer is not None:
             # Quitting stops the trainer: it cleans up and publishes nothing.
             await self.trainer.stop(timeout=15)
@@ -153,8 +154,15 @@ class SftchatApp(App):
 
     # ------------------------------------------------------------------ quit
 
+    def _stop_answer(self) -> None:
+        """Cancel an answer being generated: Textual joins thread workers at exit, so an
+        answer left running would keep the process generating after the window closed."""
+        if self.is_screen_installed("chat"):
+            self.screen_for_events().action_stop()
+
     async def action_quit(self) -> None:
         if not self.training:
+            self._stop_answer()
             self.exit()
             return
 
@@ -162,6 +170,7 @@ class SftchatApp(App):
             if stop:
                 if self.trainer is not None:  # it may have ended while the question was open
                     self.trainer.cancel()
+                self._stop_answer()
                 self.exit()
 
         self.push_screen(ConfirmModal("Training is running. Stop it and quit?",

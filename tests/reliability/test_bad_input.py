@@ -295,6 +295,38 @@ def test_a_corrupted_adapter_file(adapter_ws):
     assert result.stdout == ""
 
 
+def test_an_adapter_folder_without_its_weights_file(adapter_ws):
+    (adapter_ws / "adapters" / "first" / "adapter_model.safetensors").unlink()
+    before = state(adapter_ws)
+    result = sftchat(adapter_ws, "ask", "hello", "--adapter", "first", "--max-new-tokens", "5",
+                     in_process=True)
+    fails_cleanly(adapter_ws, result, before, "'first'", "adapter_model.safetensors is missing",
+                  "sftchat adapters rm first")
+    assert result.stdout == ""
+
+
+def test_a_chat_template_the_model_does_not_have(filled):
+    # The built-in model is a base model: it has no chat template.
+    before = state(filled)
+    result = sftchat(filled, "--template", "tokenizer", "ask", "hello", "--max-new-tokens", "5",
+                     in_process=True)
+    fails_cleanly(filled, result, before, "needs a tokenizer with a chat template",
+                  "--template alpaca or chatml")
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "add", "--instruction", "-", "--response", "-"],
+    ["data", "add", "--instruction", "Q", "--response", "-", "--system", "-"],
+    ["data", "edit", "1", "--response", "-", "--input", "-"],
+    ["pins", "add", "--instruction", "-", "--response", "-"],
+])
+def test_stdin_is_read_for_one_option_only(filled, argv):
+    # Before, the second '-' read what the first left: nothing, then "empty" or a wrong save.
+    before = state(filled)
+    result = sftchat(filled, *argv, stdin="some text\n", in_process=True)
+    fails_cleanly(filled, result, before, "can be read from stdin ('-')", "give the others")
+
+
 # --------------------------------------------------------------------------- models
 
 

@@ -75,6 +75,22 @@ async def test_escape_stops_a_generation(tmp_path, monkeypatch):
         assert not app.screen.generating
 
 
+async def test_quitting_mid_answer_stops_the_answer(tmp_path, monkeypatch):
+    # Textual joins thread workers at exit: an answer not cancelled kept the process
+    # generating (here: 4000 tokens, tens of seconds) after the window had closed.
+    app = recording_app(settings_for(make_long_answer_workspace(tmp_path, monkeypatch)))
+    generations = []
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        generate = app.engine.generate
+        app.engine.generate = lambda *args, **kwargs: generations.append(
+            generate(*args, **kwargs)) or generations[-1]
+        await _start_long_answer(pilot, app)
+        await pilot.press("ctrl+q")
+    assert generations[0].finish_reason == "cancelled"
+    assert generations[0].new_tokens < 4000
+
+
 async def test_regenerate_and_new_conversation(tmp_path):
     app = recording_app(settings_for(make_workspace(tmp_path, temperature=1.0)))
     async with app.run_test(size=SIZE) as pilot:

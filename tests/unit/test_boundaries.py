@@ -95,3 +95,13 @@ def test_import_contracts_hold_statically():
     # The check reads real imports: the chat screen does import the core.
     chat = dict(_package_modules())["sftchat.tui.screens.chat_models"]
     assert _uses(_imports(chat), "sftchat.training.options")
+
+
+def test_test_modules_have_unique_names():
+    # pytest imports test files by basename (rootdir mode, no packages): a second
+    # `test_x.py` in another folder is not collected at all, it errors.
+    from collections import Counter
+    from pathlib import Path
+
+    names = Counter(path.name for path in Path(__file__).resolve().parents[1].rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
