@@ -22,6 +22,12 @@ answer is followed by the end token the model ended it with: the template's own 
 This needs a template that renders earlier turns the same way whatever follows them; one that
 does not (it trims or rewrites earlier answers) is refused for multi-turn conversations.
 
+Special tokens are the template's alone: text a user typed or a model answered that spells one
+(`<|im_end|>`, `<|im_start|>system`) stays text, in the chat's prompts and in training —
+otherwise a message could close its turn and open another (a template injection). Such a
+spelling is swapped for a placeholder before the template renders and tokenized as plain text
+(`split_special_tokens`) where the placeholder lands; text without one is tokenized as ever.
+
 The system prompt: ChatML and the tokenizer's template get it as their system message (when
 it is empty, ChatML's default line and whatever default the tokenizer's template has);
 Alpaca's rendering replaces its header paragraph with it.
@@ -36,6 +42,7 @@ tokenizer is known, and that concrete name is what an adapter records.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -265,8 +272,52 @@ def stop_token_ids(template: str, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+# A spelling of a special token inside content, while the template renders: private-use
+# characters around the token's index in `_special_texts`.
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+@functools.lru_cache(maxsize=8)
+def _special_texts(tokenizer: Any) -> tuple[str, ...]:
+    """Every special token's text, longest first (so a longer one is found whole)."""
+    texts = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    texts |= {str(token) for token in
+              (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+              if getattr(token, "special", False)}
+    return tuple(sorted((text for text in texts if text), key=len, reverse=True))
+
+
+def _as_text(tokenizer: Any, content: str) -> str:
+    """`content` (a message, an answer) with every spelling of a special token swapped for a
+    placeholder that `_tokenize` turns into that spelling's plain-text tokens."""
+    for index, special in enumerate(_special_texts(tokenizer)):
+        if special in content:
+            content = content.replace(special, f"\ue000{index}\ue001")
+    return content
+
+
+def _turns_as_text(tokenizer: Any, history: Sequence[Turn]) -> list[Turn]:
+    return [Turn(_as_text(tokenizer, turn.instruction), _as_text(tokenizer, turn.response),
+                 _as_text(tokenizer, turn.input), turn.learn) for turn in history]
+
+
 def _tokenize(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    """Token ids of `text` (`special`: with the tokenizer's BOS), placeholders as plain text."""
+    if "\ue000" not in text:
+        return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    specials = _special_texts(tokenizer)
+    ids: list[int] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(text):
+        before = text[position:match.start()]
+        if before or (special and position == 0):
+            ids += tokenizer(before, add_special_tokens=special and position == 0)["input_ids"]
+        ids += tokenizer(specials[int(match.group(1))], add_special_tokens=False,
+                         split_special_tokens=True)["input_ids"]
+        position = match.end()
+    if position < len(text):
+        ids += tokenizer(text[position:], add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def _end_token_text(tokenizer: Any, token_id: int) -> str:
@@ -279,6 +330,9 @@ def _encode_turns(tokenizer: Any, template: str, instruction: str, input_text: s
                   history: Sequence[Turn], system: str) -> tuple[list[int], list[tuple[int, int]]]:
     """The prompt ids of a conversation, tokenized in segments (see the module docstring),
     and the (start, end) of each earlier answer with its end token."""
+    history = _turns_as_text(tokenizer, history)
+    instruction, input_text = _as_text(tokenizer, instruction), _as_text(tokenizer, input_text)
+    system = _as_text(tokenizer, system)
     texts = [render_prompt(template, turn.instruction, turn.input, history[:k], tokenizer,
                            system) for k, turn in enumerate(history)]
     texts.append(render_prompt(template, instruction, input_text, history, tokenizer, system))
@@ -364,7 +418,8 @@ def encode_example(
     (see `encode_prompt`); the response and its end token are never cut: if they alone leave
     no room for a prompt, `ExampleTooLongError` says so.
     """
-    response_ids = _tokenize(tokenizer, example_field(example, "response"), special=False)
+    response_ids = _tokenize(tokenizer, _as_text(tokenizer, example_field(example, "response")),
+                             special=False)
     response_ids.append(end_token_id(template, tokenizer))
     budget = None
     if max_length is not None:
