@@ -8,6 +8,10 @@ reloaded, which is what makes a swap take milliseconds instead of a full model l
 A *prepared slot* is a set of empty LoRA layers injected while a training run is still going
 (shaped as its `started` event announced), so that publishing its adapter only copies weights.
 
+Memory stays bounded: at most `max_loaded` adapters stay loaded beside the base; loading one
+more unloads the least recently used (never the one answering), and it reloads from disk in
+milliseconds if asked for again. The app unloads a candidate its review rejected at once.
+
 Not thread-safe on its own: `ChatEngine` calls it under the lock that also covers generation,
 which is what keeps a swap out of the middle of an answer. PEFT keys (`a0_name`, `slot1`)
 are an implementation detail; callers speak adapter names.
@@ -25,6 +29,9 @@ from sftchat.adapters import AdapterError, AdapterInfo
 from sftchat.models.loader import LoadedModel
 from sftchat.prompts import ALPACA, check_template
 
+# Adapters kept loaded at once; each costs its LoRA weights (tens of MB on a 7B model).
+MAX_LOADED_ADAPTERS = 4
+
 
 class AdapterSlots:
     """Adapters resident in `loaded.model`, by name, and which one answers (None: the base)."""
@@ -36,6 +43,9 @@ class AdapterSlots:
         self._keys: dict[str, tuple[str, str]] = {}   # name -> (peft key, file stamp)
         self._templates: dict[str, str] = {}          # name -> the template it was trained with
         self._prepared: tuple[str, tuple] | None = None  # (peft key, config signature)
+        self.max_loaded = MAX_LOADED_ADAPTERS
+        self._last_used: dict[str, int] = {}          # name -> tick of its last load or use
+        self._ticks = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -102,13 +112,29 @@ class AdapterSlots:
         self._keys[info.name] = (key, stamp)
         # Adapters from before templates were recorded were all trained with Alpaca.
         self._templates[info.name] = check_template(info.meta.get("template") or ALPACA)
+        self._touch(info.name)
+        self._evict(keep=info.name)
         return True
 
     def activate(self, name: str | None) -> None:
         """Make loaded adapter `name` answer (None: the base model)."""
         if name is not None:
             self.peft.set_adapter(self._keys[name][0])
+            self._touch(name)
         self.active = name
+
+    def _touch(self, name: str) -> None:
+        self._ticks += 1
+        self._last_used[name] = self._ticks
+
+    def _evict(self, keep: str) -> None:
+        """Unload the least recently used adapters beyond `max_loaded` (not `keep`, not the
+        one answering)."""
+        while len(self._keys) > self.max_loaded:
+            spare = [name for name in self._keys if name not in (keep, self.active)]
+            if not spare:
+                return
+            self.unload(min(spare, key=lambda name: self._last_used.get(name, 0)))
 
     def prepare(self, rank: int, alpha: int, dropout: float = 0.0) -> None:
         """Inject empty LoRA layers for the adapter a training run will publish (r, alpha,
@@ -127,6 +153,7 @@ class AdapterSlots:
         if entry is None:
             return
         self._templates.pop(name, None)
+        self._last_used.pop(name, None)
         if self.active == name:
             self.active = None
         if self._keys:

@@ -71,6 +71,30 @@ def test_switch_between_two_adapters(trained_workspace, fresh_builtin, tmp_path)
     assert engine.active_adapter is None and engine.loaded_adapters == ["second"]
 
 
+def test_loaded_adapters_are_evicted_least_recently_used(trained_workspace, fresh_builtin,
+                                                         tmp_path):
+    adapters = tmp_path / "adapters"
+    for name in ("a", "b", "c"):  # the same weights under three names
+        shutil.copytree(trained_workspace / "adapters" / "first", adapters / name)
+    engine = ChatEngine(fresh_builtin, "alpaca", adapters)
+    engine.slots.max_loaded = 2
+    assert engine.use_adapter("a").loaded and engine.use_adapter("b").loaded
+    engine.use_adapter("a")                      # a is now the more recent of the two
+    assert engine.use_adapter("c").loaded
+    assert sorted(engine.loaded_adapters) == ["a", "c"]   # b, least recently used, left
+    assert engine.active_adapter == "c"
+    # Evicted means unloaded, not lost: it reloads from disk and answers as before.
+    assert engine.use_adapter("b").loaded and sorted(engine.loaded_adapters) == ["b", "c"]
+    question, answer = CURATED[0]
+    assert engine.generate(question, settings=GREEDY).collect() == answer
+    # The adapter answering is never the one evicted, even when it is the oldest.
+    engine.use_adapter("c")
+    engine.slots.max_loaded = 1
+    with engine.using("a"):                      # loads a while c answers: b goes, c stays
+        assert sorted(engine.loaded_adapters) == ["a", "c"]
+    assert engine.active_adapter == "c"
+
+
 def test_adapter_for_another_base_is_refused(trained_workspace, builtin_model, tmp_path):
     adapters = tmp_path / "adapters"
     shutil.copytree(trained_workspace / "adapters" / "first", adapters / "other")

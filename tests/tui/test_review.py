@@ -97,6 +97,9 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         await wait_until(pilot, lambda: any(t.startswith("Rejected first") for t in toasts(app)),
                          what="the rejection")
         assert status.adapter is None and app.engine.active_adapter is None
+        # A rejected candidate leaves memory at once (it stays on disk).
+        await wait_until(pilot, lambda: "first" not in app.engine.loaded_adapters,
+                         what="the rejected adapter unloaded")
         await ask(pilot, CURATED[0][0])
         assert app.screen.last_exchange.response != CURATED[0][1]  # the base still answers
 

@@ -17,6 +17,7 @@ import shlex
 from textual import work
 
 from sftchat import adapters as adapter_registry
+from sftchat.adapters import AdapterError
 from sftchat.dataset.store import ExampleStore
 from sftchat.lineage import set_review
 from sftchat.review import compare
@@ -151,22 +152,32 @@ class ModelsMixin:
             self.notify(f"Adapter {name} waits for your decision: /adapter {name} uses it; "
                         "F3 lists the adapters.", markup=False)
             return
-        info = adapter_registry.resolve(self.app.settings.adapters_dir, name)
         try:
+            info = adapter_registry.resolve(self.app.settings.adapters_dir, name)
             set_review(info, "accepted" if decision == "accept" else "rejected",
                        comparison.verdict())
-        except OSError as exc:
+        except (OSError, AdapterError) as exc:
+            # Deleted (`adapters rm`) while the review was open, or a read-only folder.
             self.notify(f"could not record the review: {exc}", severity="warning",
                         markup=False)
+            if isinstance(exc, AdapterError):
+                return
         if decision == "accept":
             self.swap_when_idle(name)
         else:
+            # Its weights leave memory now; it reloads from disk if ever used again.
+            self.unload_rejected(name)
             self.log_view.add_notice(f"Adapter {name} rejected; "
                                      f"{comparison.current.label} keeps answering.")
             self.notify(f"Rejected {name}: it stays on disk, marked rejected "
                         f"(`sftchat adapters rm {name}` deletes it).", markup=False)
 
     # ------------------------------------------------------------------ adapters
+
+    @work(thread=True, exit_on_error=False, group="swap")
+    def unload_rejected(self, name: str) -> None:
+        # In a worker: the engine's lock waits for an answer in progress.
+        self.app.engine.unload_adapter(name)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="slot")
     def prepare_swap_slot(self, lora: dict | None) -> None:
