@@ -15,8 +15,9 @@ and a few ids, never whole lists (`events`), and this side reads lines up to
 `EVENT_LINE_LIMIT` bytes itself — a longer line is skipped and said, not fatal (asyncio's own
 reader raises past its 64 KiB limit, which used to kill the reading task silently: the panel
 stayed at "step…", the child blocked on a full pipe holding the workspace lock). Any failure
-of the reading side ends the run the same way as a crash: the child is killed and waited
-for (so its workspace lock is freed) and one `failed` event says why.
+of the reading side ends the run the same way as a crash: the child is stopped (SIGTERM, then
+SIGKILL after `STOP_TIMEOUT_S`) and waited for, so its workspace lock is freed, and one
+`failed` event says why.
 No Textual here: the app wraps the callbacks into messages.
 """
 
@@ -51,6 +52,8 @@ def trainer_environment() -> dict[str, str]:
     return env
 
 
+# How long a trainer asked to stop may take to clean up before it is killed.
+STOP_TIMEOUT_S = 15.0
 # The longest event line read; events are a few hundred bytes, `started` a few KiB at most.
 EVENT_LINE_LIMIT = 256 * 1024
 _CHUNK = 64 * 1024
@@ -132,15 +135,16 @@ class TrainerProcess:
             return -1
         try:
             await asyncio.gather(self._read_events(), self._read_stderr())
+        except asyncio.CancelledError:
+            # Cancelled from outside (the app quitting): never leave the child behind. It is
+            # asked to stop (SIGTERM), so that it deletes its staging folder and lock itself.
+            self.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure here must still end the run
-            self.kill()
+            await self.stop(timeout=STOP_TIMEOUT_S)
             self._deliver_safely(make_event(
                 "failed", message=f"reading the trainer's output failed ({type(exc).__name__}: "
                                   f"{exc}); the trainer was stopped and nothing was published"))
-        except BaseException:
-            # Cancelled from outside (the app quitting): never leave the child behind.
-            self.kill()
-            raise
         code = await self.process.wait()
         if not self._ended:
             if self.cancel_requested:
@@ -183,8 +187,9 @@ class TrainerProcess:
                 self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\r"))
 
     def cancel(self) -> None:
-        """Ask the trainer to stop (SIGTERM): it cleans up and publishes nothing."""
-        if self.running:
+        """Ask the trainer to stop (SIGTERM): it cleans up and publishes nothing. Asked once:
+        a second SIGTERM makes the trainer stop at once, in the middle of its clean-up."""
+        if self.running and not self.cancel_requested:
             self.cancel_requested = True
             self.process.send_signal(signal.SIGTERM)
 

@@ -101,7 +101,8 @@ async def test_a_failing_reader_kills_the_child_frees_it_and_ends_the_run():
 
     trainer = TrainerProcess([sys.executable, "-c", script], on_event)
     code = await asyncio.wait_for(trainer.run(), 30)
-    assert code == -9 and not trainer.running   # killed and waited for: no zombie, no lock
+    # Stopped (SIGTERM: a real trainer deletes its staging and lock) and waited for.
+    assert code == -15 and not trainer.running and trainer.cancel_requested
     assert [e["event"] for e in events] == ["started", "failed"]
     assert events[-1]["message"] == ("reading the trainer's output failed (RuntimeError: the "
                                      "panel broke); the trainer was stopped and nothing was "
@@ -116,7 +117,8 @@ async def test_a_cancelled_reader_leaves_no_trainer_behind():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.wait_for(trainer.process.wait(), 10) == -9
+    assert trainer.cancel_requested   # SIGTERM: a real trainer cleans up and exits
+    assert await asyncio.wait_for(trainer.process.wait(), 10) == -15
 
 
 async def test_read_lines_bounds_every_line():
