@@ -88,6 +88,20 @@ def to_messages(system: str, context: Sequence[Turn], instruction: str, input: s
     return messages
 
 
-def describe_turns(context: Sequence[Turn]) -> str:
-    """"" for a single-turn example, else e.g. "3 turns" (the last one included)."""
-    return f"{len(context) + 1} turns" if context else ""
+class InConversation:
+    """For the stored things that answer a conversation (an example, a rejected answer):
+    whether theirs is more than the single-turn case. Needs `system` and `context`."""
+
+    system: str
+    context: tuple[Turn, ...]
+
+    @property
+    def is_conversation(self) -> bool:
+        return bool(self.system or self.context)
+
+
+def conversation_marks(item: InConversation, system_mark: str = "system") -> list[str]:
+    """How lists mark a conversation: [] for the single-turn case, else e.g. ["3 turns",
+    "system"] (the last turn counted)."""
+    return ([f"{len(item.context) + 1} turns"] if item.context else []) + \
+        ([system_mark] if item.system else [])

@@ -4,15 +4,14 @@ sequences before it reaches a terminal (`sftchat.text.strip_control`)."""
 
 from __future__ import annotations
 
-from sftchat.conversation import describe_turns
+from sftchat.conversation import conversation_marks
 from sftchat.text import one_line
 
 
 def example_line(example) -> str:
     """One `data list` line: id, instruction (a conversation marked "(3 turns)", "(system
     prompt)" or both), response."""
-    marks = ([describe_turns(example.context)] if example.context else []) + \
-        (["system prompt"] if example.system else [])
+    marks = conversation_marks(example, system_mark="system prompt")
     mark = f" ({', '.join(marks)})" if marks else ""
     instruction = one_line(example.instruction, 50 - len(mark)) + mark
     return f"{example.id:>6}  {instruction:<50}  {one_line(example.response, 60)}"

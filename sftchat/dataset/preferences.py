@@ -37,21 +37,17 @@ def preference_records(kind: str, examples: Sequence, rejected: Sequence) -> Ite
         by_id = {example.id: example for example in examples}
         pairs = sorted(((by_id[answer.example_id], answer) for answer in rejected
                         if answer.example_id in by_id), key=lambda p: (p[0].id, p[1].id))
-        chat = any(_is_conversation(example) for example, _ in pairs)
+        chat = any(example.is_conversation for example, _ in pairs)
         for example, answer in pairs:
             yield {"prompt": _prompt(example, chat),
                    "chosen": _answer(example.response, chat),
                    "rejected": _answer(answer.response, chat)}
         return
-    chat = any(_is_conversation(item) for item in (*examples, *rejected))
+    chat = any(item.is_conversation for item in (*examples, *rejected))
     for items, label in ((examples, True), (rejected, False)):
         for item in items:
             yield {"prompt": _prompt(item, chat), "completion": _answer(item.response, chat),
                    "label": label}
-
-
-def _is_conversation(item) -> bool:
-    return bool(item.system or item.context)
 
 
 def _prompt(item, chat: bool):

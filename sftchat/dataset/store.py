@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sftchat.conversation import Turn, turns_from_json, turns_to_json
+from sftchat.conversation import InConversation, Turn, turns_from_json, turns_to_json
 from sftchat.errors import SftchatError
 
 DB_NAME = "examples.sqlite3"
@@ -96,7 +96,7 @@ class ExampleNotFound(StoreError):
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Rejected(InConversation):
     """A model answer that was not chosen; `example_id` is None for a bad answer that has no
     replacement (yet)."""
 
@@ -118,7 +118,7 @@ REJECTED_SOURCES = ("edit", "compare", "bad", "cli")
 
 
 @dataclass(frozen=True)
-class Example:
+class Example(InConversation):
     id: int
     instruction: str
     input: str
@@ -129,11 +129,6 @@ class Example:
     updated_at: float
     system: str = ""
     context: tuple[Turn, ...] = ()   # earlier turns, oldest first (`sftchat.conversation`)
-
-    @property
-    def is_conversation(self) -> bool:
-        """More than the single-turn case: a system prompt or earlier turns."""
-        return bool(self.system or self.context)
 
     def to_record(self) -> dict:
         """The training/export view: Alpaca field names plus provenance, and `system` and

@@ -37,7 +37,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Label
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...conversation import describe_turns
+from ...conversation import conversation_marks
 from ...dataset.store import Example, ExampleStore, StoreError
 from ...text import one_line, strip_control
 from .confirm import ConfirmModal
@@ -72,8 +72,7 @@ def is_edited(example: Example) -> bool:
 
 def conversation_mark(example: Example) -> str:
     """"" for a single-turn example; "[3 turns] ", "[system] ", "[2 turns, system] "."""
-    parts = [describe_turns(example.context)] + (["system"] if example.system else [])
-    parts = [part for part in parts if part]
+    parts = conversation_marks(example)
     return f"[{', '.join(parts)}] " if parts else ""
 
 
