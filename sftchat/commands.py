@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from dataclasses import replace
 
-from sftchat import adapters as adapter_registry
+from sftchat.adapters import registry as adapter_registry
 from sftchat.config import GenerationSettings, Settings, load_settings, validate_generation
 from sftchat.config import validate_training
+from sftchat.dataset.pins import Pins
 from sftchat.errors import SftchatError
 from sftchat.text import StreamSanitizer, one_line, strip_control
 from sftchat.training.options import training_overrides
@@ -148,7 +149,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     settings = _settings(args)
     folder = settings.adapters_dir
     if args.adapters_command == "list":
-        from sftchat.lineage import describe_all
+        from sftchat.adapters.lineage import describe_all
 
         rows = describe_all(adapter_registry.list_adapters(folder))
         if args.json:
@@ -170,7 +171,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             # The JSON on stdout stays machine-readable; the summary is for the reader.
             print(f"{info.name}: {summary}", file=sys.stderr)
     elif args.adapters_command == "diff":
-        from sftchat.lineage import dataset_change, read_snapshot
+        from sftchat.adapters.lineage import dataset_change, read_snapshot
 
         before, after = (adapter_registry.resolve(folder, name) for name in (args.a, args.b))
         if before is None or after is None:
@@ -196,7 +197,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 def _adapter_line(row: dict) -> str:
     """One `adapters list` line: name, date, size of its data and what changed since the
-    adapter before it, parent, loss, replay, drift, review, base model."""
+    adapter before it, parent, loss, replay, drift, decision, base model."""
     loss = f"{row['final_loss']:.4f}" if isinstance(row["final_loss"], float) else "-"
     replay, drift = row["replay"] or {}, row["drift"] or {}
     learned = f"{replay['reproduced']}/{replay['examples']}" if replay.get("examples") else "-"
@@ -207,7 +208,7 @@ def _adapter_line(row: dict) -> str:
     parent = f"from {row['parent']}" if row["parent"] else ""
     return (f"{row['name']:<24} {row['created'][:16]:<16} {row['examples']:>5} ex {data:<12} "
             f"{parent:<14} loss {loss:<7} replay {learned:<7} drift {change:<6} "
-            f"{row['review'] or 'unreviewed':<10} {one_line(str(row['base_model']), 40)}")
+            f"{row['decision'] or 'undecided':<10} {one_line(str(row['base_model']), 40)}")
 
 
 # --------------------------------------------------------------------------- pins
@@ -217,7 +218,7 @@ def cmd_pins(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _store(settings) as store:
         if args.pins_command == "list":
-            pins = store.pins.all()
+            pins = Pins(store).all()
             if args.json:
                 print(json.dumps([pin.to_dict() for pin in pins], ensure_ascii=False,
                                  indent=2))
@@ -229,10 +230,10 @@ def cmd_pins(args: argparse.Namespace) -> int:
                             f"{one_line(pin.response, 60)}")
         elif args.pins_command == "add":
             text = _text_args(args, "instruction", "response", "input")
-            print(store.pins.add(text["instruction"], text["response"],
+            print(Pins(store).add(text["instruction"], text["response"],
                                  input=text["input"] or ""))
         elif args.pins_command == "rm":
-            store.pins.remove(args.id)
+            Pins(store).remove(args.id)
             print(f"removed pin {args.id}", file=sys.stderr)
     return 0
 
@@ -320,13 +321,13 @@ def _eval_pair(adapters_dir, names: list[str]) -> tuple[str | None, str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sftchat.dataset.formats import read_prompts
     from sftchat.engine import ChatEngine
-    from sftchat.review import compare
+    from sftchat.adapters.comparison import compare
 
     settings = _settings(args)
     current, candidate = _eval_pair(settings.adapters_dir, args.adapter)
     prompts = read_prompts(args.prompts)
     with _store(settings) as store:
-        examples, pins = store.snapshot(), store.pins.all()
+        examples, pins = store.snapshot(), Pins(store).all()
     engine = ChatEngine.from_settings(settings)
     result = compare(engine, current, candidate, examples, pins, prompts,
                      settings.training.max_length)
@@ -386,7 +387,8 @@ def _train_as_rank(args, settings: Settings, training, ranks) -> int:
     and ends them with exactly one of finished / cancelled / failed."""
     from sftchat.training.distributed import is_peer_failure, report_outcome
     from sftchat.training.events import EXIT_CANCELLED, json_emitter, make_event, text_emitter
-    from sftchat.training.trainer import TrainingCancelled, run_training
+    from sftchat.training.errors import TrainingCancelled
+    from sftchat.training.trainer import run_training
 
     emit = json_emitter() if args.json else text_emitter()
     if not ranks.is_main:

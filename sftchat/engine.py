@@ -1,7 +1,7 @@
 """ChatEngine: streaming, cancellable generation and LoRA adapter hot-swap on one loaded base.
 
 The engine owns one base model for the life of the process and the adapters loaded into it
-(`sftchat.adapter_slots`: PEFT adapters switched in milliseconds, never a base reload).
+(`sftchat.adapters.slots`: PEFT adapters switched in milliseconds, never a base reload).
 
 `generate()` returns a `Generation`: iterate it for text pieces as they are produced, in the
 consumer's own thread (`sftchat.decoding`); it stops at the template's end token, at a stop
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sftchat import adapters as adapter_registry
-from sftchat.adapter_slots import AdapterSlots
-from sftchat.adapters import AdapterError, AdapterInfo
+from sftchat.adapters import registry as adapter_registry
+from sftchat.adapters.slots import AdapterSlots
+from sftchat.adapters.registry import AdapterError, AdapterInfo
 from sftchat.config import GenerationSettings, Settings
 from sftchat.decoding import IncrementalDecoder, cut_at_stop, decode_tokens, safe_length
 from sftchat.models.loader import LoadedModel, load_model

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from sftchat.conversation import Turn
-from sftchat.dataset.store import StoreError, context_column, row_with_turns, validate_fields
+from sftchat.dataset.store import (
+    ExampleStore, StoreError, context_column, row_with_turns, validate_fields,
+)
 
 
 class PinNotFound(StoreError):
@@ -42,11 +43,11 @@ _COLUMNS = "id, instruction, input, response, adapter, created_at, system, conte
 
 
 class Pins:
-    """The pins of one store; `ExampleStore.pins` makes one on the store's connection."""
+    """The pins of one store (`Pins(store)`), on the store's connection."""
 
-    def __init__(self, db, transaction: Callable) -> None:
-        self._db = db
-        self._transaction = transaction
+    def __init__(self, store: ExampleStore) -> None:
+        self._db = store.connection
+        self._transaction = store.transaction
 
     def add(self, instruction: str, response: str, input: str = "",
             adapter: str | None = None, system: str = "", context=()) -> int:

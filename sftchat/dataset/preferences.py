@@ -27,12 +27,9 @@ PREFERENCE_KINDS = ("dpo", "kto")
 
 
 def preference_records(kind: str, examples: Sequence, rejected: Sequence) -> Iterator[dict]:
-    """The `kind` records of `examples` (`store.Example`) and their `rejected` answers
-    (`store.Rejected`), read in one transaction by `ExampleStore.preference_records`."""
-    if kind not in PREFERENCE_KINDS:
-        from sftchat.dataset.store import StoreError
-
-        raise StoreError(f"unknown preference format {kind!r}; choose dpo or kto")
+    """The `kind` records (one of `PREFERENCE_KINDS`) of `examples` (`store.Example`) and
+    their `rejected` answers (`store.Rejected`), read in one transaction by
+    `ExampleStore.preference_records`, which checks `kind`."""
     if kind == "dpo":
         by_id = {example.id: example for example in examples}
         pairs = sorted(((by_id[answer.example_id], answer) for answer in rejected

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from sftchat.conversation import InConversation, Turn, turns_from_json, turns_to_json
+from sftchat.dataset.preferences import PREFERENCE_KINDS, preference_records
 from sftchat.errors import SftchatError
 
 DB_NAME = "examples.sqlite3"
@@ -355,12 +356,14 @@ class ExampleStore:
     def _transaction(self, read_only: bool = False) -> "_Transaction":
         return _Transaction(self._db, read_only)
 
-    @property
-    def pins(self):
-        """The workspace's pinned prompts (`sftchat.dataset.pins.Pins`), same database."""
-        from sftchat.dataset.pins import Pins
+    def transaction(self, read_only: bool = False) -> "_Transaction":
+        """One transaction on the store's database, for the tables that live beside the
+        examples (`sftchat.dataset.pins`)."""
+        return self._transaction(read_only)
 
-        return Pins(self._db, self._transaction)
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._db
 
     # ------------------------------------------------------------------ reads
 
@@ -413,8 +416,8 @@ class ExampleStore:
     def preference_records(self, kind: str) -> Iterator[dict]:
         """Preference data as TRL's trainers load it, read in one transaction: `dpo` or `kto`
         records, standard or conversational (`sftchat.dataset.preferences` says which)."""
-        from sftchat.dataset.preferences import preference_records
-
+        if kind not in PREFERENCE_KINDS:
+            raise StoreError(f"unknown preference format {kind!r}; choose dpo or kto")
         with self._transaction(read_only=True):
             examples, rejected = list(self.iter_examples()), list(self.iter_rejected())
         return preference_records(kind, examples, rejected)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from sftchat.training.errors import TrainingError
 from sftchat.training.events import EXIT_CANCELLED
 
 # Where workers write how they ended (set by `launch` for its workers).
@@ -335,8 +336,6 @@ def resolve_nproc(value: int | str, device: str) -> int:
 def check_plan(plan: LaunchPlan, device: str = "cpu") -> None:
     """Refuse, in one sentence, a plan that cannot run (before anything starts); `device` is
     the setting (auto, cpu or cuda)."""
-    from sftchat.training.trainer import TrainingError
-
     if plan.nproc < 1:
         raise TrainingError(f"--nproc must be 1 or more, not {plan.nproc}")
     if device != "cpu" and plan.nproc > 1:

@@ -36,9 +36,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sftchat.errors import SftchatError
 from sftchat import __version__
-from sftchat import adapters as adapter_registry
+from sftchat.adapters import registry as adapter_registry
 from sftchat.config import Settings, TrainingSettings
 from sftchat.dataset.store import ExampleStore, snapshot_hash
 from sftchat.models.cpu_4bit import PackedWeightError
@@ -46,6 +45,7 @@ from sftchat.prompts import ExampleTooLongError, encode_example, resolve_templat
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
 from sftchat.training.batching import count_learned
 from sftchat.training.distributed import SINGLE, Ranks
+from sftchat.training.errors import TrainingCancelled, TrainingError
 from sftchat.training.evaluation import measure_drift, replay
 from sftchat.training.events import Emit, first_ids, make_event
 from sftchat.training.health import check_drift
@@ -53,14 +53,6 @@ from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
-
-
-class TrainingError(SftchatError, RuntimeError):
-    """Training cannot start or failed; the message is one user-facing sentence."""
-
-
-class TrainingCancelled(TrainingError):
-    """Stopped on request (SIGINT/SIGTERM); nothing was published."""
 
 
 def default_adapter_name(adapters_dir: Path) -> str:
@@ -133,7 +125,7 @@ def _wrap_with_lora(loaded, training: TrainingSettings, source,
     adapter)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    from sftchat.adapter_loading import lora_config
+    from sftchat.adapters.loading import lora_config
 
     model = loaded.model
     checkpointing = _use_gradient_checkpointing(training, loaded.device)

@@ -17,7 +17,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from sftchat.config import Settings
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.events import TERMINAL_EVENTS
-from sftchat.training.runner import TrainerProcess, trainer_command
+from sftchat.tui.trainer_process import TrainerProcess, trainer_command
 from sftchat.tui.messages import TrainingEnded, TrainingProgressed
 from sftchat.tui.screens.chat import ChatScreen
 from sftchat.tui.screens.confirm import ConfirmModal

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_error, ok, sftchat
 
-from sftchat import adapters
-from sftchat.adapters import AdapterError, check_name, clean_leftovers, list_adapters, resolve
+from sftchat.adapters import registry as adapters
+from sftchat.adapters.registry import AdapterError, check_name, clean_leftovers, list_adapters, resolve
 
 DEAD_PID = 999999
 
@@ -106,7 +106,7 @@ def test_list_json_is_ordered_by_finished_at_with_summary_fields(three):
         "parent": None,
         "compared_with": "mid",
         "dataset_change": {"added": [], "removed": [], "edited": []},
-        "review": None,
+        "decision": None,
     }
 
 

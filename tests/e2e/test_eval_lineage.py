@@ -80,10 +80,10 @@ def test_lineage_diff_and_list(trained_workspace, tmp_path):
         {"added": [added], "removed": [5], "edited": [2]}
     rows = json.loads(sftchat(workspace, "adapters", "list", "--json", check=True,
                               in_process=True).stdout)
-    assert [(r["name"], r["parent"], r["compared_with"], r["review"]) for r in rows] == \
+    assert [(r["name"], r["parent"], r["compared_with"], r["decision"]) for r in rows] == \
         [("first", None, None, None), ("second", "first", "first", None)]
     assert rows[1]["dataset_change"] == {"added": [added], "removed": [5], "edited": [2]}
     text = sftchat(workspace, "adapters", "list", check=True, in_process=True).stdout
-    assert "+1 ~1 -1" in text and "from first" in text and "unreviewed" in text
+    assert "+1 ~1 -1" in text and "from first" in text and "undecided" in text
     assert_one_line_error(sftchat(workspace, "adapters", "diff", "first", "none",
                                   in_process=True), "has no dataset")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from sftchat.adapters import AdapterError
+from sftchat.adapters.registry import AdapterError
 from sftchat.config import GenerationSettings
 from sftchat.engine import ChatEngine
 

@@ -93,7 +93,7 @@ def test_cuda_out_of_memory_is_explained_and_publishes_nothing(ws, monkeypatch):
     # point where a real CUDA OOM would surface (the training step).
     import torch
 
-    from sftchat.training.trainer import TrainingError
+    from sftchat.training.errors import TrainingError
 
     _add(ws)
     error, _ = _run_in_process(ws, monkeypatch, torch.OutOfMemoryError("CUDA out of memory"))

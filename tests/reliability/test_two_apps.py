@@ -16,7 +16,7 @@ import sys
 import time
 
 from pty_app import CTRL_T, PtyApp
-from sftchat.adapters import pid_alive
+from sftchat.adapters.registry import pid_alive
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.workspace_lock import LOCK_FILE
 from sftchat.tui.screens.curate import CurateModal

@@ -171,7 +171,7 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         await pilot.press("a")
         await wait_until(pilot, lambda: status.adapter == name, what="the swap on accept")
         assert not app.screen.query_one("#training-panel").display
-        assert json.loads((tmp_path / "adapters" / name / "review.json").read_text())[
+        assert json.loads((tmp_path / "adapters" / name / "decision.json").read_text())[
             "status"] == "accepted"
         # The swap kept the conversation; the example was a single turn: in a new
         # conversation, the adapter gives it back.

@@ -14,6 +14,7 @@ from textual.app import App
 from textual.widgets import Checkbox, TextArea
 
 from sftchat.conversation import Turn
+from sftchat.dataset.pins import Pins
 from sftchat.dataset.store import ExampleStore
 from sftchat.prompts import encode_prompt
 from sftchat.tui.screens.compare import CompareScreen
@@ -266,7 +267,7 @@ async def test_a_swap_keeps_the_conversation_and_pins_bad_answers_and_compare_ke
         await wait_until(pilot, lambda: app.store.count() == 1, what="the compared save")
 
     with ExampleStore(workspace / "data") as store:
-        pins = store.pins.all()
+        pins = Pins(store).all()
         (rejected,) = [r for r in store.iter_rejected() if r.source == "bad"]
         (example,) = store.iter_examples()
     assert [(p.instruction, p.system, p.context, p.adapter) for p in pins] == [

@@ -17,7 +17,7 @@ from cli_helpers import sftchat
 
 from sftchat.dataset.pins import Pin
 from sftchat.dataset.store import ExampleStore
-from sftchat.review import Comparison, ModelResult
+from sftchat.adapters.comparison import Comparison, ModelResult
 from sftchat.tui.messages import TrainingEnded
 from sftchat.tui.screens.compare import CompareScreen
 from sftchat.tui.screens.review import AnswerDiffScreen, ReviewScreen
@@ -103,7 +103,7 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         await ask(pilot, CURATED[0][0])
         assert app.screen.last_exchange.response != CURATED[0][1]  # the base still answers
 
-    assert json.loads((workspace / "adapters" / "first" / "review.json").read_text())[
+    assert json.loads((workspace / "adapters" / "first" / "decision.json").read_text())[
         "status"] == "rejected"
     with ExampleStore(workspace / "data") as store:
         assert [r.source for r in store.iter_rejected()] == ["bad"]
@@ -118,7 +118,7 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
     # `adapters list` shows the decision.
     listed = json.loads(sftchat(workspace, "adapters", "list", "--json", check=True,
                                 in_process=True).stdout)
-    assert [(row["name"], row["review"]) for row in listed] == [("first", "rejected")]
+    assert [(row["name"], row["decision"]) for row in listed] == [("first", "rejected")]
 
 
 async def test_compare_pick_saves_the_example_with_the_others_rejected_and_rollback(

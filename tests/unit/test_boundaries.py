@@ -8,7 +8,8 @@ import sys
 CORE_MODULES = ["sftchat.engine", "sftchat.dataset.store", "sftchat.dataset.formats",
                 "sftchat.training.trainer", "sftchat.training.events", "sftchat.prompts",
                 "sftchat.models.loader", "sftchat.models.builtin", "sftchat.config",
-                "sftchat.adapters", "sftchat.cli", "sftchat.commands"]
+                "sftchat.adapters.registry", "sftchat.adapters.comparison", "sftchat.cli",
+                "sftchat.commands", "sftchat.tui.trainer_process"]
 
 
 def _loaded_after_import(modules: list[str], probes: list[str]) -> dict[str, bool]:
@@ -27,7 +28,8 @@ def test_core_layers_do_not_import_textual():
 
 def test_cli_and_data_layers_do_not_import_torch():
     light = ["sftchat.cli", "sftchat.commands", "sftchat.dataset.store",
-             "sftchat.dataset.formats", "sftchat.adapters", "sftchat.config",
+             "sftchat.dataset.formats", "sftchat.adapters.registry", "sftchat.adapters.lineage",
+             "sftchat.config",
              "sftchat.prompts", "sftchat.training.events"]
     loaded = _loaded_after_import(light, ["torch", "transformers", "sftchat.cli"])
     assert loaded["sftchat.cli"]
@@ -105,3 +107,47 @@ def test_test_modules_have_unique_names():
 
     names = Counter(path.name for path in Path(__file__).resolve().parents[1].rglob("test_*.py"))
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """sftchat module -> the sftchat modules it imports (lazy imports included)."""
+    modules = dict(_package_modules())
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in _imports(path):
+            # `from sftchat.x import y` names y, which is a module or an attribute of x.
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module and name != "sftchat":
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, each once, as the modules along it."""
+    found, seen = [], set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for target in sorted(graph.get(node, ())):
+            if target in path:
+                cycle = path[path.index(target):]
+                key = frozenset(cycle)
+                if key not in seen:
+                    seen.add(key)
+                    found.append(cycle)
+            elif len(path) < 12:
+                walk(target, path + [target])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    return found
+
+
+def test_no_import_circles():
+    """Issue 20, item 8: no module imports one that imports it back, even lazily (a lazy
+    import inside a function is how a circle hides: both modules work until one changes)."""
+    assert _cycles(_module_graph()) == []
+    # The check finds a circle where there is one.
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]

@@ -15,7 +15,7 @@ from sftchat.config import ConfigError, TrainingSettings, load_settings, validat
 from sftchat.training.distributed import LaunchPlan, Ranks, _outcome, check_plan, resolve_nproc
 from sftchat.training.events import EXIT_CANCELLED, describe
 from sftchat.training.options import parse_train_options
-from sftchat.training.trainer import TrainingError
+from sftchat.training.errors import TrainingError
 
 
 def test_nproc_is_a_setting_a_flag_and_a_slash_train_option(tmp_path):

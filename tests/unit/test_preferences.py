@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 
 from sftchat.cli import main
-from sftchat.dataset.pins import PinNotFound
+from sftchat.dataset.pins import PinNotFound, Pins
 from sftchat.conversation import Turn
 from sftchat.dataset.store import DB_NAME, MIGRATIONS, ExampleStore, StoreError
 
@@ -178,7 +178,7 @@ def test_pins_add_replace_list_and_remove(ws, capsys):
     with ExampleStore(ws / "data") as store:
         assert store.count() == 0  # a pin is not an example: it is never trained on
         with pytest.raises(PinNotFound, match="no pin with id 7"):
-            store.pins.remove(7)
+            Pins(store).remove(7)
     assert _cli(ws, "pins", "rm", "7") != 0
     assert capsys.readouterr().err.strip() == \
         "sftchat: error: no pin with id 7; `sftchat pins list` shows them"

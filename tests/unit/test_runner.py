@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from sftchat.training.events import first_ids, make_event, truncation_notice
-from sftchat.training.runner import TrainerProcess, read_lines
+from sftchat.tui.trainer_process import TrainerProcess, read_lines
 
 STARTED = json.dumps({"event": "started", "name": "x", "total_steps": 3})
 FAILED = json.dumps({"event": "failed", "message": "another training run is using this "

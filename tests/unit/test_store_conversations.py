@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from sftchat.conversation import Turn
-from sftchat.dataset.pins import Pin
+from sftchat.dataset.pins import Pin, Pins
 from sftchat.dataset.store import (
     DB_NAME,
     MIGRATIONS,
@@ -58,7 +58,7 @@ def test_a_version_2_store_opens_as_version_3_with_everything_kept(tmp_path):
         assert list(store.iter_rejected()) == [
             Rejected(1, 1, "Q?", "in", "Broken.", "edit", 1.5, "", ()),
             Rejected(2, None, "Joke?", "", "No.", "bad", 4.0, "", ())]
-        assert store.pins.all() == [Pin(1, "2+2?", "", "4", "first", 5.0, "", ())]
+        assert Pins(store).all() == [Pin(1, "2+2?", "", "4", "first", 5.0, "", ())]
         # A migrated example trains exactly as before: same records, same snapshot hash.
         records = [example.to_record() for example in store.snapshot()]
         assert records == v2_records
@@ -141,11 +141,11 @@ def test_rejected_answers_and_pins_keep_their_conversation(store):
         [("Tokyo has 14M.", CONTEXT[:1])]
     assert [(r.id, r.system, r.context) for r in store.iter_rejected()][-1] == \
         (bad, "Be terse.", CONTEXT[:1])
-    first = store.pins.add("Its population?", "2.1M", context=CONTEXT[:1], system="S")
-    alone = store.pins.add("Its population?", "?")        # another conversation: another pin
-    again = store.pins.add("Its population?", "2.2M", context=CONTEXT[:1], system="S")
+    first = Pins(store).add("Its population?", "2.1M", context=CONTEXT[:1], system="S")
+    alone = Pins(store).add("Its population?", "?")        # another conversation: another pin
+    again = Pins(store).add("Its population?", "2.2M", context=CONTEXT[:1], system="S")
     assert again == first != alone
-    pin = store.pins.get(first)
+    pin = Pins(store).get(first)
     assert (pin.response, pin.system, pin.context) == ("2.2M", "S", CONTEXT[:1])
 
 

@@ -1,8 +1,8 @@
 """The adapters screen: the published adapters with their metadata; pick one to chat with.
 
 A modal over the chat. Newest first, the active adapter marked with "●", each with its
-lineage (`sftchat.lineage`): what changed in its data since the adapter before it (+added
-~edited -removed examples), its parent when trained `--from` one, its replay and its review.
+lineage (`sftchat.adapters.lineage`): what changed in its data since the adapter before it (+added
+~edited -removed examples), its parent when trained `--from` one, its replay and the decision on it.
 Enter or `u` dismisses with the highlighted adapter's name, `b` with "none" (the base model),
 `p` with "previous" (roll back to what answered before), Escape with None (change nothing).
 Switching is the caller's job: this screen only chooses.
@@ -72,7 +72,7 @@ def row_cells(info: AdapterInfo, row: dict, active: str | None) -> tuple[Text, .
         Text(f"{replay['reproduced']}/{replay['examples']}" if replay.get("examples")
              else "—", justify="right"),
         Text(format_loss(row["final_loss"]), justify="right"),
-        Text(row["review"] or "—"),
+        Text(row["decision"] or "—"),
         _plain(base, BASE_MODEL_WIDTH),
     )
 
@@ -124,7 +124,7 @@ class AdaptersScreen(ModalScreen[str | None]):
             return
         table = self.query_one("#adapters-table", DataTable)
         for label in ("name", "created", "examples", "data", "from", "replay", "final loss",
-                      "review", "base model"):
+                      "decision", "base model"):
             table.add_column(label, key=label)
         for info, row in zip(self.adapters, self.rows):
             table.add_row(*row_cells(info, row, self.active), key=info.name)

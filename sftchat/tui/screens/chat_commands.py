@@ -23,6 +23,7 @@ from textual import work
 
 from sftchat.config import ConfigError, GenerationSettings, validate_generation
 from sftchat.conversation import Turn
+from sftchat.dataset.pins import Pins
 from sftchat.dataset.store import ExampleStore
 from sftchat.text import one_line, strip_control
 from sftchat.tui.messages import StoreWritten
@@ -222,7 +223,7 @@ class CommandsMixin:
         adapter = self.app.engine.active_adapter if self.app.engine else None
 
         def pin(store) -> str:
-            pin_id = store.pins.add(turn.instruction, turn.response, adapter=adapter,
+            pin_id = Pins(store).add(turn.instruction, turn.response, adapter=adapter,
                                     system=system, context=context)
             return (f"Pinned as pin #{pin_id}: every new adapter is checked against this "
                     "answer before it answers.")

@@ -2,9 +2,9 @@
 rollback. A mixin of `ChatScreen` (kept apart so each file holds one job).
 
 When a run finishes, its adapter does not answer blindly: a worker replays it against the
-model answering now (`sftchat.review.compare`: curated examples, pinned prompts) and the
-review opens (`ReviewScreen`); accept swaps it in, reject keeps the current one and marks the
-new one rejected on disk. `review = false` in sftchat.toml, or `/train --auto-swap`, swaps at
+model answering now (`sftchat.adapters.comparison.compare`: curated examples, pinned
+prompts) and the review opens (`ReviewScreen`); accept swaps it in, reject keeps the current
+one; either decision is recorded beside the adapter (`lineage.record_decision`). `review = false` in sftchat.toml, or `/train --auto-swap`, swaps at
 once as before. Swaps wait for an answer in progress and keep the conversation's context;
 `/adapter previous` (and `p` on the adapters screen) goes back to the adapter that answered
 before.
@@ -16,11 +16,12 @@ import shlex
 
 from textual import work
 
-from sftchat import adapters as adapter_registry
-from sftchat.adapters import AdapterError
+from sftchat.adapters import registry as adapter_registry
+from sftchat.adapters.registry import AdapterError
+from sftchat.dataset.pins import Pins
 from sftchat.dataset.store import ExampleStore
-from sftchat.lineage import set_review
-from sftchat.review import compare
+from sftchat.adapters.lineage import record_decision
+from sftchat.adapters.comparison import compare
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.training.options import TrainOptionsError, parse_train_options
 from sftchat.tui.messages import AdapterSwapped, ReviewReady, TrainingEnded, TrainingProgressed
@@ -117,7 +118,7 @@ class ModelsMixin:
         an answer asked meanwhile waits, and typing never does)."""
         settings = self.app.settings
         with ExampleStore(settings.data_dir) as store:
-            examples, pins = store.snapshot(), store.pins.all()
+            examples, pins = store.snapshot(), Pins(store).all()
         engine = self.app.engine
         comparison = compare(engine, engine.active_adapter, name, examples, pins,
                              max_length=settings.training.max_length)
@@ -154,7 +155,7 @@ class ModelsMixin:
             return
         try:
             info = adapter_registry.resolve(self.app.settings.adapters_dir, name)
-            set_review(info, "accepted" if decision == "accept" else "rejected",
+            record_decision(info, "accepted" if decision == "accept" else "rejected",
                        comparison.verdict())
         except (OSError, AdapterError) as exc:
             # Deleted (`adapters rm`) while the review was open, or a read-only folder.

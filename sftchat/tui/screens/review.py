@@ -22,7 +22,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Static
 
-from sftchat.review import Comparison
+from sftchat.adapters.comparison import Comparison
 from sftchat.text import one_line, strip_control
 
 CELL_WIDTH = 34

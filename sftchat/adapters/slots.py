@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 
-from sftchat import adapters as adapter_registry
-from sftchat.adapter_loading import (
+from sftchat.adapters import registry as adapter_registry
+from sftchat.adapters.loading import (
     add_lora_adapter, config_signature, inject_empty_adapter, lora_config, read_adapter_config,
 )
-from sftchat.adapters import AdapterError, AdapterInfo
+from sftchat.adapters.registry import AdapterError, AdapterInfo
 from sftchat.models.loader import LoadedModel
 from sftchat.prompts import ALPACA, check_template
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
-from sftchat.adapters import AdapterError
+from sftchat.adapters.registry import AdapterError
 from sftchat.config import GenerationSettings
 from sftchat.dataset.pins import Pin
 from sftchat.dataset.store import Example

@@ -1,12 +1,13 @@
 """Where an adapter comes from and what became of it: the dataset it was trained on compared
-with the adapter before it, its parent (`--from`), and its review (accepted or rejected).
+with the adapter before it, its parent (`--from`), and the user's decision on it after the
+app's review (accepted or rejected).
 
 Every adapter folder holds `train.jsonl`, the exact snapshot it was trained on, each record
 with its example id, so what changed between two adapters' datasets is read from the two
-snapshots: ids added, ids removed, and ids whose text changed (edited). The review is written
-after publication, into `review.json` beside the adapter's own files (the published
-`sftchat.json` is never rewritten). Nothing heavy is imported: `sftchat adapters list|diff`
-answer at once.
+snapshots: ids added, ids removed, and ids whose text changed (edited). The decision is
+written after publication, into `decision.json` beside the adapter's own files (the published
+`sftchat.json` is never rewritten; older adapters have it as `review.json`). Nothing heavy is
+imported: `sftchat adapters list|diff` answer at once.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sftchat.adapters import SNAPSHOT_FILE, AdapterError, AdapterInfo
+from sftchat.adapters.registry import SNAPSHOT_FILE, AdapterError, AdapterInfo
 
-REVIEW_FILE = "review.json"
-REVIEW_STATUSES = ("accepted", "rejected")
+DECISION_FILE = "decision.json"
+OLD_DECISION_FILE = "review.json"   # its name before the three "reviews" got a name each
+DECISIONS = ("accepted", "rejected")
 
 
 @dataclass
@@ -78,40 +80,42 @@ def dataset_change(before: AdapterInfo | None, after: AdapterInfo) -> DatasetCha
     )
 
 
-def review_of(info: AdapterInfo) -> dict | None:
-    """{"status": "accepted"|"rejected", "at": ..., "verdict": ...} or None (not reviewed)."""
-    try:
-        review = json.loads((info.path / REVIEW_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return review if isinstance(review, dict) and review.get("status") in REVIEW_STATUSES \
-        else None
+def decision_of(info: AdapterInfo) -> dict | None:
+    """{"status": "accepted"|"rejected", "at": ..., "verdict": ...} or None (no decision)."""
+    for name in (DECISION_FILE, OLD_DECISION_FILE):
+        try:
+            decision = json.loads((info.path / name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            continue
+        return decision if isinstance(decision, dict) and decision.get("status") in DECISIONS \
+            else None
+    return None
 
 
-def set_review(info: AdapterInfo, status: str, verdict: str | None = None) -> None:
+def record_decision(info: AdapterInfo, status: str, verdict: str | None = None) -> None:
     """Record the user's decision on an adapter (atomically)."""
-    if status not in REVIEW_STATUSES:
-        raise AdapterError(f"unknown review status {status!r}")
+    if status not in DECISIONS:
+        raise AdapterError(f"unknown decision {status!r}")
     record = {"status": status, "verdict": verdict,
               "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    handle, temporary = tempfile.mkstemp(prefix=".review-", dir=info.path)
+    handle, temporary = tempfile.mkstemp(prefix=".decision-", dir=info.path)
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(record, out, ensure_ascii=False)
-    os.replace(temporary, Path(info.path) / REVIEW_FILE)
+    os.replace(temporary, Path(info.path) / DECISION_FILE)
 
 
 def describe_all(infos: list[AdapterInfo]) -> list[dict]:
     """`adapters list` rows: each adapter's summary, its parent, its dataset compared with
-    the adapter before it (the one it would replace), and its review."""
+    the adapter before it (the one it would replace), and the decision on it."""
     rows = []
     for index, info in enumerate(infos):
         previous = infos[index - 1] if index else None
-        review = review_of(info)
+        decision = decision_of(info)
         rows.append({
             **info.summary(),
             "parent": info.meta.get("from_adapter"),
             "dataset_change": dataset_change(previous, info).to_dict(),
             "compared_with": previous.name if previous else None,
-            "review": review["status"] if review else None,
+            "decision": decision["status"] if decision else None,
         })
     return rows
