@@ -11,3 +11,10 @@ from __future__ import annotations
 
 class SftchatError(Exception):
     """A failure the user can cause and fix; `str(error)` is the whole message."""
+
+
+def error_line(error: BaseException) -> str:
+    """One line for the user: our own errors are written for them; others get their type."""
+    if isinstance(error, SftchatError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

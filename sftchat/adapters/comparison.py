@@ -4,9 +4,10 @@ before a swap and for `sftchat eval` (the same numbers in both).
 For each model compared (an adapter, or the base), on one loaded engine:
 
 - **curated**: how many of the dataset's examples it reproduces exactly under greedy decoding
-  (one teacher-forced forward per example, `training.evaluation.replay`: the measure the
-  trainer reports), through the template that model answers with; a conversation is replayed
-  whole, every answer it learns included;
+  (one teacher-forced forward per example, `training.evaluation.curated_replay_steps`: the
+  measure the trainer reports, with its batch-layout check and its sample of at most 1,000,
+  the same examples for the same seed), through the template that model answers with; a
+  conversation is replayed whole, every answer it learns included;
 - **pins**: its greedy answer to every pinned prompt (`dataset.pins`), generated the way the
   chat generates — after the pin's earlier turns, under its system prompt — and whether it
   still gives the accepted answer: the answer starts with it (an accepted answer may have
@@ -20,24 +21,35 @@ or loses a pin the current model keeps. (An accepted answer that was sampled, at
 temperature above 0, may not be the greedy answer of any model: such a pin is shown, with
 whether the new adapter answers it as the current one does, but cannot be lost.)
 
-No Textual here; the engine's lock is held per model, so a chat answer can still come in
-between (it waits, it is not mixed in).
+The whole comparison is one background job on the engine thread (`sftchat.engine_thread`),
+in steps — a batch of the replay, a token of a pinned answer — so a chat answer asked
+meanwhile runs after the step in progress; it is cancelled by its `cancel` event and reports
+`progress(done, total)` as it goes. No Textual here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
 
+from sftchat.adapters import registry as adapter_registry
 from sftchat.adapters.registry import AdapterError
 from sftchat.config import GenerationSettings
 from sftchat.dataset.pins import Pin
 from sftchat.dataset.store import Example
+from sftchat.engine import Answer
+from sftchat.engine_thread import BACKGROUND, Cancel, JobCancelled, Steps
 from sftchat.prompts import ExampleTooLongError, encode_example
 
 # A pinned answer is compared in full: generate a little past its length.
 PIN_EXTRA_TOKENS = 16
 PROMPT_TOKENS = 128
+# Examples tokenized per step (tokenizing thousands is seconds: the chat goes in between).
+ENCODE_CHUNK = 64
+
+# progress(model, examples replayed, examples to replay): model is an adapter name or None.
+Progress = Callable[[str | None, int, int], None]
 
 
 def keeps(answer: str, accepted: str) -> bool:
@@ -55,6 +67,7 @@ class ModelResult:
     pin_answers: list[str]
     prompt_answers: list[str]
     drift: dict | None               # from the adapter's training run
+    sampled_from: int | None = None  # curated examples in all, when a sample was replayed
 
     @property
     def label(self) -> str:
@@ -91,7 +104,8 @@ class Comparison:
         """One line: what the candidate does compared with the current model."""
         new, old = self.candidate, self.current
         parts = [f"reproduces {new.curated}/{new.examples} curated answers "
-                 f"({old.label}: {old.curated}/{old.examples})"]
+                 f"({old.label}: {old.curated}/{old.examples})"
+                 + (f" of a sample of {new.sampled_from}" if new.sampled_from else "")]
         if self.pins:
             parts.append(f"keeps {new.pins_kept}/{len(self.pins)} pinned answers "
                          f"({old.label}: {old.pins_kept}/{len(self.pins)})")
@@ -108,59 +122,111 @@ class Comparison:
         }
 
 
-def evaluate(engine, name: str | None, examples: Sequence[Example], pins: Sequence[Pin],
-             prompts: Sequence[str] = (), max_length: int = 1024) -> ModelResult:
-    """Measure adapter `name` (None: the base) on one engine; the adapter that was answering
-    answers again afterwards."""
-    from sftchat.training.evaluation import replay
+def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: Sequence[Pin],
+                   prompts: Sequence[str], max_length: int, seed: int,
+                   cancel: Cancel, progress: Progress | None = None,
+                   ) -> Steps:
+    """Measure adapter `name` (None: the base) on the engine thread, in steps; returns its
+    `ModelResult`."""
+    from sftchat.training.evaluation import curated_replay_steps
     from sftchat.training.loss import LossFunction
 
-    greedy = GenerationSettings(temperature=0)
-    with engine.using(name) as info:
-        template = engine.template
+    name = engine.ensure_loaded(name)
+    info = adapter_registry.resolve(engine.adapters_dir, name) if name else None
+    yield
+    with engine.answering_as(name):
+        template = engine.template_for(name)
         encoded, ids = [], []
-        for example in examples:
+        for index, example in enumerate(examples):
             try:
                 encoded.append(encode_example(engine.tokenizer, template, example.to_record(),
                                               max_length))
                 ids.append(example.id)
             except ExampleTooLongError:
-                continue  # training skips it too: not something the adapter could learn
-        with engine.slots.answering_context():
-            report = replay(LossFunction(engine.model, engine.tokenizer.pad_token_id,
-                                         engine.model.device), encoded) if encoded else None
+                pass  # training skips it too: not something the adapter could learn
+            if index % ENCODE_CHUNK == ENCODE_CHUNK - 1:
+                yield
+        replayed = None
+        if encoded:
+            loss_function = LossFunction(engine.model, engine.tokenizer.pad_token_id,
+                                         engine.model.device)
+            steps = curated_replay_steps(loss_function, encoded, ids, seed,
+                                         before_batch=lambda: engine.slots.apply(name))
+            while True:
+                _check(cancel)
+                try:
+                    done, total = next(steps)
+                except StopIteration as finished:
+                    replayed = finished.value
+                    break
+                if progress is not None:
+                    progress(name, done, total)
+                yield
 
-        def answer(text: str, tokens: int, pin: Pin | None = None) -> str:
-            settings = replace(greedy, max_new_tokens=tokens)
-            if pin is None:
-                return engine.generate(text, settings=settings).collect()
-            return engine.generate(text, input=pin.input, history=pin.context,
-                                   system=pin.system, settings=settings).collect()
+        def answer(text: str, tokens: int, pin: Pin | None = None) -> Steps:
+            settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
+            prompt = engine.encode(template, text, pin.context if pin else (),
+                                   pin.input if pin else "", pin.system if pin else "",
+                                   tokens)
+            result = Answer()
+            for _ in engine.answer_steps(name, prompt.ids, template, settings, cancel, result):
+                yield
+            _check(cancel)
+            return result.text
 
-        pin_answers = [answer(pin.instruction,
-                              len(engine.tokenizer.encode(pin.response, add_special_tokens=False))
-                              + PIN_EXTRA_TOKENS, pin)
-                       for pin in pins]
-        prompt_answers = [answer(prompt, PROMPT_TOKENS) for prompt in prompts]
+        pin_answers = []
+        for pin in pins:
+            tokens = len(engine.tokenizer.encode(pin.response, add_special_tokens=False))
+            pin_answers.append((yield from answer(pin.instruction, tokens + PIN_EXTRA_TOKENS,
+                                                  pin)))
+        prompt_answers = []
+        for prompt in prompts:
+            prompt_answers.append((yield from answer(prompt, PROMPT_TOKENS)))
+    report = replayed.report if replayed else None
     return ModelResult(
-        name=name if name not in (None, "none") else None,
-        curated=report.reproduced if report else 0, examples=len(encoded),
-        not_reproduced=[i for i, ok in zip(ids, report.exact) if not ok] if report else [],
+        name=name,
+        curated=report.reproduced if report else 0, examples=len(replayed.ids) if report else 0,
+        not_reproduced=[i for i, ok in zip(replayed.ids, report.exact) if not ok]
+        if report else [],
         pins_kept=sum(keeps(got, pin.response) for got, pin in zip(pin_answers, pins)),
         pin_answers=pin_answers, prompt_answers=prompt_answers,
         drift=((info.meta.get("metrics") or {}).get("drift") if info else None),
+        sampled_from=replayed.total if replayed and len(replayed.ids) < replayed.total
+        else None,
     )
+
+
+def _check(cancel: Cancel) -> None:
+    if cancel.is_set():
+        raise JobCancelled("the comparison was cancelled")
+
+
+def evaluate(engine, name: str | None, examples: Sequence[Example], pins: Sequence[Pin],
+             prompts: Sequence[str] = (), max_length: int = 1024, seed: int = 0,
+             cancel: threading.Event | None = None,
+             progress: Progress | None = None) -> ModelResult:
+    """Measure adapter `name` (None: the base) on one engine (waits for the job)."""
+    cancel = Cancel(cancel)
+    return engine.jobs.submit(evaluate_steps(engine, name, examples, pins, prompts, max_length,
+                                             seed, cancel, progress),
+                              BACKGROUND, cancel, "evaluate").wait()
 
 
 def compare(engine, current: str | None, candidate: str, examples: Sequence[Example],
-            pins: Sequence[Pin], prompts: Sequence[str] = (),
-            max_length: int = 1024) -> Comparison:
-    """`candidate` against `current` (None: the base model) on the same data."""
+            pins: Sequence[Pin], prompts: Sequence[str] = (), max_length: int = 1024,
+            seed: int = 0, cancel: threading.Event | None = None,
+            progress: Progress | None = None) -> Comparison:
+    """`candidate` against `current` (None: the base model) on the same data, as one
+    background job on the engine thread (waits for it; `JobCancelled` if `cancel` is set)."""
     if candidate in (None, "none"):
         raise AdapterError("the candidate must be an adapter; the base model can only be the "
                            "current one")
-    return Comparison(
-        current=evaluate(engine, current, examples, pins, prompts, max_length),
-        candidate=evaluate(engine, candidate, examples, pins, prompts, max_length),
-        pins=list(pins), prompts=list(prompts),
-    )
+    cancel = Cancel(cancel)
+
+    def steps() -> Steps:
+        args = (examples, pins, prompts, max_length, seed, cancel, progress)
+        old = yield from evaluate_steps(engine, current, *args)
+        new = yield from evaluate_steps(engine, candidate, *args)
+        return Comparison(current=old, candidate=new, pins=list(pins), prompts=list(prompts))
+
+    return engine.jobs.submit(steps(), BACKGROUND, cancel, "compare").wait()

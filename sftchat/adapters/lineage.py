@@ -58,12 +58,17 @@ def _read_snapshot(path: str, name: str, mtime_ns: int, size: int) -> tuple:
     # A published snapshot never changes: reading one of 50,000 records once per process
     # (keyed by its mtime and size) keeps the adapters list and screen quick to reopen.
     records = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    corrupted = AdapterError(f"adapter {name!r} has a corrupted {SNAPSHOT_FILE}; "
+                             f"remove it with `sftchat adapters rm {name}`")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise corrupted from None
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            raise AdapterError(f"adapter {name!r} has a corrupted {SNAPSHOT_FILE}; "
-                               f"remove it with `sftchat adapters rm {name}`") from None
+            raise corrupted from None
         if isinstance(record, dict) and isinstance(record.get("id"), int):
             records[record["id"]] = record
     return tuple(records.items())

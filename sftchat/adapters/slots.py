@@ -12,14 +12,20 @@ Memory stays bounded: at most `max_loaded` adapters stay loaded beside the base;
 more unloads the least recently used (never the one answering), and it reloads from disk in
 milliseconds if asked for again. The app unloads a candidate its review rejected at once.
 
-Not thread-safe on its own: `ChatEngine` calls it under the lock that also covers generation,
-which is what keeps a swap out of the middle of an answer. PEFT keys (`a0_name`, `slot1`)
-are an implementation detail; callers speak adapter names.
+`active` is the adapter the chat answers with (the user's choice); `apply(name)` is what the
+next forward pass runs as — every job on the engine thread applies its own adapter before
+each step (a review replays the candidate between two tokens of an answer by the active
+one), so `apply` only touches PEFT when the state really changes. An adapter a live job
+uses (`in_use`) is never evicted.
+
+Not thread-safe: only the engine thread (`sftchat.engine_thread`) calls it. PEFT keys
+(`a0_name`, `slot1`) are an implementation detail; callers speak adapter names.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 from sftchat.adapters import registry as adapter_registry
 from sftchat.adapters.loading import (
@@ -46,6 +52,11 @@ class AdapterSlots:
         self.max_loaded = MAX_LOADED_ADAPTERS
         self._last_used: dict[str, int] = {}          # name -> tick of its last load or use
         self._ticks = 0
+        self.in_use: Callable[[], set[str]] = set     # names live jobs answer as: not evicted
+        # What the PEFT model runs as now: adapter layers on/off (None: unknown, after a
+        # load), and the PEFT key set active.
+        self._layers_on: bool | None = None
+        self._applied_key: str | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -69,10 +80,38 @@ class AdapterSlots:
         return self._templates[name]
 
     def answering_context(self):
-        """Wrap a generation: adapters disabled when the base answers."""
-        if self.peft is not None and self.active is None:
-            return self.peft.disable_adapter()
+        """Run the forwards inside as the active adapter (the base: adapter layers off)."""
+        self.apply(self.active)
         return contextlib.nullcontext()
+
+    def apply(self, name: str | None) -> None:
+        """Make the next forward pass run as loaded adapter `name` (None: the base model)."""
+        if self.peft is None:
+            return
+        if name is None:
+            self._switch_layers(False)
+            return
+        key = self._keys[name][0]
+        self._switch_layers(True)
+        if self._applied_key != key:
+            self.peft.set_adapter(key)
+            self._applied_key = key
+        self._touch(name)
+
+    def _switch_layers(self, on: bool) -> None:
+        if self._layers_on is on:
+            return
+        if on:
+            self.peft.base_model.enable_adapter_layers()
+        else:
+            self.peft.base_model.disable_adapter_layers()
+        self.peft._adapters_disabled = not on   # what PEFT's own disable_adapter() records
+        self._layers_on = on
+
+    def _forget_applied(self) -> None:
+        """PEFT's state changed under us (a load, an injection, a deletion): re-apply."""
+        self._layers_on = None
+        self._applied_key = None
 
     # ------------------------------------------------------------------ changing
 
@@ -91,6 +130,7 @@ class AdapterSlots:
             return False
         self._check(info)
         if current:  # same name, new folder (removed and retrained): replace it
+            self._forget_applied()
             self.peft.delete_adapter(current[0])
             del self._keys[info.name]
         key = self._free_key("a" + str(len(self._keys)) + "_" + "".join(
@@ -100,6 +140,7 @@ class AdapterSlots:
             if self._prepared is not None and self._prepared[1] == config_signature(
                     read_adapter_config(info.path)):
                 key, injected, self._prepared = self._prepared[0], True, None
+            self._forget_applied()
             self.peft = add_lora_adapter(self.peft, self.loaded.model, info.path, key,
                                          self.loaded.model.device, injected=injected)
         except Exception as exc:  # noqa: BLE001 - becomes one clear message
@@ -117,11 +158,12 @@ class AdapterSlots:
         return True
 
     def activate(self, name: str | None) -> None:
-        """Make loaded adapter `name` answer (None: the base model)."""
-        if name is not None:
-            self.peft.set_adapter(self._keys[name][0])
-            self._touch(name)
+        """Make loaded adapter `name` the chat's (None: the base model)."""
+        if name is not None and name not in self._keys:
+            raise KeyError(name)
         self.active = name
+        if name is not None:
+            self._touch(name)
 
     def _touch(self, name: str) -> None:
         self._ticks += 1
@@ -131,7 +173,9 @@ class AdapterSlots:
         """Unload the least recently used adapters beyond `max_loaded` (not `keep`, not the
         one answering)."""
         while len(self._keys) > self.max_loaded:
-            spare = [name for name in self._keys if name not in (keep, self.active)]
+            busy = self.in_use()
+            spare = [name for name in self._keys
+                     if name not in (keep, self.active) and name not in busy]
             if not spare:
                 return
             self.unload(min(spare, key=lambda name: self._last_used.get(name, 0)))
@@ -142,6 +186,7 @@ class AdapterSlots:
         if self._prepared is not None:
             return
         key = self._free_key(f"slot{len(self._keys)}")
+        self._forget_applied()
         self.peft = inject_empty_adapter(self.peft, self.loaded.model,
                                          lora_config(rank, alpha, dropout), key)
         self._prepared = (key, config_signature(self.peft.peft_config[key]))
@@ -156,6 +201,7 @@ class AdapterSlots:
         self._last_used.pop(name, None)
         if self.active == name:
             self.active = None
+        self._forget_applied()
         if self._keys:
             if self.peft.active_adapter == entry[0]:
                 # PEFT refuses to delete the adapter it considers active.

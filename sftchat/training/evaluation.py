@@ -1,6 +1,10 @@
 """What a run learned and what it changed, measured before the adapter is published.
 
-- `replay`: how many curated examples the model reproduces exactly under greedy decoding.
+- `replay`: how many curated examples the model reproduces exactly under greedy decoding;
+  `curated_replay` is the one measure the trainer, the app's review and `sftchat eval` report:
+  the batch layout checked first (`LossFunction.verify`), at most `REPLAY_SAMPLE` examples (a
+  fixed sample, the same for the same seed), run in steps (`curated_replay_steps`) so that the
+  engine thread can answer a chat message between two batches.
   Greedy decoding reproduces a response exactly when, fed the response so far, the model's
   first choice is always the next response token and finally the end token; so one
   teacher-forced forward pass per example decides it, instead of generating every answer
@@ -17,13 +21,17 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Generator, Sequence
 
 from sftchat.prompts import EncodedExample
 from sftchat.training.loss import per_example_errors
 
 EVAL_BATCH = 8
+# Beyond this many curated examples the replay measures a fixed random sample of them: one
+# forward pass each is cheap for a dozen, but a third of an epoch for fifty thousand.
+REPLAY_SAMPLE = 1000
 
 
 @dataclass
@@ -48,23 +56,92 @@ class ReplayReport:
 def replay(loss_function, examples: Sequence[EncodedExample],
            batch_size: int = EVAL_BATCH) -> ReplayReport:
     """Which `examples` the model reproduces exactly (run under `torch.no_grad`, eval mode)."""
+    return _run(replay_steps(loss_function, examples, batch_size))
+
+
+def replay_steps(loss_function, examples: Sequence[EncodedExample],
+                 batch_size: int = EVAL_BATCH, before_batch: Callable[[], None] | None = None,
+                 ) -> Generator[int, None, ReplayReport]:
+    """`replay` one batch per step: yields the examples done so far, returns the report.
+    `before_batch` runs before each (the engine thread applies the adapter measured)."""
     import torch
 
     exact: list[bool] = []
     margins: list[float] = []
     wrong_tokens = total_tokens = 0
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        if before_batch is not None:
+            before_batch()
+        with torch.no_grad():
             out = loss_function.learned_logits(chunk)
             errors, chunk_margins = per_example_errors(out.logits, out.targets, out.owners,
                                                        len(chunk))
-            exact += [int(e) == 0 for e in errors]
-            margins += [float(m) for m in chunk_margins]
-            wrong_tokens += int(errors.sum())
-            total_tokens += int(out.targets.numel())
+        exact += [int(e) == 0 for e in errors]
+        margins += [float(m) for m in chunk_margins]
+        wrong_tokens += int(errors.sum())
+        total_tokens += int(out.targets.numel())
+        yield len(exact)
     accuracy = 1 - wrong_tokens / total_tokens if total_tokens else 1.0
     return ReplayReport(exact, margins, accuracy)
+
+
+def replay_sample(count: int, seed: int) -> list[int]:
+    """The indices of the examples a replay measures: all of them up to `REPLAY_SAMPLE`, else
+    a sample fixed by `seed` (so the trainer and the review measure the same examples)."""
+    indices = list(range(count))
+    if count > REPLAY_SAMPLE:
+        indices = sorted(random.Random(seed).sample(indices, REPLAY_SAMPLE))
+    return indices
+
+
+@dataclass
+class CuratedReplay:
+    report: ReplayReport
+    ids: list[int]          # the example ids measured (a sample when there are many)
+    total: int              # how many curated examples there were
+
+    def to_dict(self) -> dict:
+        out = self.report.to_dict(self.ids)
+        if len(self.ids) < self.total:
+            out["sampled_from"] = self.total
+        return out
+
+
+def curated_replay_steps(loss_function, encoded: Sequence[EncodedExample],
+                         ids: Sequence[int], seed: int,
+                         before_batch: Callable[[], None] | None = None,
+                         ) -> Generator[tuple[int, int], None, CuratedReplay]:
+    """The curated replay, in steps: checks the batch layout, measures the sample, yields
+    (examples done, examples measured) after each batch."""
+    indices = replay_sample(len(encoded), seed)
+    chosen = [encoded[i] for i in indices]
+    if chosen and not loss_function.verified:
+        if before_batch is not None:
+            before_batch()
+        loss_function.verify(chosen[:EVAL_BATCH])
+        yield 0, len(chosen)
+    steps = replay_steps(loss_function, chosen, before_batch=before_batch)
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as finished:
+            return CuratedReplay(finished.value, [ids[i] for i in indices], len(encoded))
+        yield done, len(chosen)
+
+
+def curated_replay(loss_function, encoded: Sequence[EncodedExample], ids: Sequence[int],
+                   seed: int) -> CuratedReplay:
+    """`curated_replay_steps` run to the end (the trainer's final measure)."""
+    return _run(curated_replay_steps(loss_function, encoded, ids, seed))
+
+
+def _run(steps: Generator):
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            return finished.value
 
 
 def measure_drift(loss_function, model, anchors: Sequence[EncodedExample],

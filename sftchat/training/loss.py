@@ -47,6 +47,7 @@ class LossFunction:
         scaled = any(getattr(config, name, None) for name in
                      ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"))
         self.packed = self.decoder is not None and self.head is not None and not scaled
+        self.verified = not self.packed   # the padded layout needs no check
 
     @property
     def layout(self) -> str:
@@ -92,6 +93,7 @@ class LossFunction:
             padded = masked_loss_sum_of(self._padded(examples))
         difference = abs(float(packed) - float(padded)) / max(abs(float(padded)), 1e-6)
         self.packed = difference <= PACKING_TOLERANCE
+        self.verified = True
         return self.packed
 
 

@@ -155,10 +155,11 @@ class SftchatApp(App):
     # ------------------------------------------------------------------ quit
 
     def _stop_answer(self) -> None:
-        """Cancel an answer being generated: Textual joins thread workers at exit, so an
-        answer left running would keep the process generating after the window closed."""
-        if self.is_screen_installed("chat"):
-            self.screen_for_events().action_stop()
+        """Cancel what the engine is doing — the answer, a review's replay, a compare:
+        Textual joins thread workers at exit, and each waits for its engine job, so work
+        left running would keep the process busy after the window closed."""
+        if self.engine is not None:
+            self.engine.cancel_all()
 
     async def action_quit(self) -> None:
         if not self.training:

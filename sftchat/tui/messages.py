@@ -49,6 +49,13 @@ class TrainingProgressed(Message):
 
 
 @dataclass
+class ReviewProgressed(Message):
+    """How far the review's replay is (shown in the status line)."""
+
+    text: str
+
+
+@dataclass
 class TrainingEnded(Message):
     """The trainer's last event: `finished`, `cancelled` or `failed`."""
 

@@ -90,8 +90,9 @@ def test_loaded_adapters_are_evicted_least_recently_used(trained_workspace, fres
     # The adapter answering is never the one evicted, even when it is the oldest.
     engine.use_adapter("c")
     engine.slots.max_loaded = 1
-    with engine.using("a"):                      # loads a while c answers: b goes, c stays
-        assert sorted(engine.loaded_adapters) == ["a", "c"]
+    # An answer as a (a compare column) loads it while c is the chat's: b goes, c stays.
+    assert engine.generate(question, settings=GREEDY, adapter="a").collect() == answer
+    assert sorted(engine.loaded_adapters) == ["a", "c"]
     assert engine.active_adapter == "c"
 
 

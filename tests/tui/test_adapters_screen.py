@@ -1,5 +1,5 @@
 """The adapters screen under Pilot: order, the active mark, what each key returns, the empty
-state, untrusted metadata, and a snapshot.
+state, untrusted metadata, listing off the event loop (and its failures), and a snapshot.
 
 The adapter folders here are hand-made metadata fixtures (adapter_config.json + sftchat.json
 only, no weights): this screen only lists and chooses; loading real adapters is tested with
@@ -17,8 +17,14 @@ from rich.text import Text
 from textual.app import App
 from textual.widgets import DataTable, Label
 
-from sftchat.tui.screens.adapters import EMPTY_TEXT, AdaptersScreen, format_created
-from tui_helpers import wait_until
+import sftchat.tui.screens.adapters
+from sftchat.tui.screens.adapters import (
+    EMPTY_TEXT,
+    LOADING_TEXT,
+    AdaptersScreen,
+    format_created,
+)
+from tui_helpers import Gate, wait_until
 
 SIZE = (120, 40)
 NOT_DISMISSED = object()
@@ -86,6 +92,15 @@ def on_adapters(app: App) -> bool:
     return isinstance(app.screen, AdaptersScreen)
 
 
+def status(app: App) -> str:
+    return str(app.screen.query_one("#adapters-status", Label).content)
+
+
+def listed(app: App) -> bool:
+    """The screen is up and its listing worker has answered (rows, empty, or an error)."""
+    return on_adapters(app) and not app.screen.loading
+
+
 async def test_lists_newest_first_with_the_active_one_marked(adapters_dir, utc):
     app = HostApp(adapters_dir, active="beta")
     async with app.run_test(size=SIZE) as pilot:
@@ -132,8 +147,9 @@ async def test_keys_dismiss_with_the_choice(adapters_dir, active, keys, expected
 async def test_no_adapters_shows_how_to_train_one(ws):
     app = HostApp(ws / "adapters", active=None)  # the folder does not even exist
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: on_adapters(app))
-        empty = str(app.screen.query_one("#adapters-empty", Label).content)
+        await wait_until(pilot, lambda: listed(app))
+        await pilot.pause()  # the empty table's removal
+        empty = status(app)
         assert empty == "No adapters yet — train one with ctrl+t or /train"
         assert empty == EMPTY_TEXT
         assert not app.screen.query(DataTable)
@@ -155,6 +171,89 @@ async def test_untrusted_metadata_is_shown_literally(ws):
         assert all(isinstance(cell, Text) and not cell.spans for cell in row)
         assert str(row[8]) == "[bold]evil[/bold] model"
         assert str(row[1]) == "not a date"
+
+
+# ---------------------------------------------------------------------- off the event loop
+
+
+async def test_listing_runs_off_the_event_loop(adapters_dir, monkeypatch):
+    """Issue 20: comparing every adapter's train.jsonl used to run in compose, freezing the
+    app for as long as it took. While the listing is held the dialog says it is loading and
+    keys are handled; released, the table fills."""
+    gate = Gate()
+    monkeypatch.setattr(sftchat.tui.screens.adapters, "describe_all",
+                        gate.wrap(sftchat.tui.screens.adapters.describe_all))
+    app = HostApp(adapters_dir, active="beta")
+    async with app.run_test(size=SIZE) as pilot:
+        try:
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the listing")
+            await wait_until(pilot, lambda: on_adapters(app), timeout=5, what="the dialog")
+            await pilot.press("u")  # nothing listed yet: nothing to use, the dialog stays
+            await pilot.pause()
+            assert not gate.timed_out, "the event loop was blocked until the listing gave up"
+            assert app.result is NOT_DISMISSED and on_adapters(app)
+            assert status(app) == LOADING_TEXT
+            assert table(app).row_count == 0
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: table(app).row_count == 3, timeout=10,
+                         what="the rows")
+        assert names(app) == ["  alpha", "● beta", "  gamma"]
+        assert not app.screen.query_one("#adapters-status", Label).display
+        assert table(app).cursor_row == 1
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result == "beta"
+
+
+async def test_closing_while_listing_drops_the_late_list(adapters_dir, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(sftchat.tui.screens.adapters, "describe_all",
+                        gate.wrap(sftchat.tui.screens.adapters.describe_all))
+    app = HostApp(adapters_dir, active=None)
+    async with app.run_test(size=SIZE) as pilot:
+        try:
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the listing")
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: app.result is not NOT_DISMISSED, timeout=5,
+                             what="the dialog to close")
+            assert not gate.timed_out
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: gate.returned.is_set() and not any(
+            worker.group == "adapters-list" for worker in app.workers), timeout=10,
+            what="the late list")
+        await pilot.pause()
+        assert app.result is None and not on_adapters(app)
+    # Leaving run_test re-raises anything the app failed with: the late list did nothing.
+
+
+async def test_an_unreadable_snapshot_is_said_and_the_dialog_still_works(adapters_dir):
+    """A train.jsonl that is not UTF-8 (a disk error, a bad copy) used to escape compose as a
+    UnicodeDecodeError traceback that took the app down."""
+    (adapters_dir / "alpha" / "train.jsonl").write_bytes(b'{"id": 1, "text": "\xff\xfe"}\n')
+    app = HostApp(adapters_dir, active="alpha")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: listed(app), timeout=10, what="the listing")
+        await pilot.pause()
+        text = status(app)
+        assert text.startswith(f"Cannot list the adapters in {adapters_dir}: ")
+        assert "utf-8" in text
+        assert not app.screen.query(DataTable)
+        await pilot.press("b")
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result == "none"
+
+
+async def test_a_corrupted_snapshot_is_said_with_its_fix(adapters_dir):
+    (adapters_dir / "beta" / "train.jsonl").write_text("{not json\n", encoding="utf-8")
+    app = HostApp(adapters_dir, active=None)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: listed(app), timeout=10, what="the listing")
+        assert "sftchat adapters rm beta" in status(app)
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.result is not NOT_DISMISSED)
+        assert app.result is None
 
 
 def test_created_is_shown_in_local_time(monkeypatch):

@@ -452,3 +452,20 @@ async def test_a_new_conversation_mid_answer_drops_the_abandoned_answer(tmp_path
         await pilot.press(*"/set max_new_tokens 8", "enter")
         await ask(pilot, "Hello?")
         assert len(app.screen.turns) == 1 and app.screen.turns[0].instruction == "Hello?"
+
+
+async def test_a_dataset_that_cannot_be_read_is_one_notice_not_a_traceback(tmp_path):
+    """Issue 20, item 4: the chat's dataset count and its poll for outside changes touch the
+    store from the event loop; a store that fails (here: its connection gone) is said once,
+    and the chat goes on."""
+    app = recording_app(settings_for(make_workspace(tmp_path)))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        app.store.close()                              # every read now raises
+        app.screen.refresh_dataset_size()
+        app.screen._notice_outside_changes()           # the once-a-second poll
+        await pilot.pause()
+        said = [t for t in toasts(app) if t.startswith("The dataset cannot be read")]
+        assert len(said) == 1
+        await ask(pilot, "Still there?")                # the chat itself is unaffected
+        assert app.screen.last_exchange is not None

@@ -1,8 +1,10 @@
 """The dataset screen under Pilot, on the real store: paging through 50,000 examples, search
-with its match count, edit/delete through the real modals, untrusted text, and a snapshot."""
+with its match count, edit/delete through the real modals, untrusted text, reads that never
+hold up the event loop (and their failures), and a snapshot."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -15,10 +17,17 @@ from sftchat.conversation import Turn
 from sftchat.dataset.store import ExampleNotFound, ExampleStore
 from sftchat.tui.screens.confirm import ConfirmModal
 from sftchat.tui.screens.curate import CurateModal
-from sftchat.tui.screens.dataset import PAGE_SIZE, DatasetScreen, MatchesCounted
+import sftchat.tui.screens.dataset
+from sftchat.tui.screens.dataset import (
+    LOADING_TEXT,
+    PAGE_GROUP,
+    PAGE_SIZE,
+    DatasetScreen,
+    MatchesCounted,
+)
 from tui_helpers import DatasetHostApp as HostApp
+from tui_helpers import Gate, wait_until
 from tui_helpers import dataset_table as table
-from tui_helpers import wait_until
 
 SIZE = (120, 40)
 BIG = 50_000
@@ -40,6 +49,27 @@ def shown_ids(app: App) -> list[int]:
 
 def on_dataset(app: App) -> bool:
     return isinstance(app.screen, DatasetScreen)
+
+
+def loaded(app: App) -> bool:
+    """The dataset screen is up and its first page (or the failure to read it) has come."""
+    return on_dataset(app) and not app.screen.loading
+
+
+def search_box(app: App) -> Input:
+    return app.screen.query_one("#dataset-search", Input)
+
+
+def reads_done(app: App) -> bool:
+    """No page worker is still reading (each posts its page before it finishes)."""
+    return not any(worker.group == PAGE_GROUP for worker in app.workers)
+
+
+def page_query(search: str | None):
+    """For `Gate.wrap(ExampleStore.iter_examples, when=...)`: a page read for `search`
+    (the match count reads without a limit)."""
+    return lambda store, query=None, limit=None, offset=0: (
+        query == search and limit == PAGE_SIZE + 1)
 
 
 @pytest.fixture
@@ -81,13 +111,15 @@ def stored(data_dir: Path, example_id: int):
 
 
 async def test_pages_through_50000_examples(big_dataset, monkeypatch):
-    # Record every query the event loop makes: each must read one page, never the dataset.
-    limits = []
+    # Record every query: each must read one page, never the dataset, and none may run on
+    # the event loop (the tests' main thread).
+    limits, on_event_loop = [], []
     iter_examples = ExampleStore.iter_examples
 
     def recording(self, search=None, limit=None, offset=0):
+        limits.append(limit)
         if threading.current_thread() is threading.main_thread():
-            limits.append(limit)
+            on_event_loop.append(limit)
         return iter_examples(self, search, limit, offset)
 
     monkeypatch.setattr(ExampleStore, "iter_examples", recording)
@@ -116,6 +148,7 @@ async def test_pages_through_50000_examples(big_dataset, monkeypatch):
         assert shown_ids(app)[0] == 1  # `[` on the first page stays there
         assert table(app).row_count == PAGE_SIZE
     assert limits and all(limit is not None and limit <= PAGE_SIZE + 1 for limit in limits)
+    assert on_event_loop == []
 
 
 async def test_search_narrows_rows_and_counts_matches(big_dataset):
@@ -163,6 +196,185 @@ async def test_a_count_for_a_replaced_search_is_dropped(big_dataset):
         app.screen.post_message(MatchesCounted(cats_count, "cats", 5_000))
         await pilot.pause()
         assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
+
+
+# ---------------------------------------------------------------------- off the event loop
+# Issue 20: the first page and every search keystroke used to be read on the event loop; with
+# thousands of examples typing stalled the app. Each test holds a read with a Gate: the app
+# must answer keys meanwhile (with the old code the hold froze it until the gate gave up).
+
+
+async def test_the_first_page_is_read_off_the_event_loop(big_dataset, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(ExampleStore, "iter_examples", gate.wrap(
+        ExampleStore.iter_examples, when=page_query(None)))
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        try:
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the first read")
+            await wait_until(pilot, lambda: on_dataset(app), timeout=5, what="the screen")
+            assert page_text(app) == LOADING_TEXT and table(app).row_count == 0
+            await pilot.press("slash")
+            assert app.focused is search_box(app)
+            assert not gate.timed_out, "the event loop was blocked until the read gave up"
+            assert not gate.held_on_event_loop
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: table(app).row_count == PAGE_SIZE, timeout=10,
+                         what="the first page")
+        assert shown_ids(app) == list(range(1, PAGE_SIZE + 1))
+        assert page_text(app) == "rows 1–200 of 50,000"
+
+
+async def test_a_search_is_read_off_the_event_loop(big_dataset, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(ExampleStore, "iter_examples", gate.wrap(
+        ExampleStore.iter_examples, when=page_query("needle")))
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app) and table(app).row_count > 0)
+        try:
+            search_box(app).value = "needle"
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the search")
+            await pilot.press("down")  # the table still has the focus, and its page
+            assert table(app).cursor_row == 1
+            assert not gate.timed_out, "the event loop was blocked until the search gave up"
+            assert not gate.held_on_event_loop
+            assert shown_ids(app) == list(range(1, PAGE_SIZE + 1))
+            assert page_text(app) == "rows 1–200 of 50,000"
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES), timeout=10,
+                         what="the search's rows")
+        assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
+
+
+async def test_typing_runs_one_search_once_the_keys_pause(big_dataset, monkeypatch):
+    # A pause far longer than Pilot takes between keys, so the count cannot depend on load.
+    monkeypatch.setattr(sftchat.tui.screens.dataset, "SEARCH_DELAY_S", 1.0)
+    searched = []
+    iter_examples = ExampleStore.iter_examples
+
+    def recording(self, search=None, limit=None, offset=0):
+        if search is not None and limit is not None:
+            searched.append(search)
+        return iter_examples(self, search, limit, offset)
+
+    monkeypatch.setattr(ExampleStore, "iter_examples", recording)
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app) and table(app).row_count > 0)
+        await pilot.press("slash", *"needle")
+        await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES), timeout=10,
+                         what="the search's rows")
+        assert searched == ["needle"]
+
+
+async def test_the_page_of_a_replaced_search_is_dropped(big_dataset, monkeypatch):
+    """The "cats" page is held until "needle" has been shown: arriving late, it must not
+    replace the page the search box asks for."""
+    gate = Gate()
+    monkeypatch.setattr(ExampleStore, "iter_examples", gate.wrap(
+        ExampleStore.iter_examples, when=page_query("cats")))
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app) and table(app).row_count > 0)
+        try:
+            search_box(app).value = "cats"
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the cats search")
+            search_box(app).value = "needle"
+            await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES), timeout=10,
+                             what="the needle search")
+            assert not gate.timed_out
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: gate.returned.is_set() and reads_done(app),
+                         timeout=10, what="the late cats page")
+        await pilot.pause()  # where the late page would (wrongly) land
+        assert shown_ids(app) == list(NEEDLES)
+        assert page_text(app) == "rows 1–3 of 3 matching “needle” (50,000 examples in all)"
+
+
+async def test_the_example_to_edit_is_read_off_the_event_loop(small_dataset, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(ExampleStore, "get", gate.wrap(ExampleStore.get))
+    app = HostApp(small_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app) and table(app).row_count == 3)
+        try:
+            await pilot.press("down", "e")
+            await wait_until(pilot, gate.entered.is_set, timeout=10, what="the read")
+            await pilot.press("down")
+            assert table(app).cursor_row == 2 and on_dataset(app)
+            assert not gate.timed_out, "the event loop was blocked until the read gave up"
+        finally:
+            gate.release.set()
+        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), timeout=10,
+                         what="the edit modal")
+        assert str(app.screen.query_one("#curate-title", Label).content) == "Edit example #2"
+
+
+# ---------------------------------------------------------------------- disk errors
+
+
+async def test_a_failed_search_is_one_notice_and_the_page_stays(big_dataset, monkeypatch):
+    """A read that fails (here an I/O error) used to escape the keystroke's handler as a
+    traceback that took the app down."""
+    iter_examples = ExampleStore.iter_examples
+
+    def failing(self, search=None, limit=None, offset=0):
+        if search == "boom":
+            raise OSError(errno.EIO, "Input/output error")
+        return iter_examples(self, search, limit, offset)
+
+    monkeypatch.setattr(ExampleStore, "iter_examples", failing)
+    app = HostApp(big_dataset)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app) and table(app).row_count > 0)
+        await pilot.press("down")
+        search_box(app).value = "boom"
+        await wait_until(pilot, lambda: app.errors and reads_done(app), timeout=10,
+                         what="the notice")
+        await pilot.pause()
+        assert app.errors == ["Cannot read the dataset: [Errno 5] Input/output error"]
+        # Nothing lost: the page, its position and the cursor are as they were.
+        assert shown_ids(app) == list(range(1, PAGE_SIZE + 1))
+        assert page_text(app) == "rows 1–200 of 50,000"
+        assert table(app).cursor_row == 1
+        assert search_box(app).value == "boom"
+        # And the screen goes on: the next search shows its rows.
+        search_box(app).value = "needle"
+        await wait_until(pilot, lambda: shown_ids(app) == list(NEEDLES), timeout=10,
+                         what="the next search")
+        assert len(app.errors) == 1
+
+
+async def test_a_dataset_that_cannot_be_opened_is_said_and_the_screen_recovers(data_dir):
+    """The data folder is a file (a bad sync, a user's mistake): opening the store raises
+    FileExistsError, an OSError, which used to escape on_mount as a traceback."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.write_text("not a folder")
+    app = HostApp(data_dir)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: loaded(app), timeout=10, what="the failure")
+        await pilot.pause()
+        assert len(app.errors) == 1
+        assert app.errors[0].startswith("Cannot read the dataset: ")
+        assert "File exists" in app.errors[0]
+        assert page_text(app) == app.errors[0]
+        assert table(app).row_count == 0
+        # Fixed outside the app: the next search reads the dataset.
+        data_dir.unlink()
+        with ExampleStore(data_dir) as store:
+            store.add("Find the needle", "Here.", source="cli")
+        await pilot.press("slash", *"needle", "enter")
+        await wait_until(pilot, lambda: shown_ids(app) == [1], timeout=10,
+                         what="the recovered dataset")
+        assert page_text(app) == "rows 1–1 of 1 matching “needle” (1 examples in all)"
+        assert app.screen.store is not None  # and it watches for outside changes again
+        assert len(app.errors) == 1
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.closed)
 
 
 # ---------------------------------------------------------------------- edit and delete
@@ -309,7 +521,7 @@ async def test_escape_closes_the_screen_and_its_store(small_dataset):
 async def test_empty_dataset_says_how_to_add_examples(data_dir):
     app = HostApp(data_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: on_dataset(app) and page_text(app) != "")
+        await wait_until(pilot, lambda: loaded(app))
         assert table(app).row_count == 0
         assert page_text(app).startswith("No examples yet")
         await pilot.press("e", "d", "right_square_bracket")  # nothing to act on: no-ops
@@ -332,7 +544,10 @@ async def test_untrusted_text_is_shown_literally(data_dir):
         assert str(instruction) == "[red]instr[/red]"
         assert str(response) == UNTRUSTED_SHOWN
         assert str(source) == "import:x.json"
-        # And as drawn on screen: line 0 is the header, line 1 the first row.
+        # And as drawn on screen: line 0 is the header, line 1 the first row (drawn once the
+        # table has laid out the row its worker added).
+        await wait_until(pilot, lambda: table(app).render_line(1).text.strip() != "",
+                         timeout=10, what="the row drawn")
         drawn = table(app).render_line(1).text
         assert UNTRUSTED_SHOWN in drawn and "\x1b" not in drawn
 

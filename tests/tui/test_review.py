@@ -143,6 +143,7 @@ async def test_compare_pick_saves_the_example_with_the_others_rejected_and_rollb
         compare = app.screen
         assert compare.models == [None, "first"]
         await wait_until(pilot, lambda: all(compare.done), what="both answers")
+        assert compare.errors == [None, None], compare.errors
         assert compare.answers[1] == curated and compare.answers[0] != curated
         base_answer = compare.answers[0]
         await pilot.press("2")
@@ -162,6 +163,34 @@ async def test_compare_pick_saves_the_example_with_the_others_rejected_and_rollb
         assert (example.instruction, example.response) == (question, curated)
         assert [(r.response, r.source) for r in store.rejected_for(6)] == \
             [(base_answer, "compare")]
+
+
+async def test_compare_with_an_adapter_deleted_meanwhile_says_so_in_its_column(
+        tmp_path, trained_workspace):
+    """Issue 20: an adapter deleted during a compare raised into Textual (or left "…"
+    forever); now its column says why and the others can still be picked."""
+    from conftest import CURATED
+
+    workspace = _workspace_with_first(tmp_path, trained_workspace)
+    shutil.copytree(workspace / "adapters" / "first", workspace / "adapters" / "gone")
+    app = recording_app(settings_for(workspace))
+    question, curated = CURATED[2]
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        shutil.rmtree(workspace / "adapters" / "gone")     # `sftchat adapters rm` elsewhere
+        app.push_screen(CompareScreen(app.engine, question, [None, "gone", "first"]))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen)
+                         and all(app.screen.done), what="every column")
+        compare = app.screen
+        assert compare.errors[1] and "no adapter named 'gone'" in compare.errors[1]
+        assert compare.errors[0] is None and compare.answers[2] == curated
+        await pilot.press("2")
+        await wait_until(pilot, lambda: any("2 gave no answer" in t for t in toasts(app)),
+                         what="the refusal")
+        assert app.screen is compare
+        await pilot.press("3")
+        await wait_until(pilot, lambda: not isinstance(app.screen, CompareScreen),
+                         what="the pick")
 
 
 def _comparison() -> Comparison:
@@ -191,19 +220,18 @@ class _FixedAnswers:
 
     def __init__(self, answers: dict):
         self.answers = answers
-        self.model = None
 
-    def using(self, model):
-        import contextlib
+    def generate(self, question, history=(), system="", settings=None, cancel=None,
+                 adapter=None):
+        return _FixedGeneration(self.answers[None if adapter == "none" else adapter])
 
-        self.model = model
-        return contextlib.nullcontext()
 
-    def generate(self, question, history=(), system="", settings=None, cancel=None):
-        from sftchat.engine import Generation
+class _FixedGeneration:
+    def __init__(self, text: str):
+        self.text = text
 
-        text = self.answers[self.model]
-        return Generation(pieces=iter([text]), text=text)
+    def __iter__(self):
+        return iter([self.text])
 
 
 def test_snapshot_compare(snap_compare):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from textual.app import App
 from textual.widgets import DataTable
@@ -126,6 +127,7 @@ class DatasetHostApp(App[None]):
         self.data_dir = data_dir
         self.closed = False
         self.notes: list[str] = []
+        self.errors: list[str] = []   # the notes shown with severity="error"
 
     def on_mount(self) -> None:
         self.push_screen(DatasetScreen(self.data_dir), self._on_closed)
@@ -135,8 +137,46 @@ class DatasetHostApp(App[None]):
 
     def notify(self, message: str, **kwargs) -> None:
         self.notes.append(message)
+        if kwargs.get("severity") == "error":
+            self.errors.append(message)
         super().notify(message, **kwargs)
 
 
 def dataset_table(app: App) -> DataTable:
     return app.screen.query_one("#dataset-table", DataTable)
+
+
+class Gate:
+    """Holds calls to a function until `release` is set, to check that the app stays
+    responsive while that work waits (issue 20: nothing blocks the event loop).
+
+    A held call gives up after `timeout` seconds and records it in `timed_out`: code that
+    makes the call on the event loop then freezes the app for that long, not forever, so the
+    test fails instead of hanging. `entered` is set when a call is held, `returned` when a
+    held call has returned.
+    """
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.returned = threading.Event()
+        self.timed_out = False
+        self.held_on_event_loop = False
+
+    def wrap(self, function: Callable[..., Any],
+             when: Callable[..., bool] = lambda *args, **kwargs: True) -> Callable[..., Any]:
+        """`function`, with the calls for which `when(*args, **kwargs)` holds held."""
+        def held(*args, **kwargs):
+            if not when(*args, **kwargs):
+                return function(*args, **kwargs)
+            # The tests' event loop (and so the app's) runs in the main thread.
+            self.held_on_event_loop |= threading.current_thread() is threading.main_thread()
+            self.entered.set()
+            if not self.release.wait(self.timeout):
+                self.timed_out = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.returned.set()
+        return held

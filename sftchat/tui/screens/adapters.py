@@ -7,6 +7,12 @@ Enter or `u` dismisses with the highlighted adapter's name, `b` with "none" (the
 `p` with "previous" (roll back to what answered before), Escape with None (change nothing).
 Switching is the caller's job: this screen only chooses.
 
+Listing reads every adapter's metadata and compares each `train.jsonl` snapshot with the one
+before it (tens of thousands of records each), so it runs in a thread worker: the dialog opens
+at once with "Loading adapters…" and the table fills when the worker posts `AdaptersListed`.
+A folder that cannot be read (permissions, a corrupted or undecodable snapshot, a folder
+removed meanwhile) is said in the dialog; Escape and `b` keep working.
+
 Adapter names and metadata come from files on disk, so every cell is `rich.text.Text`
 without control characters, never markup.
 """
@@ -14,23 +20,29 @@ without control characters, never markup.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label
+from textual.worker import Worker, WorkerState
 
-from ...adapters import AdapterError, AdapterInfo, list_adapters
-from ...lineage import describe_all
+from ...adapters.lineage import describe_all
+from ...adapters.registry import AdapterInfo, list_adapters
 from ...text import one_line, strip_control
 
 ACTIVE_MARK = "● "
 BASE_MODEL_WIDTH = 40
 EMPTY_TEXT = "No adapters yet — train one with ctrl+t or /train"
+LOADING_TEXT = "Loading adapters…"
+COLUMNS = ("name", "created", "examples", "data", "from", "replay", "final loss", "decision",
+           "base model")
 
 
 def _plain(text: object, width: int = 64) -> Text:
@@ -77,6 +89,14 @@ def row_cells(info: AdapterInfo, row: dict, active: str | None) -> tuple[Text, .
     )
 
 
+@dataclass
+class AdaptersListed(Message):
+    """The listing worker read the folder: `adapters` oldest first, `rows` their lineage."""
+
+    adapters: list[AdapterInfo]
+    rows: list[dict]
+
+
 class AdaptersScreen(ModalScreen[str | None]):
     """Lists `adapters_dir`; `active` is the adapter in use now (None: the base model)."""
 
@@ -93,44 +113,65 @@ class AdaptersScreen(ModalScreen[str | None]):
         super().__init__()
         self.adapters_dir = Path(adapters_dir)
         self.active = None if active in (None, "none") else active
+        # Newest first, filled by the listing worker; empty while it reads.
         self.adapters: list[AdapterInfo] = []
         self.rows: list[dict] = []
         self.error: str | None = None
+        self.loading = True
 
     def compose(self):
-        try:
-            found = list_adapters(self.adapters_dir)
-            self.rows = list(reversed(describe_all(found)))  # newest first
-            self.adapters = list(reversed(found))
-        except (AdapterError, OSError) as exc:
-            self.error = f"Cannot list the adapters in {self.adapters_dir}: {exc}"
         with Vertical(id="adapters-dialog"):
             yield Label(Text("Adapters"), id="adapters-title")
             active = (f"Active: {self.active}" if self.active
                       else "Active: the base model (no adapter)")
             yield Label(_plain(active), id="adapters-active")
-            if self.error:
-                yield Label(Text(self.error), id="adapters-empty")
-            elif not self.adapters:
-                yield Label(Text(EMPTY_TEXT), id="adapters-empty")
-            else:
-                yield DataTable(id="adapters-table", cursor_type="row", zebra_stripes=True)
+            # Says "loading", then why there is nothing to list; hidden once rows show.
+            yield Label(Text(LOADING_TEXT), id="adapters-status")
+            yield DataTable(id="adapters-table", cursor_type="row", zebra_stripes=True)
             yield Label(Text("Enter/u use · b base model · p previous (roll back) · Esc close"),
                         id="adapters-hint")
         yield Footer()
 
     def on_mount(self) -> None:
+        table = self.query_one("#adapters-table", DataTable)
+        for label in COLUMNS:
+            table.add_column(label, key=label)
+        self._list_adapters()
+
+    @work(thread=True, exclusive=True, group="adapters-list", exit_on_error=False)
+    def _list_adapters(self) -> None:
+        """Read the folder off the event loop; a failure reaches `on_worker_state_changed`."""
+        found = list_adapters(self.adapters_dir)
+        self.post_message(AdaptersListed(found, describe_all(found)))
+
+    def on_adapters_listed(self, message: AdaptersListed) -> None:
+        self.loading = False
+        self.adapters = list(reversed(message.adapters))  # newest first
+        self.rows = list(reversed(message.rows))
         if not self.adapters:
+            self._show_status(EMPTY_TEXT)
             return
         table = self.query_one("#adapters-table", DataTable)
-        for label in ("name", "created", "examples", "data", "from", "replay", "final loss",
-                      "decision", "base model"):
-            table.add_column(label, key=label)
         for info, row in zip(self.adapters, self.rows):
             table.add_row(*row_cells(info, row, self.active), key=info.name)
         names = [info.name for info in self.adapters]
         if self.active in names:
             table.move_cursor(row=names.index(self.active), animate=False)
+        self.query_one("#adapters-status", Label).display = False
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.group == "adapters-list":
+            # Anything reading the folder raised (AdapterError, OSError, a snapshot that is
+            # not UTF-8): the dialog says so instead of a traceback; b and Escape still work.
+            self.loading = False
+            self.error = f"Cannot list the adapters in {self.adapters_dir}: {event.worker.error}"
+            self._show_status(self.error)
+
+    def _show_status(self, text: str) -> None:
+        """Nothing to choose from: the status line says why, and the empty table goes."""
+        # Error text quotes file names and file contents: no control characters, no markup.
+        self.query_one("#adapters-status", Label).update(Text(strip_control(text)))
+        self.query_one("#adapters-table", DataTable).remove()
 
     def _highlighted(self) -> str | None:
         if not self.adapters:

@@ -15,6 +15,7 @@ prompt it was answered under; the curate modal shows them, to edit, drop or lear
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 from textual import on, work
@@ -25,7 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from sftchat.conversation import Turn
 from sftchat.dataset.store import ExampleStore
-from sftchat.errors import SftchatError
+from sftchat.errors import error_line
 from sftchat.training.memory import gpu_memory_text
 from sftchat.tui.messages import (
     ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted,
@@ -49,13 +50,6 @@ def same_text(one: Turn, other: Turn) -> bool:
     """The same exchange, whether or not training learns its answer."""
     return (one.instruction, one.input, one.response) == (other.instruction, other.input,
                                                           other.response)
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for the user: our own errors are written for them; others get their type."""
-    if isinstance(exc, SftchatError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 class ChatScreen(CommandsMixin, ModelsMixin, Screen):
@@ -92,6 +86,7 @@ class ChatScreen(CommandsMixin, ModelsMixin, Screen):
         self._cancel = threading.Event()
         self.saves_in_flight = 0
         self.answered_before: list[str | None] = []
+        self._store_error_said = False
 
     # ------------------------------------------------------------------ layout
 
@@ -110,7 +105,7 @@ class ChatScreen(CommandsMixin, ModelsMixin, Screen):
         self.start_session()
         self.refresh_dataset_size()
         # Another app or a CLI may curate into the same workspace: keep the count true.
-        self._outside_changes = self.app.store.outside_changes()
+        self._outside_changes = self._read_store(self.app.store.outside_changes)
         self.set_interval(OUTSIDE_CHANGES_POLL_S, self._notice_outside_changes)
         # Start loading after the first paint: importing torch in a worker thread holds the
         # GIL for long stretches and would otherwise delay it.
@@ -134,13 +129,30 @@ class ChatScreen(CommandsMixin, ModelsMixin, Screen):
         return self._active_turn is not None
 
     def refresh_dataset_size(self) -> None:
-        self.status.examples = self.app.store.count()
+        count = self._read_store(self.app.store.count)
+        if count is not None:
+            self.status.examples = count
 
     def _notice_outside_changes(self) -> None:
-        version = self.app.store.outside_changes()
-        if version != self._outside_changes:
+        version = self._read_store(self.app.store.outside_changes)
+        if version is not None and version != self._outside_changes:
             self._outside_changes = version
             self.refresh_dataset_size()
+
+    def _read_store(self, read):
+        """`read()` (a count, a version: no I/O to speak of, so on the event loop), or None
+        with one notice if the dataset cannot be read (deleted, disk error) — said once,
+        not at every poll."""
+        try:
+            value = read()
+        except (sqlite3.Error, OSError) as error:
+            if not self._store_error_said:
+                self._store_error_said = True
+                self.notify(f"The dataset cannot be read: {error_line(error)}",
+                            title="Dataset", severity="error", markup=False, timeout=15)
+            return None
+        self._store_error_said = False
+        return value
 
     # ------------------------------------------------------------------ model
 

@@ -272,8 +272,9 @@ class CommandsMixin:
             return
         index, answers = picked
         chosen = answers[index]
+        # A column with no answer (its adapter was deleted meanwhile) rejects nothing.
         others = [(answer, "compare") for i, answer in enumerate(answers)
-                  if i != index and answer != chosen]
+                  if i != index and answer and answer != chosen]
         instruction, system = exchange.instruction, exchange.system
 
         def save(store) -> str:

@@ -2,10 +2,11 @@
 rollback. A mixin of `ChatScreen` (kept apart so each file holds one job).
 
 When a run finishes, its adapter does not answer blindly: a worker replays it against the
-model answering now (`sftchat.adapters.comparison.compare`: curated examples, pinned
-prompts) and the review opens (`ReviewScreen`); accept swaps it in, reject keeps the current
-one; either decision is recorded beside the adapter (`lineage.record_decision`). `review = false` in sftchat.toml, or `/train --auto-swap`, swaps at
-once as before. Swaps wait for an answer in progress and keep the conversation's context;
+model answering now (`sftchat.adapters.comparison.compare`, a background job on the engine
+thread: curated examples, pinned prompts) and the review opens (`ReviewScreen`); accept swaps
+it in, reject keeps the current one; either decision is recorded beside the adapter
+(`lineage.record_decision`). `review = false` in sftchat.toml, or `/train --auto-swap`, swaps
+at once. Swaps wait for an answer in progress and keep the conversation's context;
 `/adapter previous` (and `p` on the adapters screen) goes back to the adapter that answered
 before.
 """
@@ -13,6 +14,7 @@ before.
 from __future__ import annotations
 
 import shlex
+import time
 
 from textual import work
 
@@ -24,10 +26,14 @@ from sftchat.adapters.lineage import record_decision
 from sftchat.adapters.comparison import compare
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.training.options import TrainOptionsError, parse_train_options
-from sftchat.tui.messages import AdapterSwapped, ReviewReady, TrainingEnded, TrainingProgressed
+from sftchat.tui.messages import (
+    AdapterSwapped, ReviewProgressed, ReviewReady, TrainingEnded, TrainingProgressed,
+)
 from sftchat.tui.widgets.training_panel import TrainingPanel
 
 AUTO_SWAP_FLAG = "--auto-swap"
+# The review's progress in the status line, at most this often.
+PROGRESS_EVERY_S = 0.25
 
 
 class ModelsMixin:
@@ -114,15 +120,29 @@ class ModelsMixin:
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="review")
     def review_adapter(self, name: str) -> None:
-        """Replay `name` against the model answering now (holding the engine per model, so
-        an answer asked meanwhile waits, and typing never does)."""
+        """Replay `name` against the model answering now: a background job on the engine
+        thread, in batches, so an answer asked meanwhile goes first; the status line shows
+        how far it is."""
         settings = self.app.settings
         with ExampleStore(settings.data_dir) as store:
             examples, pins = store.snapshot(), Pins(store).all()
         engine = self.app.engine
+        shown = [0.0]
+
+        def progress(model: str | None, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= PROGRESS_EVERY_S or done == total:
+                shown[0] = now
+                self.post_message(ReviewProgressed(
+                    f"reviewing {name}: {model or 'base model'} {done}/{total}"))
+
         comparison = compare(engine, engine.active_adapter, name, examples, pins,
-                             max_length=settings.training.max_length)
+                             max_length=settings.training.max_length,
+                             seed=settings.training.seed, progress=progress)
         self.post_message(ReviewReady(comparison))
+
+    def on_review_progressed(self, message: ReviewProgressed) -> None:
+        self.status.training = message.text
 
     def on_review_ready(self, message: ReviewReady) -> None:
         self.status.training = "idle"
@@ -177,7 +197,7 @@ class ModelsMixin:
 
     @work(thread=True, exit_on_error=False, group="swap")
     def unload_rejected(self, name: str) -> None:
-        # In a worker: the engine's lock waits for an answer in progress.
+        # In a worker: it waits for the engine thread (a step of an answer at most).
         self.app.engine.unload_adapter(name)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="slot")

@@ -3,10 +3,12 @@ answered before and the one answering now, side by side (columns on a wide termi
 stacked on a narrow one). Each answers after the same earlier turns, under the same system
 prompt and sampling, as the chat's answer was given.
 
-The answers stream in turn, in a worker, each under `ChatEngine.using(model)` (the engine is
-held per answer; the chat's own adapter answers again afterwards). `1`/`2`/`3` picks the best:
-the screen dismisses with (its index, every answer), and the chat saves it as a curated
-example with the other answers kept as its rejected answers. Escape closes without saving.
+The answers stream in turn, in a worker, each generated as its model
+(`ChatEngine.generate(adapter=...)`: the chat's own adapter is untouched). A model that cannot
+answer — an adapter deleted meanwhile — says why in its column and cannot be picked.
+`1`/`2`/`3` picks the best: the screen dismisses with (its index, every answer), and the chat
+saves it as a curated example with the other answers kept as its rejected answers. Escape
+closes without saving (and stops the answer in progress).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, Static
 
+from sftchat.errors import SftchatError, error_line
 from sftchat.text import one_line, strip_control
 
 # Narrower than this, the columns are stacked.
@@ -39,6 +42,7 @@ class CompareChunk(Message):
 class CompareDone(Message):
     column: int
     text: str
+    error: str | None = None   # why this model gave no answer
 
 
 class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
@@ -57,6 +61,7 @@ class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
         self.history, self.system, self.settings = list(history), system, settings
         self.answers = [""] * len(models)
         self.done = [False] * len(models)
+        self.errors: list[str | None] = [None] * len(models)
         self._cancel = threading.Event()
 
     def compose(self) -> ComposeResult:
@@ -85,13 +90,16 @@ class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="compare")
     def answer_all(self) -> None:
         for column, model in enumerate(self.models):
-            with self.engine.using(model):
-                generation = self.engine.generate(self.question, history=self.history,
-                                                  system=self.system, settings=self.settings,
-                                                  cancel=self._cancel)
+            generation = self.engine.generate(self.question, history=self.history,
+                                              system=self.system, settings=self.settings,
+                                              cancel=self._cancel, adapter=model or "none")
+            try:
                 for piece in generation:
                     self.post_message(CompareChunk(column, piece))
-            self.post_message(CompareDone(column, generation.text))
+            except (SftchatError, OSError) as error:   # e.g. the adapter was deleted meanwhile
+                self.post_message(CompareDone(column, "", error_line(error)))
+            else:
+                self.post_message(CompareDone(column, generation.text))
             if self._cancel.is_set():
                 return
 
@@ -102,17 +110,23 @@ class CompareScreen(ModalScreen[tuple[int, list[str]] | None]):
     def on_compare_done(self, message: CompareDone) -> None:
         self.answers[message.column] = message.text
         self.done[message.column] = True
+        self.errors[message.column] = message.error
         self._show(message.column)
 
     def _show(self, column: int) -> None:
+        error = self.errors[column]
         self.query_one(f"#compare-answer-{column}", Static).update(
-            Text(strip_control(self.answers[column]) or "…"))
+            Text(f"no answer: {error}", style="red") if error is not None
+            else Text(strip_control(self.answers[column]) or "…"))
 
     def action_pick(self, index: int) -> None:
         if index >= len(self.models):
             return
         if not all(self.done):
             self.notify("Wait for every answer to finish before picking one.", markup=False)
+            return
+        if self.errors[index] is not None:
+            self.notify(f"{index + 1} gave no answer: pick another.", markup=False)
             return
         self.dismiss((index, list(self.answers)))
 

@@ -8,13 +8,21 @@ search box filters by text, `e` / Enter edits the highlighted example in the cur
 instruction cell starts with its number of turns and a mark for a system prompt; the curate
 modal edits its system prompt and earlier turns too.
 
-How many examples match a search is counted in a thread worker on a connection of its own:
-counting means reading every matching row (about 0.1 s on 50,000 examples), too long to do
-on the event loop at every keystroke. Edits and deletes also run in workers on connections of
-their own, because a write waits while another process (a CLI import) holds the write lock;
-they post `ExampleEdited` / `ExampleDeleted`, and a failed one is reported by the screen's
-worker-state handler. What stays on the event loop is one small read per page: in WAL mode
-a read never waits for a writer.
+Nothing here reads or writes the database on the event loop. A search scans every example
+that does not match (a tenth of a second on 50,000, more on a slow disk), and opening the
+store waits while another process migrates it, so:
+- each page is read by a thread worker on a connection of its own, which posts `PageRead`;
+  search keystrokes wait `SEARCH_DELAY_S` for the user to pause, and a page asked for after
+  another one wins (the older answer is dropped by its generation number). The old page
+  stays on screen until the new one comes; the first shows "Loading examples…".
+- how many examples match a search is counted by another worker (`MatchesCounted`).
+- the example to edit is read fresh by a worker (`ExampleFetched`), and edits and deletes
+  are written by workers, which wait while another process (a CLI import) holds the write
+  lock; they post `ExampleEdited` / `ExampleDeleted`.
+A failure (StoreError, sqlite3.Error, OSError: a locked, full, unreadable or removed
+dataset) becomes one error notice and the screen keeps what it shows. The only database call
+left on the event loop is the once-a-second `PRAGMA data_version` poll for changes made by
+other processes: it reads the WAL index in shared memory and never waits for a writer.
 
 Cells are `rich.text.Text` built with `one_line(strip_control(...))`: example text comes from
 a model or an imported file and must never be read as markup or as escape sequences.
@@ -37,53 +45,44 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Label
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...conversation import conversation_marks
 from ...dataset.store import Example, ExampleStore, StoreError
 from ...text import one_line, strip_control
 from .confirm import ConfirmModal
 from .curate import CurateModal, CurateResult
+from .dataset_rows import PAGE_SIZE, read_page, row_cells
 
-PAGE_SIZE = 200
-# Cell widths in characters: with the table's padding and scrollbar, under 120 columns, so
-# a common terminal shows every column without scrolling sideways.
-INSTRUCTION_WIDTH = 32
-RESPONSE_WIDTH = 46
-SOURCE_WIDTH = 16
 SEARCH_SHOWN_WIDTH = 30
+# A search starts once typing pauses this long: one query per pause, not one per keystroke.
+SEARCH_DELAY_S = 0.15
 COUNT_DELAY_S = 0.25
 # How often screens check whether another process (a second app, a CLI) changed the dataset:
 # a PRAGMA read without I/O, so polling is cheaper than any notification would be.
 OUTSIDE_CHANGES_POLL_S = 1.0
-# A busy or broken database file surfaces as sqlite3.Error, not only as StoreError.
-DB_ERRORS = (StoreError, sqlite3.Error)
+# A busy or broken database file surfaces as sqlite3.Error, not only as StoreError; a data
+# folder that cannot be created or was replaced by a file, as OSError.
+DB_ERRORS = (StoreError, sqlite3.Error, OSError)
+LOADING_TEXT = "Loading examples…"
 EMPTY_TEXT = ("No examples yet — save an answer from the chat with ctrl+s, or use "
               "`sftchat data add`.")
+# Workers whose failure the screen reports (a failed count only shows "…").
+PAGE_GROUP, FETCH_GROUP, WRITE_GROUP = "dataset-page", "dataset-fetch", "dataset-write"
 
 
-def _cell(text: str, width: int) -> Text:
-    """One table cell of untrusted text: no control characters, one line, never markup."""
-    return Text(one_line(strip_control(text), width))
+@dataclass
+class PageRead(Message):
+    """A page worker's answer for the request numbered `generation`."""
 
-
-def is_edited(example: Example) -> bool:
-    """The example came from a chat answer that the user changed before saving (or later)."""
-    return example.original_response is not None and example.original_response != example.response
-
-
-def conversation_mark(example: Example) -> str:
-    """"" for a single-turn example; "[3 turns] ", "[system] ", "[2 turns, system] "."""
-    parts = conversation_marks(example)
-    return f"[{', '.join(parts)}] " if parts else ""
-
-
-def row_cells(example: Example) -> tuple[Text, ...]:
-    return (
-        Text(str(example.id), justify="right"),
-        _cell(conversation_mark(example) + example.instruction, INSTRUCTION_WIDTH),
-        _cell(example.response, RESPONSE_WIDTH),
-        _cell(example.source, SOURCE_WIDTH),
-        Text("yes" if is_edited(example) else ""),
-    )
+    generation: int
+    search: str
+    offset: int
+    rows: list[Example]
+    total: int
+    cursor_row: int
+    recount: bool
+    # The worker's connection, handed over when the screen had none yet (for its poll),
+    # with the `outside_changes()` it read before the page.
+    store: ExampleStore | None = None
+    version: int | None = None
 
 
 @dataclass
@@ -93,6 +92,13 @@ class MatchesCounted(Message):
     generation: int
     search: str
     count: int | None
+
+
+@dataclass
+class ExampleFetched(Message):
+    """The example to edit, read fresh from the store (the page may be older)."""
+
+    example: Example
 
 
 @dataclass
@@ -125,38 +131,49 @@ class DatasetScreen(Screen[None]):
     def __init__(self, data_dir: Path) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
+        # The event loop's connection, only for the outside-changes poll; a page worker
+        # opens it (opening can wait for another process's lock) and hands it over.
         self.store: ExampleStore | None = None
+        # What the user asked for (the search box as typed, the page turned to); the page
+        # shown is the answer to the latest request, `shown_search` its search.
         self.search = ""
         self.page_offset = 0
+        self.shown_search = ""
         self.page_ids: list[int] = []
         self.has_next = False
         self.total = 0
+        # True until the first page (or the failure to read it) comes.
+        self.loading = True
+        # Bumped at every page request: the answer to an older one is dropped.
+        self.page_generation = 0
         # Matches of the current search; None while the worker counts them.
         self.matches: int | None = None
         # Bumped at every recount, so a late answer for an older count is ignored.
         self.count_generation = 0
         self._count_timer: Timer | None = None
+        self._search_timer: Timer | None = None
 
     def compose(self):
         yield Input(placeholder="Search instructions, inputs and responses…  (/ to focus)",
                     id="dataset-search")
         yield DataTable(id="dataset-table", cursor_type="row", zebra_stripes=True)
-        yield Label("", id="dataset-page")
+        yield Label(LOADING_TEXT, id="dataset-page")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#dataset-table", DataTable)
         for label in ("id", "instruction", "response", "source", "edited?"):
             table.add_column(label, key=label)
-        try:
-            self.store = ExampleStore(self.data_dir)
-        except DB_ERRORS as exc:
-            # The screen stays open and says why, rather than taking the app down.
-            self._page_label().update(Text(str(exc)))
-            return
         self._load_page(recount=True)
-        # Another app or a CLI may change the dataset while this screen is open.
-        self._outside_changes = self.store.outside_changes()
+
+    def _adopt(self, store: ExampleStore, version: int | None) -> None:
+        """Keep a page worker's connection for the poll (another app or a CLI may change the
+        dataset while this screen is open); close any other one handed over meanwhile."""
+        if self.store is not None or not self.is_attached:
+            store.close()
+            return
+        self.store = store
+        self._outside_changes = version
         self.set_interval(OUTSIDE_CHANGES_POLL_S, self._notice_outside_changes)
 
     def _notice_outside_changes(self) -> None:
@@ -184,25 +201,42 @@ class DatasetScreen(Screen[None]):
         return self.query_one("#dataset-page", Label)
 
     def _load_page(self, cursor_row: int = 0, recount: bool = False) -> None:
-        """Show the page at `self.page_offset`, with the cursor on `cursor_row` (clamped).
+        """Ask a worker for the page at `self.page_offset` of `self.search`, to show with the
+        cursor on `cursor_row` (clamped); the shown page stays until it answers."""
+        self.page_generation += 1
+        self._read_page(self.page_generation, self.search, self.page_offset, cursor_row,
+                        recount, keep=self.store is None)
 
-        One query of PAGE_SIZE + 1 rows: the extra row only tells whether a next page exists.
-        """
-        if self.store is None:
-            return
-        search = self.search if self.search.strip() else None
+    @work(thread=True, exclusive=True, group=PAGE_GROUP, exit_on_error=False)
+    def _read_page(self, generation: int, search: str, offset: int, cursor_row: int,
+                   recount: bool, keep: bool) -> None:
+        """Read a page on a connection of its own (the event loop's is for its poll) and post
+        it; a failure reaches `on_worker_state_changed`."""
+        store = ExampleStore(self.data_dir)
         try:
-            rows = list(self.store.iter_examples(search, PAGE_SIZE + 1, self.page_offset))
-            # The page emptied (its last rows were deleted, here or by another process):
-            # step back to the last page that has rows.
-            while not rows and self.page_offset > 0:
-                self.page_offset = max(0, self.page_offset - PAGE_SIZE)
-                cursor_row = PAGE_SIZE - 1
-                rows = list(self.store.iter_examples(search, PAGE_SIZE + 1, self.page_offset))
-            self.total = self.store.count()
-        except DB_ERRORS as exc:
-            self.notify(f"Cannot read the dataset: {exc}", severity="error", markup=False)
-            return
+            # Before the page: a change made while it is read is noticed by the poll.
+            version = store.outside_changes()
+            rows, offset, cursor_row = read_page(store, search, offset, cursor_row)
+            total = store.count()
+        except BaseException:
+            store.close()
+            raise
+        kept = store if keep else None
+        if kept is None:
+            store.close()
+        self.post_message(PageRead(generation, search, offset, rows, total, cursor_row,
+                                   recount, kept, version))
+
+    def on_page_read(self, message: PageRead) -> None:
+        if message.store is not None:
+            self._adopt(message.store, message.version)
+        if message.generation != self.page_generation:
+            return  # a newer page was asked for meanwhile
+        self.loading = False
+        search = message.search if message.search.strip() else None
+        self.shown_search, self.page_offset, self.total = (message.search, message.offset,
+                                                           message.total)
+        rows = message.rows
         self.has_next = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
         self.page_ids = [example.id for example in rows]
@@ -212,22 +246,31 @@ class DatasetScreen(Screen[None]):
         for example in rows:
             table.add_row(*row_cells(example), key=str(example.id))
         if rows:
-            table.move_cursor(row=min(cursor_row, len(rows) - 1), animate=False)
+            table.move_cursor(row=min(message.cursor_row, len(rows) - 1), animate=False)
 
-        if search is None or recount:
+        if search is None or message.recount:
             self._forget_count()
         if search is None:
             self.matches = self.total
-        elif recount:
+        elif message.recount:
             if self.page_offset == 0 and not self.has_next:
                 self.matches = len(rows)  # the whole result is on this page
             else:
                 self.matches = None
-                # Count once the user pauses typing, not at every keystroke: each count
-                # reads every match, and a count for a search already replaced is wasted.
+                # Count a moment later, not at once: each count reads every match, and a
+                # count for a search replaced meanwhile (an edit, a poll) is wasted.
                 self._count_timer = self.set_timer(
                     COUNT_DELAY_S, partial(self._count_matches, self.count_generation, search))
         self._show_position()
+
+    def _page_failed(self, exc: BaseException) -> None:
+        """One notice; the page shown stays (nothing is lost), or the label says why there is
+        none yet."""
+        text = f"Cannot read the dataset: {exc}"
+        self.notify(text, severity="error", markup=False)
+        if self.loading:
+            self.loading = False
+            self._page_label().update(Text(strip_control(text)))
 
     def _forget_count(self) -> None:
         """Drop a pending or running count: its answer would be for an older search."""
@@ -237,15 +280,15 @@ class DatasetScreen(Screen[None]):
             self._count_timer = None
 
     def _show_position(self) -> None:
-        search = one_line(strip_control(self.search), SEARCH_SHOWN_WIDTH)
+        search = one_line(strip_control(self.shown_search), SEARCH_SHOWN_WIDTH)
         if not self.page_ids:
-            if self.search.strip():
+            if self.shown_search.strip():
                 text = f"No example matches “{search}” ({self.total:,} examples in all)."
             else:
                 text = EMPTY_TEXT
         else:
             first, last = self.page_offset + 1, self.page_offset + len(self.page_ids)
-            if self.search.strip():
+            if self.shown_search.strip():
                 matches = "…" if self.matches is None else f"{self.matches:,}"
                 text = (f"rows {first:,}–{last:,} of {matches} matching “{search}” "
                         f"({self.total:,} examples in all)")
@@ -256,7 +299,7 @@ class DatasetScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="dataset-count", exit_on_error=False)
     def _count_matches(self, generation: int, search: str) -> None:
-        # Its own connection: the screen's connection belongs to the event loop thread.
+        # Its own connection: a long count must not hold up the page workers' reads.
         worker = get_current_worker()
         count: int | None = 0
         try:
@@ -272,7 +315,8 @@ class DatasetScreen(Screen[None]):
         self.post_message(MatchesCounted(generation, search, count))
 
     def on_matches_counted(self, message: MatchesCounted) -> None:
-        if message.generation != self.count_generation or message.search != self.search:
+        if (message.generation != self.count_generation
+                or message.search != self.shown_search):
             return
         self.matches = message.count
         self._show_position()
@@ -292,6 +336,8 @@ class DatasetScreen(Screen[None]):
         self.query_one("#dataset-search", Input).focus()
 
     def action_next_page(self) -> None:
+        # `has_next` is the shown page's: turning again before the next page comes may ask
+        # past the end, and the worker then steps back to the last page.
         if self.has_next:
             self.page_offset += PAGE_SIZE
             self._load_page()
@@ -305,10 +351,19 @@ class DatasetScreen(Screen[None]):
     def _search_changed(self, event: Input.Changed) -> None:
         self.search = event.value
         self.page_offset = 0
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(SEARCH_DELAY_S, self._search_now)
+
+    def _search_now(self) -> None:
+        self._search_timer = None
         self._load_page(recount=True)
 
     @on(Input.Submitted, "#dataset-search")
     def _search_submitted(self) -> None:
+        if self._search_timer is not None:  # Enter does not wait for the pause
+            self._search_timer.stop()
+            self._search_now()
         self._table().focus()
 
     @on(DataTable.RowSelected, "#dataset-table")
@@ -317,16 +372,23 @@ class DatasetScreen(Screen[None]):
 
     def action_edit(self) -> None:
         example_id = self._highlighted_id()
-        if example_id is None or self.store is None:
-            return
-        try:
-            # Fresh from the store: the page may be older than the last change.
-            example = self.store.get(example_id)
-        except DB_ERRORS as exc:
-            self._failed(exc)
-            return
+        if example_id is not None:
+            self._fetch_for_edit(example_id)
+
+    @work(thread=True, exclusive=True, group=FETCH_GROUP, exit_on_error=False)
+    def _fetch_for_edit(self, example_id: int) -> None:
+        with ExampleStore(self.data_dir) as store:
+            example = store.get(example_id)
+        self.post_message(ExampleFetched(example))
+
+    def on_example_fetched(self, message: ExampleFetched) -> None:
+        if self.app.screen is not self:
+            return  # closed meanwhile, or a modal (the edit asked for by a second `e`) is up
+        example = message.example
+        example_id = example.id
+
         def edited(result: CurateResult | None) -> None:
-            if result is None or self.store is None:
+            if result is None:
                 return
             if (result.instruction, result.response, result.system, result.context) == (
                     example.instruction, example.response, example.system, example.context):
@@ -346,13 +408,14 @@ class DatasetScreen(Screen[None]):
         example_id = self._highlighted_id()
         if example_id is None:
             return
+
         def answered(yes: bool | None) -> None:
-            if yes and self.store is not None:
+            if yes:
                 self._write(ExampleDeleted(example_id), "delete", example_id)
 
         self.app.push_screen(ConfirmModal(f"Delete example #{example_id}?"), answered)
 
-    @work(thread=True, exit_on_error=False, group="dataset-write")
+    @work(thread=True, exit_on_error=False, group=WRITE_GROUP)
     def _write(self, done: Message, operation: str, *args, **kwargs) -> None:
         """`ExampleStore.<operation>(*args, **kwargs)` on a connection of its own, then post
         `done`; a failure raises and reaches `on_worker_state_changed`."""
@@ -372,8 +435,13 @@ class DatasetScreen(Screen[None]):
         self.notify(f"Deleted example #{message.example_id}.", markup=False)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state is WorkerState.ERROR and event.worker.group == "dataset-write":
-            self._failed(event.worker.error)
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if event.worker.group == PAGE_GROUP:
+            self._page_failed(error)
+        elif event.worker.group in (FETCH_GROUP, WRITE_GROUP):
+            self._failed(error)
 
     def _failed(self, exc: BaseException) -> None:
         """Say what went wrong and show the store as it is now (another process may have
