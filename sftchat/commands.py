@@ -21,7 +21,7 @@ from sftchat.config import validate_training
 from sftchat.dataset.pins import Pins
 from sftchat.errors import SftchatError
 from sftchat.text import StreamSanitizer, one_line, strip_control
-from sftchat.training.options import training_overrides
+from sftchat.training.options import check_resume_options, training_overrides
 from sftchat.training.events import outcome_summary
 
 class CommandError(SftchatError):
@@ -330,7 +330,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         examples, pins = store.snapshot(), Pins(store).all()
     engine = ChatEngine.from_settings(settings)
     result = compare(engine, current, candidate, examples, pins, prompts,
-                     settings.training.max_length)
+                     settings.training.max_length, seed=settings.training.seed)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -370,6 +370,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                                               resolve_nproc)
 
     settings = _settings(args)
+    if getattr(args, "resume", False):  # its own settings, one process (training.checkpoint)
+        check_resume_options(args, *[flag for flag, given in (
+            ("--nnodes", args.nnodes != 1), ("--node-rank", args.node_rank != 0),
+            ("--rdzv-endpoint", args.rdzv_endpoint)) if given])
+        return _train_as_rank(args, settings, settings.training, SINGLE)
     training = _training_settings(args, settings)
     ranks = Ranks.from_environment()
     if ranks is not None:  # started by torchrun: one rank of a run
@@ -412,7 +417,8 @@ def _train_as_rank(args, settings: Settings, training, ranks) -> int:
             stop_when_orphaned(stop)
             ranks.start(resolve_device(settings.device))
         run_training(settings, training, emit, name=args.name,
-                     from_adapter=args.from_adapter, stop=stop, ranks=ranks)
+                     from_adapter=args.from_adapter, stop=stop, ranks=ranks,
+                     resume=getattr(args, "resume", False))
     except TrainingCancelled as exc:
         if args.json and ranks.is_main:
             emit(make_event("cancelled", message=str(exc)))

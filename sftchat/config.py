@@ -117,6 +117,13 @@ class TrainingSettings:
               "prompts become this many times less likely under the adapter (perplexity "
               "ratio; healthy runs stay near 1); 0: never")
     seed: int = _setting(42, "seed for shuffling and initialisation")
+    # "auto": a checkpoint per 2 minutes of training, so a killed run loses at most that and
+    # the writes stay a small share of the run however fast its steps are; runs shorter than
+    # that write none (training.checkpoint).
+    checkpoint_every: int | str = _setting(
+        AUTO, "write a checkpoint every N optimizer steps, which `sftchat train --resume` "
+              "continues from after a crash, a kill or a cancel; auto: every 2 minutes of "
+              "training; 0: never")
     gradient_checkpointing: str = _setting(
         "auto", "recompute activations in the backward pass (auto: on for CUDA)",
         choices=GRADIENT_CHECKPOINTING)
@@ -202,11 +209,14 @@ def _section(where: str, cls: type, table: Any) -> dict[str, Any]:
 
 
 def validate_training(settings: TrainingSettings, where: str = "training") -> TrainingSettings:
-    for name in ("epochs", "nproc"):  # a positive number or "auto"
+    for name in ("epochs", "nproc", "checkpoint_every"):  # a number or "auto"
         value = getattr(settings, name)
         if (isinstance(value, str) and value != AUTO) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be a positive number or \"auto\", "
-                              f"not {value!r}")
+            kind = "a number (0: never)" if name == "checkpoint_every" else "a positive number"
+            raise ConfigError(f"{where}: {name} must be {kind} or \"auto\", not {value!r}")
+    if settings.checkpoint_every != AUTO and settings.checkpoint_every < 0:
+        raise ConfigError(f"{where}: checkpoint_every must be 0 (never) or more, not "
+                          f"{settings.checkpoint_every}")
     if settings.regularize not in REGULARIZERS:
         raise ConfigError(f"{where}: regularize must be one of {', '.join(REGULARIZERS)}, "
                           f"not {settings.regularize!r}")

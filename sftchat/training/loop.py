@@ -21,6 +21,7 @@ import time
 from sftchat.config import TrainingSettings
 from sftchat.models.cpu_4bit import check_trainable
 from sftchat.training.batching import count_learned
+from sftchat.training.checkpoint_writer import Checkpointer, LoopState
 from sftchat.training.distributed import SINGLE, DataParallel, Ranks
 from sftchat.training.evaluation import replay
 from sftchat.training.events import Emit, make_event
@@ -67,13 +68,18 @@ def _stop_everywhere(stop: threading.Event, ranks: Ranks) -> None:
 
 def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
                emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None,
-               ranks: Ranks = SINGLE):
+               ranks: Ranks = SINGLE, checkpoints: Checkpointer | None = None):
     """Run every planned step (or stop early): (metrics, the loss function).
+
+    `checkpoints` (rank 0's) writes checkpoints as it goes and, for a resumed run, restores
+    the optimizer, the schedule, the loop's state and the random generators of the
+    checkpoint's step: the steps after it are then those of the uninterrupted run.
 
     Raises `StopRequested` when `stop` is set (on any rank)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
     total = len(plans)
     warmup = min(total - 1, round(training.warmup_ratio * total)) if total > 1 else 0
@@ -82,24 +88,35 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     lengths = [len(example.input_ids) for example in encoded]
     vocabulary = getattr(getattr(model, "config", None), "vocab_size", None)
     chance = math.log(vocabulary) if vocabulary else None   # a uniform guess's loss
-    losses: list[float] = []
-    epoch_losses: list[float] = []
-    # Per example: reproduced exactly at its latest training pass (read off the training
-    # logits for free; confirmed in eval mode before stopping early).
-    learned_now = [False] * len(encoded)
+    resuming = checkpoints is not None and checkpoints.resumed is not None
+    # The loss curve, and per example `learned_now`: reproduced exactly at its latest
+    # training pass (read off the training logits for free; confirmed in eval mode before
+    # stopping early). A resumed run's come back as its checkpoint left them.
+    state = LoopState(learned_now=[False] * len(encoded))
+    if resuming:
+        state = checkpoints.restore(optimizer, scheduler, [name for name, _ in named])
+    losses, epoch_losses, learned_now = state.losses, state.epoch_losses, state.learned_now
     stopped_early = False
-    tokens_seen = 0
-    started = time.perf_counter()
     model.train()
     check_trainable(model)
     loss_function = LossFunction(model, pad_id, device)
-    loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
+    if resuming:  # the layout the run chose (`verify` compares two forwards: float noise)
+        loss_function.packed = loss_function.packed and checkpoints.layout == "packed"
+        loss_function.verified = True
+    else:
+        loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
     if regularizer is not None:
         regularizer.prepare(loss_function, model)
+        regularizer.cursor = state.anchor_cursor
     forward = DataParallel(loss_function, ranks)
+    if checkpoints is not None:  # the generators after everything above drew from them
+        checkpoints.begin(state, model, optimizer, scheduler, loss_function)
+    started = time.perf_counter() - state.seconds
     _stop_everywhere(stop, ranks)  # a cancel during setup
-    index = 0
-    for index, plan in enumerate(plans, start=1):
+    index = state.step
+    for index, plan in enumerate(plans[state.step:], start=state.step + 1):
+        if checkpoints is not None:
+            checkpoints.at_boundary()
         step_examples = [i for batch in plan.micro_batches for i in batch]
         learned = count_learned([encoded[i] for i in step_examples])
         batches = ranks.share(plan.micro_batches, lengths, training.batch_size)
@@ -138,7 +155,8 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         for example_index, code in zip(step_examples, totals[3:]):
             if code:
                 learned_now[example_index] = code == 1.0
-        step_loss, tokens_seen = totals[0], tokens_seen + int(totals[1])
+        step_loss = totals[0]
+        state.tokens_seen += int(totals[1])
         anchor_loss = round(totals[2], 6) if anchors is not None else None
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -147,26 +165,30 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         epoch_losses.append(step_loss)
-        elapsed = time.perf_counter() - started
+        state.step = index
+        state.anchor_cursor = regularizer.cursor if regularizer is not None else 0
+        elapsed = state.seconds = time.perf_counter() - started
         emit(make_event(
             "step", step=index, total_steps=total,
             epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
             loss=round(step_loss, 6), anchor_loss=anchor_loss, lr=lr,
             grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
-            examples=len(encoded), tokens_per_s=round(tokens_seen / elapsed, 1),
+            examples=len(encoded), tokens_per_s=round(state.tokens_seen / elapsed, 1),
             elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
         ))
         check_loss(losses, training.lr, chance)  # a diverging run stops here, unpublished
         if index == total or plans[index].epoch != plan.epoch:
             emit(make_event("epoch", epoch=plan.epoch + 1,
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
-            epoch_losses = []
+            epoch_losses.clear()
             if training.early_stop and index < total and all(learned_now) \
                     and all_learned(loss_function, model, encoded, ranks):
                 stopped_early = True
                 break
+        if checkpoints is not None:
+            checkpoints.after_step()
     model.eval()
-    elapsed = time.perf_counter() - started
+    elapsed, tokens_seen = time.perf_counter() - started, state.tokens_seen
     peak_gpu = None
     if torch.device(device).type == "cuda":  # the process's peak, model load included
         peak_gpu = round(torch.cuda.max_memory_reserved(device) / 2**20)

@@ -20,16 +20,16 @@ which isolates crashes and GPU memory and makes cancel a signal):
    then one atomic rename publishes `adapters/NAME/`. Any failure or cancel deletes the
    staging folder instead.
 
-Under torchrun (`sftchat train --nproc N`, see `distributed`) every rank runs these steps
-with its `Ranks`: rank 0 does everything above and sends the snapshot and the anchor answers
-to the others, which load the base, train their share of each step and publish nothing.
+Along the way the run writes checkpoints (`checkpoint`, `checkpoint_writer`);
+`run_training(..., resume=True)` (`sftchat train --resume`) continues the workspace's
+interrupted run from its checkpoint, with the run's own settings, snapshot and anchor
+answers, to the adapter the uninterrupted run would have published.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import shutil
 import sys
 import threading
@@ -44,11 +44,15 @@ from sftchat.models.cpu_4bit import PackedWeightError
 from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
 from sftchat.training.batching import count_learned
+from sftchat.training.checkpoint import (Resumable, check_base, check_same_run, clean_stale,
+                                         early_base_check, load_interrupted, reading,
+                                         resume_notice, saved_anchors)
+from sftchat.training.checkpoint_writer import Checkpointer
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.errors import TrainingCancelled, TrainingError
-from sftchat.training.evaluation import measure_drift, replay
+from sftchat.training.evaluation import curated_replay, measure_drift
 from sftchat.training.events import Emit, first_ids, make_event
-from sftchat.training.health import check_drift
+from sftchat.training.health import TrainingDiverged, check_drift
 from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
@@ -70,15 +74,19 @@ def _now_iso() -> str:
 # --------------------------------------------------------------------------- setup
 
 
-def _snapshot(settings: Settings, staging: Path) -> list[dict]:
-    with ExampleStore(settings.data_dir) as store:
-        examples = store.snapshot()
-    if not examples:
+def _snapshot(settings: Settings, staging: Path, resumed: Resumable | None) -> list[dict]:
+    """The records the run trains on (a resumed run: its own snapshot, whatever the dataset
+    holds now), written to the staging folder as `train.jsonl`."""
+    if resumed is not None:
+        records = resumed.records
+    else:
+        with ExampleStore(settings.data_dir) as store:
+            records = [example.to_record() for example in store.snapshot()]
+    if not records:
         raise TrainingError(
             "the dataset is empty: add examples first (`sftchat data add` or "
             "`sftchat data import FILE`), then train"
         )
-    records = [example.to_record() for example in examples]
     with open(staging / adapter_registry.SNAPSHOT_FILE, "w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -118,11 +126,11 @@ def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool
 
 
 def _wrap_with_lora(loaded, training: TrainingSettings, source,
-                    lora_shape: dict | None = None) -> object:
+                    lora_shape: dict | None = None, resume_from: Path | None = None) -> object:
     """LoRA on every linear layer (`lora_shape`, default the settings'), or the `--from`
-    adapter made trainable. A rank other than 0 makes a fresh LoRA of the adapter's shape:
-    DDP gives it rank 0's weights before the first step (its machine may not hold the
-    adapter)."""
+    adapter made trainable, or a checkpoint's LoRA (`resume_from`, a resumed run). A rank
+    other than 0 makes a fresh LoRA of the adapter's shape: DDP gives it rank 0's weights
+    before the first step (its machine may not hold the adapter)."""
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     from sftchat.adapters.loading import lora_config
@@ -136,8 +144,9 @@ def _wrap_with_lora(loaded, training: TrainingSettings, source,
     elif checkpointing:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     lora_shape = lora_shape or _lora_shape(training, None)
-    if source is not None:
-        model = PeftModel.from_pretrained(model, str(source.path), is_trainable=True)
+    if resume_from is not None or source is not None:
+        model = PeftModel.from_pretrained(model, str(resume_from or source.path),
+                                          is_trainable=True)
     else:
         model = get_peft_model(model, lora_config(lora_shape["rank"], lora_shape["alpha"],
                                                   lora_shape["dropout"]))
@@ -170,7 +179,8 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
         "schedule": asdict(run.schedule),
         "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                  "target_modules": sorted(lora.target_modules or [])},
-        "from_adapter": run.source.name if run.source else None,
+        "from_adapter": (run.source.name if run.source else  # a resumed run: its own
+                         run.resumed.run.get("from_adapter") if run.resumed else None),
         "dataset": {
             "snapshot_sha256": snapshot_hash(run.records),
             "examples": len(run.records),
@@ -180,6 +190,8 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
             "skipped_too_long": run.skipped,
         },
         "metrics": {**metrics, **evaluation},
+        "run_id": run.run_id,
+        "resumed_at_step": run.resumed.step if run.resumed else None,
         "started_at": run.started_at,
         "finished_at": _now_iso(),
     }
@@ -190,9 +202,11 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
 
 def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
                  name: str | None = None, from_adapter: str | None = None,
-                 stop: threading.Event | None = None, ranks: Ranks = SINGLE) -> Path | None:
+                 stop: threading.Event | None = None, ranks: Ranks = SINGLE,
+                 resume: bool = False) -> Path | None:
     """Train on the current dataset and publish `adapters/NAME`; return its path (on a rank
-    other than 0, which trains beside rank 0 and publishes nothing: None).
+    other than 0, which trains beside rank 0 and publishes nothing: None). `resume`: continue
+    the workspace's interrupted run instead (its name, settings and snapshot; alone only).
 
     Raises `TrainingError` (or `TrainingCancelled` when `stop` is set) with nothing published.
     """
@@ -208,21 +222,36 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
     # interrupted runs, the choice of a free name and the publication never race another run.
     with training_lock(adapters_dir) as lock:
         adapter_registry.clean_leftovers(adapters_dir)
+        clean_stale(adapters_dir)   # checkpoints no run can resume
+        resumed = None
+        if resume:
+            assert not ranks.distributed, "a run resumes in one process"
+            resumed = load_interrupted(adapters_dir)
+            early_base_check(resumed, settings.model)
+            name, training, from_adapter = resumed.name, resumed.training, None
         name = name or default_adapter_name(adapters_dir)
         lock.record(name)
         adapter_registry.check_free(adapters_dir, name)  # before an hour of training
         source = adapter_registry.resolve(adapters_dir, from_adapter) if from_adapter else None
         staging = adapter_registry.staging_dir(adapters_dir, name)
         staging.mkdir()
+        checkpoints = None
         try:
-            run = setup(settings, training, emit, staging, name, source, ranks)
-            model, metrics, evaluation = train(run, training, emit, stop, ranks)
+            run = setup(settings, training, emit, staging, name, source, ranks, resumed)
+            checkpoints = Checkpointer(adapters_dir, run, resumed)
+            run.run_id = checkpoints.run_id
+            model, metrics, evaluation = train(run, training, emit, stop, ranks, checkpoints)
             save(run, training, model, metrics, evaluation)
             if stop.is_set():  # asked during the evaluation or the save
                 raise TrainingCancelled("training cancelled; nothing was published")
             target = adapter_registry.publish(staging, adapters_dir, name)
-        except BaseException:
+            checkpoints.discard(published=True)
+        except BaseException as exc:  # a cancel, a crash: a checkpoint stays resumable
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, TrainingDiverged) and checkpoints:  # a resume would diverge
+                checkpoints.discard(published=False)
+            if isinstance(exc, TrainingCancelled) and checkpoints and checkpoints.saved_step:
+                raise TrainingCancelled(checkpoints.cancel_message(len(run.plans))) from None
             raise
     replayed = evaluation.get("replay")
     if replayed and "not_reproduced" in replayed:  # every id is in sftchat.json
@@ -255,6 +284,10 @@ class PreparedRun:
     lora_shape: dict          # rank, alpha, dropout of the adapter being trained
     regularizer: Regularizer | None
     drift_anchors: list
+    snapshot: list[dict]      # every record of the snapshot (`records` and the skipped ones)
+    anchor_answers: list      # the base's answers to every anchor prompt (both pools)
+    resumed: Resumable | None = None
+    run_id: str | None = None  # set by run_training (rank 0): names the run's checkpoints
 
 
 def _lora_shape(training: TrainingSettings, source) -> dict:
@@ -268,15 +301,19 @@ def _lora_shape(training: TrainingSettings, source) -> dict:
 
 
 def _shared_plan(settings: Settings, training: TrainingSettings, staging: Path | None,
-                 name: str | None, source, ranks: Ranks) -> dict:
+                 name: str | None, source, ranks: Ranks, resumed: Resumable | None) -> dict:
     """What rank 0 decides for every rank: the snapshot trained on, the training settings
     (another machine's command line or sftchat.toml cannot plan other steps), the adapter's
     name and LoRA shape, and the template a --from adapter keeps (None: the setting
     decides)."""
     plan = None
-    if ranks.is_main:
-        plan = {"records": _snapshot(settings, staging), "name": name, "training": training,
-                "lora_shape": _lora_shape(training, source),
+    if resumed is not None:   # the run as it started
+        plan = {"records": _snapshot(settings, staging, resumed), "name": name,
+                "training": training, "lora_shape": resumed.run["lora_shape"],
+                "template": resumed.run["template"]}
+    elif ranks.is_main:
+        plan = {"records": _snapshot(settings, staging, None), "name": name,
+                "training": training, "lora_shape": _lora_shape(training, source),
                 "template": source.meta.get("template") if source is not None else None}
     return ranks.broadcast(plan)
 
@@ -292,13 +329,15 @@ def _same_base(loaded, main_fingerprint: str) -> None:
 
 
 def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: Path | None,
-          name: str | None = None, source=None, ranks: Ranks = SINGLE) -> PreparedRun:
-    """Snapshot the data, load the base, answer the anchor prompts, plan the steps.
+          name: str | None = None, source=None, ranks: Ranks = SINGLE,
+          resumed: Resumable | None = None) -> PreparedRun:
+    """Snapshot the data, load the base, answer the anchor prompts, plan the steps (a resumed
+    run: the checkpoint's snapshot and anchor answers, checked to plan the same steps).
 
     On rank 0 only: the snapshot (sent to the other ranks), the anchor answers (likewise),
     the `started` event."""
-    started_at = _now_iso()
-    shared = _shared_plan(settings, training, staging, name, source, ranks)
+    started_at = resumed.run["started_at"] if resumed else _now_iso()
+    shared = _shared_plan(settings, training, staging, name, source, ranks, resumed)
     training = shared["training"]
     from sftchat.models.loader import load_model
     import torch
@@ -309,6 +348,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                         for_training=True)
     if source is not None:
         adapter_registry.check_base(source, loaded.identity)
+    if resumed is not None:
+        check_base(resumed, loaded)
     # A --from adapter keeps the template it was trained with; otherwise the setting (auto:
     # the model's chat template if it has one, else Alpaca).
     template = shared["template"] or resolve_template(settings.template, loaded.tokenizer)
@@ -316,12 +357,15 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                                             training.max_length, training.strict)
     schedule = fit_schedule(len(encoded), training)
     plans = plan_schedule(schedule, len(encoded), training.seed)
+    if resumed is not None:
+        check_same_run(resumed, encoded, skipped, plans)
     # The base answers its anchor prompts before any adapter is attached (cached after the
-    # first run on this model); rank 0 answers for every rank.
+    # first run on this model; a resumed run's are those it started with); rank 0 answers
+    # for every rank.
     pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
     answers, main_fingerprint = ranks.broadcast(
-        (base_answers(loaded, template, pools), loaded.identity.get("fingerprint"))
-        if ranks.is_main else None)
+        (saved_anchors(resumed) if resumed else base_answers(loaded, template, pools),
+         loaded.identity.get("fingerprint")) if ranks.is_main else None)
     _same_base(loaded, main_fingerprint)
     regularizer = None
     if training.regularize != "off":
@@ -337,13 +381,15 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,
         lora=shared["lora_shape"], device=loaded.device, ranks=ranks.world_size,
+        **(resume_notice(resumed, settings.data_dir, _progress_to_stderr) if resumed else {}),
     ))
     return PreparedRun(name=shared["name"], staging=staging, started_at=started_at,
                        training=training,
                        records=records, skipped=skipped, loaded=loaded, template=template,
                        encoded=encoded, schedule=schedule, plans=plans, source=source,
                        lora_shape=shared["lora_shape"], regularizer=regularizer,
-                       drift_anchors=answers[len(REHEARSAL_PROMPTS):])
+                       drift_anchors=answers[len(REHEARSAL_PROMPTS):],
+                       snapshot=shared["records"], anchor_answers=answers, resumed=resumed)
 
 
 def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | None:
@@ -374,27 +420,33 @@ def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | Non
 
 
 def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event,
-          ranks: Ranks = SINGLE):
-    """Wrap the base with LoRA, train, then (rank 0) measure replay and drift: (model,
-    metrics, evaluation)."""
+          ranks: Ranks = SINGLE, checkpoints: Checkpointer | None = None):
+    """Wrap the base with LoRA, train (writing `checkpoints`; resuming from theirs), then
+    (rank 0) measure replay and drift: (model, metrics, evaluation)."""
     import torch
 
     _check_gpu_memory(run, training)
     try:
-        model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape)
+        with reading(run.resumed):   # a checkpoint's unreadable LoRA: CheckpointCorrupt
+            model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape,
+                                    run.resumed.step_dir if run.resumed else None)
         metrics, loss_function = train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
-            run.loaded.model.device, emit, stop, run.regularizer, ranks)
+            run.loaded.model.device, emit, stop, run.regularizer, ranks, checkpoints)
         if stop.is_set():
             raise StopRequested
         if not ranks.is_main:
             return model, metrics, None
         evaluation = {
-            "replay": _final_replay(loss_function, run.encoded, run.records, training.seed),
+            "replay": curated_replay(loss_function, run.encoded,
+                                     [record["id"] for record in run.records],
+                                     training.seed).to_dict(),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
         }
         check_drift(evaluation["drift"], training.max_drift, training.lr)
     except StopRequested:
+        if checkpoints is not None:   # the last complete step stays resumable
+            checkpoints.on_stop()
         raise TrainingCancelled("training cancelled; nothing was published") from None
     except PackedWeightError as exc:
         raise TrainingError(f"{exc}; nothing was published (a bitsandbytes release sftchat "
@@ -406,22 +458,6 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
             "to keep the effective batch) or a smaller --max-length"
         ) from exc
     return model, metrics, evaluation
-
-
-# Beyond this many curated examples the final replay measures a fixed random sample of them:
-# one forward pass each is cheap for a dozen, but a third of an epoch for fifty thousand.
-REPLAY_SAMPLE = 1000
-
-
-def _final_replay(loss_function, encoded: list, records: list[dict], seed: int) -> dict:
-    indices = list(range(len(encoded)))
-    if len(indices) > REPLAY_SAMPLE:
-        indices = sorted(random.Random(seed).sample(indices, REPLAY_SAMPLE))
-    report = replay(loss_function, [encoded[i] for i in indices])
-    out = report.to_dict([records[i]["id"] for i in indices])
-    if len(indices) < len(encoded):
-        out["sampled_from"] = len(encoded)
-    return out
 
 
 def save(run: PreparedRun, training: TrainingSettings, model, metrics: dict,

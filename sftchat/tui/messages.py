@@ -56,6 +56,13 @@ class ReviewProgressed(Message):
 
 
 @dataclass
+class ResumeOffered(Message):
+    """The workspace holds an interrupted training run; `text` says which and how."""
+
+    text: str
+
+
+@dataclass
 class TrainingEnded(Message):
     """The trainer's last event: `finished`, `cancelled` or `failed`."""
 

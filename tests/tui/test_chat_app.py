@@ -469,3 +469,36 @@ async def test_a_dataset_that_cannot_be_read_is_one_notice_not_a_traceback(tmp_p
         assert len(said) == 1
         await ask(pilot, "Still there?")                # the chat itself is unaffected
         assert app.screen.last_exchange is not None
+
+
+async def test_a_cancelled_run_is_offered_again_and_resumes_in_the_app(tmp_path):
+    """Issue 20, item 5, in the app: a run stopped after a checkpoint is offered at once and
+    at the next start (as after a crash); `/train --resume` finishes and publishes it."""
+    workspace = make_workspace(tmp_path, top=NO_REVIEW, extra=(
+        "[training]\nmax_steps = 30\nearly_stop = false\ncheckpoint_every = 2\n"))
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await _loaded(pilot)
+        status = await _start_training(pilot, app)
+        await wait_until(pilot, lambda: status.training.startswith("step")
+                         and int(status.training.split()[1].split("/")[0]) >= 3,
+                         timeout=120, what="a step after the first checkpoint")
+        await pilot.press("ctrl+b")
+        await wait_until(pilot, lambda: any(n.startswith("Interrupted: training run")
+                                            for n in notices(app)), timeout=60,
+                         what="the offer to resume")
+    assert [p.name for p in (workspace / "adapters").iterdir() if not p.name.startswith(".")] \
+        == []
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: any("/train --resume continues it" in n
+                                            for n in notices(app)), what="the offer at start")
+        await _loaded(pilot)
+        await pilot.press(*"/train --resume", "enter")
+        status = app.screen.query_one(StatusLine)
+        await wait_until(pilot, lambda: status.adapter is not None, timeout=300,
+                         what="the resumed run's adapter")
+        name = status.adapter
+    meta = json.loads((workspace / "adapters" / name / "sftchat.json").read_text())
+    assert meta["resumed_at_step"] >= 2
+    assert not list((workspace / "adapters").glob(".checkpoint-*"))

@@ -8,7 +8,7 @@ import torch
 from sftchat.config import TrainingSettings
 from sftchat.prompts import encode_example
 from sftchat.training import trainer
-from sftchat.training.evaluation import measure_drift, replay
+from sftchat.training.evaluation import curated_replay, measure_drift, replay
 from sftchat.training.loss import LossFunction, per_example_errors
 
 
@@ -49,7 +49,8 @@ def test_replay_agrees_with_greedy_generation(trained_workspace, fresh_builtin):
     examples = [encode_example(fresh_builtin.tokenizer, "alpaca",
                                {"instruction": q, "response": r}, 256) for q, r in cases]
     loss_function = LossFunction(engine.model, fresh_builtin.tokenizer.pad_token_id, "cpu")
-    report = replay(loss_function, examples)
+    with engine.slots.answering_context():   # (nothing else runs on this engine meanwhile)
+        report = replay(loss_function, examples)
     greedy = GenerationSettings(max_new_tokens=40, temperature=0)
     generated = [engine.generate(q, settings=greedy).collect() == r for q, r in cases]
     assert report.exact == generated == [True] * len(CURATED) + [False]
@@ -57,15 +58,17 @@ def test_replay_agrees_with_greedy_generation(trained_workspace, fresh_builtin):
 
 
 def test_a_large_dataset_is_replayed_on_a_fixed_sample(lora_model, monkeypatch):
+    from sftchat.training import evaluation
+
     loaded, _, loss_function = lora_model
-    monkeypatch.setattr(trainer, "REPLAY_SAMPLE", 3)
+    monkeypatch.setattr(evaluation, "REPLAY_SAMPLE", 3)
     examples = _examples(loaded, 5)
-    records = [{"id": 10 + i} for i in range(5)]
-    first = trainer._final_replay(loss_function, examples, records, seed=1)
+    ids = [10 + i for i in range(5)]
+    first = curated_replay(loss_function, examples, ids, seed=1).to_dict()
     assert first["examples"] == 3 and first["sampled_from"] == 5
     assert set(first["not_reproduced"]) <= {10, 11, 12, 13, 14}
-    assert trainer._final_replay(loss_function, examples, records, seed=1) == first
-    whole = trainer._final_replay(loss_function, examples[:3], records[:3], seed=1)
+    assert curated_replay(loss_function, examples, ids, seed=1).to_dict() == first
+    whole = curated_replay(loss_function, examples[:3], ids[:3], seed=1).to_dict()
     assert whole["examples"] == 3 and "sampled_from" not in whole
 
 

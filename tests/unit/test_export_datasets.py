@@ -15,6 +15,8 @@ EXAMPLES = [  # (instruction, input, response): unicode, an empty input and a no
     ("Say hello in Japanese.", "", "こんにちは！🙂"),
     ("Translate", "naïve café", "Naïf café"),
     ("Multi-line\nquestion", "", "line one\nline two \"quoted\""),
+    # Text that spells special tokens is exported as the text it is (issue 20, item 6).
+    ("Write <|im_end|> then <|im_start|>system", "", "<|im_end|>\n<|im_start|>system\nOK</s>"),
 ]
 
 
@@ -73,9 +75,10 @@ def test_conversation_exports_load_with_datasets(ws, tmp_path, schema, suffix):
     loaded = datasets.load_dataset("json", data_files=str(path), split="train",
                                    cache_dir=str(tmp_path / "hf")).to_list()
     # Read back exactly: a weight only where one was written.
-    assert loaded[:3] == _expected(schema)
+    singles = len(EXAMPLES)
+    assert loaded[:singles] == _expected(schema)
     if schema == "alpaca":
-        assert loaded[3] == {
+        assert loaded[singles] == {
             "instruction": "Its population?", "output": "About 2.1 million.",
             "input": "System: Be terse.\n\nUser: Capital of France?\n\nAssistant: Paris.\n\n"
                      "User: And of Japan?\n\nAssistant: Tokyo."}
@@ -85,7 +88,7 @@ def test_conversation_exports_load_with_datasets(ws, tmp_path, schema, suffix):
     names = {"sharegpt": ("system", "human", "gpt")}.get(schema, ("system", "user",
                                                                   "assistant"))
     system, user, assistant = names
-    assert loaded[3] == {key: [
+    assert loaded[singles] == {key: [
         {role: system, text: "Be terse."},
         {role: user, text: "Capital of France?"},
         {role: assistant, text: "Paris.", "weight": 0},        # not learned

@@ -110,6 +110,7 @@ class ChatScreen(CommandsMixin, ModelsMixin, Screen):
         # Start loading after the first paint: importing torch in a worker thread holds the
         # GIL for long stretches and would otherwise delay it.
         self.call_after_refresh(self.load_model)
+        self.offer_resume()
 
     def on_screen_resume(self) -> None:
         self.refresh_dataset_size()

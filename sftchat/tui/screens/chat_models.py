@@ -27,7 +27,8 @@ from sftchat.adapters.comparison import compare
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.training.options import TrainOptionsError, parse_train_options
 from sftchat.tui.messages import (
-    AdapterSwapped, ReviewProgressed, ReviewReady, TrainingEnded, TrainingProgressed,
+    AdapterSwapped, ResumeOffered, ReviewProgressed, ReviewReady, TrainingEnded,
+    TrainingProgressed,
 )
 from sftchat.tui.widgets.training_panel import TrainingPanel
 
@@ -109,12 +110,32 @@ class ModelsMixin:
                         + ("." if summary else ""), markup=False, timeout=12)
             self.swap_when_idle(event["name"])
         elif event["event"] == "cancelled":
-            self.notify("Training cancelled; nothing was published.", markup=False)
+            message = event.get("message") or "training cancelled; nothing was published"
+            self.notify(message[0].upper() + message[1:].rstrip(".") + ".", markup=False)
+            self.offer_resume()
         else:
             what = "Training failed" if event.get("started", True) else "Training did not start"
             self.log_view.add_notice(f"{what}: {event.get('message', '')}")
             self.notify(event.get("message", "training failed"), title=what,
                         severity="error", markup=False, timeout=15)
+            self.offer_resume()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="resume")
+    def offer_resume(self) -> None:
+        """Say so when the workspace holds an interrupted run (at startup, after a cancel, a
+        crash or a kill): `/train --resume` continues it (`training.checkpoint`)."""
+        from sftchat.training.checkpoint import interrupted_run
+
+        try:
+            run = interrupted_run(self.app.settings.adapters_dir)
+        except OSError:
+            return   # only an offer: the adapters folder unreadable is said elsewhere
+        if run is not None:
+            self.post_message(ResumeOffered(f"Interrupted: {run.describe()}. "
+                                            "/train --resume continues it."))
+
+    def on_resume_offered(self, message: ResumeOffered) -> None:
+        self.log_view.add_notice(message.text)
 
     # ------------------------------------------------------------------ review
 
