@@ -17,7 +17,6 @@ This module imports nothing heavy at import time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from sftchat.errors import SftchatError
+from sftchat.files import file_sha256
 
 GGUF_SUFFIX = ".gguf"
 INFO_FILE = "sftchat-gguf.json"
@@ -66,14 +66,6 @@ def find_gguf(spec: str) -> Path | None:
             raise GGUFError(f"folder {spec!r} holds several GGUF files ({names}); "
                             "pass --model the one file to use")
     return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_architecture(path: Path) -> str:

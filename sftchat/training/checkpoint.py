@@ -60,6 +60,7 @@ from pathlib import Path
 
 from sftchat.adapters import registry as adapter_registry
 from sftchat.config import ConfigError, TrainingSettings, validate_training
+from sftchat.files import file_sha256
 from sftchat.training.errors import TrainingError
 from sftchat.training.workspace_lock import LOCK_FILE
 
@@ -135,14 +136,6 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for chunk in iter(lambda: data.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, value) -> None:
@@ -298,7 +291,7 @@ def load_interrupted(adapters_dir: Path) -> Resumable:
         where = f"{latest.get('folder')}/{file_name}"
         if not path.is_file() or path.stat().st_size != expected.get("size"):
             raise corrupt_error(folder, f"{where} is missing or truncated")
-        if file_digest(path) != expected.get("sha256"):
+        if file_sha256(path) != expected.get("sha256"):
             raise corrupt_error(folder, f"{where} does not match its checksum")
     try:
         with open(folder / adapter_registry.SNAPSHOT_FILE, encoding="utf-8") as lines:

@@ -33,8 +33,9 @@ from pathlib import Path
 from sftchat import __version__
 from sftchat.adapters import registry as adapter_registry
 from sftchat.config import AUTO
+from sftchat.files import file_sha256
 from sftchat.training.checkpoint import (LATEST_FILE, RUN_FILE, FORMAT, Resumable, corrupt_error,
-                                         file_digest, fsync_path, now_iso, read_json, remove_folder,
+                                         fsync_path, now_iso, read_json, remove_folder,
                                          write_json_atomic, checkpoint_dir, checkpoint_folders,
                                          encoding_fingerprint, plan_fingerprint)
 
@@ -233,7 +234,7 @@ class Checkpointer:
         files = {}
         for path in temporary.iterdir():
             fsync_path(path)
-            files[path.name] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+            files[path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
         fsync_path(temporary)
         final = self.folder / name
         shutil.rmtree(final, ignore_errors=True)   # left by a kill before latest.json named it
