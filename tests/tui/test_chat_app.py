@@ -475,7 +475,7 @@ async def test_a_cancelled_run_is_offered_again_and_resumes_in_the_app(tmp_path)
     """Issue 20, item 5, in the app: a run stopped after a checkpoint is offered at once and
     at the next start (as after a crash); `/train --resume` finishes and publishes it."""
     workspace = make_workspace(tmp_path, top=NO_REVIEW, extra=(
-        "[training]\nmax_steps = 30\nearly_stop = false\ncheckpoint_every = 2\n"))
+        "[training]\nmax_steps = 20\nearly_stop = false\ncheckpoint_every = 2\n"))
     app = recording_app(settings_for(workspace))
     async with app.run_test(size=SIZE) as pilot:
         await _loaded(pilot)
