@@ -206,6 +206,11 @@ async def review(pilot, workspace: Path, name: str, decision: str, timeout: floa
         raise SessionFailed(f"the review of {name} was decided "
                             f"({recorded_decision(workspace, name)}) before it was seen: a key "
                             "typed for the chat reached it")
+    # A user reads the review before deciding (and the screen refuses a key typed straight
+    # after it opens, taken for typing).
+    from sftchat.tui.screens.review import DECISION_PAUSE_S
+
+    await asyncio.sleep(DECISION_PAUSE_S + 0.1)
     started = time.perf_counter()
     await pilot.press("a" if decision == "accept" else "r")
     await wait_until(pilot, lambda: screen_name(app) != "ReviewScreen", "the review to close",

@@ -7,6 +7,8 @@ entries, quitting). Everything the user sees lives in `screens/` and `widgets/`.
 
 from __future__ import annotations
 
+import gc
+
 from functools import partial
 from typing import Callable
 
@@ -87,6 +89,9 @@ class SftchatApp(App):
         self.push_screen("chat")
 
     async def on_unmount(self) -> None:
+        # The chat froze the model's objects out of the collector (`gc.freeze`): give them
+        # back, so that an app run in a longer process (tests, benchmarks) can be freed.
+        gc.unfreeze()
         self._stop_answer()
         if self.trainer is not None:
             # Quitting stops the trainer: it cleans up and publishes nothing.

@@ -14,9 +14,9 @@ from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.chat_log import UserMessage
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import (ENDLESS_TRAINING, NO_REVIEW, answers, ask, finished_answers,
-                         make_long_answer_workspace, make_workspace, notices, recording_app,
-                         settings_for, toasts, wait_until)
+from tui_helpers import (ENDLESS_TRAINING, NO_REVIEW, answers, ask, decide_review,
+                         finished_answers, make_long_answer_workspace, make_workspace, notices,
+                         recording_app, settings_for, toasts, wait_until)
 
 SIZE = (120, 40)
 
@@ -168,7 +168,7 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         assert any(f"Adapter {name}: reproduces 1/1 curated answers exactly; "
                    "drift on 12 held-out prompts" in notice
                    for notice in [str(n.render()) for n in chat.query(".notice")])
-        await pilot.press("a")
+        await decide_review(pilot, "a")
         await wait_until(pilot, lambda: status.adapter == name, what="the swap on accept")
         assert not app.screen.query_one("#training-panel").display
         assert json.loads((tmp_path / "adapters" / name / "decision.json").read_text())[

@@ -22,7 +22,8 @@ from sftchat.tui.messages import TrainingEnded
 from sftchat.tui.screens.compare import CompareScreen
 from sftchat.tui.screens.review import AnswerDiffScreen, ReviewScreen
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import ask, make_workspace, recording_app, settings_for, toasts, wait_until
+from tui_helpers import (ask, decide_review, make_workspace, recording_app, settings_for, toasts,
+                         wait_until)
 
 SIZE = (140, 45)
 FINISHED = {"event": "finished", "name": "first", "final_loss": 0.01}
@@ -93,7 +94,7 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen),
                          what="back to the review")
 
-        await pilot.press("r")
+        await decide_review(pilot, "r")
         await wait_until(pilot, lambda: any(t.startswith("Rejected first") for t in toasts(app)),
                          what="the rejection")
         assert status.adapter is None and app.engine.active_adapter is None
@@ -251,3 +252,29 @@ def test_snapshot_compare(snap_compare):
         await pilot.pause()
 
     assert snap_compare(Host(), terminal_size=(130, 30), run_before=answered)
+
+
+async def test_a_key_typed_as_the_review_opens_does_not_decide(monkeypatch):
+    """Found by benchmarks/ui_latency.py: the review opened while "staying" was being typed
+    in the chat, and its "a" accepted the adapter. A decision needs a pause first."""
+    from textual.app import App
+
+    from sftchat.tui.screens import review
+
+    class Host(App):
+        decided = "not yet"
+
+        def on_mount(self) -> None:
+            self.push_screen(ReviewScreen(_comparison()),
+                             lambda decision: setattr(self, "decided", decision))
+
+    monkeypatch.setattr(review, "DECISION_PAUSE_S", 3600)   # every key is "still typing"
+    app = Host()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await pilot.press("s", "t", "a", "y", "i", "n", "g")
+        await pilot.pause()
+        assert app.decided == "not yet" and isinstance(app.screen, ReviewScreen)
+        monkeypatch.setattr(review, "DECISION_PAUSE_S", 0)  # the user paused
+        await pilot.press("a")
+        await wait_until(pilot, lambda: app.decided == "accept", what="the decision")

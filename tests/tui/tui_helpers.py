@@ -180,3 +180,14 @@ class Gate:
             finally:
                 self.returned.set()
         return held
+
+
+async def decide_review(pilot, key: str) -> None:
+    """Press `key` ("a", "r") on the review as a user does: after a pause (a key typed
+    straight after it opens is taken for typing and refused)."""
+    import asyncio
+
+    from sftchat.tui.screens import review
+
+    await asyncio.sleep(review.DECISION_PAUSE_S + 0.1)
+    await pilot.press(key)

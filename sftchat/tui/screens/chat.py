@@ -15,6 +15,7 @@ prompt it was answered under; the curate modal shows them, to edit, drop or lear
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 
@@ -162,6 +163,11 @@ class ChatScreen(CommandsMixin, ModelsMixin, Screen):
         self.post_message(ModelLoaded(self.app.load_engine()))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
+        # The model's half-million Python objects (modules, parameters, tokenizer) live as
+        # long as the app: out of the collector's way, a full collection goes from ~300 ms
+        # with every thread stopped (the GIL) to nothing (benchmarks/ui_latency.py).
+        gc.collect()
+        gc.freeze()
         self.app.engine = message.engine
         self.status.model = model_label(message.engine.loaded)
         if message.engine.loaded.device == "cuda":

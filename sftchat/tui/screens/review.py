@@ -14,6 +14,7 @@ Model text is untrusted: every cell and line is a `rich.text.Text`, never markup
 from __future__ import annotations
 
 import difflib
+import time
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -26,6 +27,8 @@ from sftchat.adapters.comparison import Comparison
 from sftchat.text import one_line, strip_control
 
 CELL_WIDTH = 34
+# A key decides the review only after this long without keys (since it opened, or the last).
+DECISION_PAUSE_S = 0.5
 
 
 def word_diff(old: str, new: str) -> tuple[Text, Text]:
@@ -95,6 +98,9 @@ class ReviewScreen(ModalScreen[str | None]):
     def __init__(self, comparison: Comparison) -> None:
         super().__init__()
         self.comparison = comparison
+        # When the last key reached this screen (opening counts: the user may be mid-word).
+        self._last_key = time.monotonic()
+        self._after_pause = False
 
     def compose(self) -> ComposeResult:
         result = self.comparison
@@ -148,5 +154,17 @@ class ReviewScreen(ModalScreen[str | None]):
             (result.current.label, result.current.pin_answers[index]),
             (result.candidate.label, result.candidate.pin_answers[index])))
 
+    def on_key(self, event) -> None:
+        # Runs before the key's binding: whether this key came after a pause.
+        now = time.monotonic()
+        self._after_pause = now - self._last_key >= DECISION_PAUSE_S
+        self._last_key = now
+
     def action_decide(self, decision: str | None) -> None:
+        # The review opens by itself when a run ends, maybe while the user is typing in
+        # the chat: the "a" or "r" of a word must not decide. A decision needs a pause first.
+        if decision is not None and not self._after_pause:
+            self.notify("Still typing? The review takes a or r pressed after a pause: press "
+                        "it again.", markup=False)
+            return
         self.dismiss(decision)
