@@ -201,17 +201,6 @@ def _check(cancel: Cancel) -> None:
         raise JobCancelled("the comparison was cancelled")
 
 
-def evaluate(engine, name: str | None, examples: Sequence[Example], pins: Sequence[Pin],
-             prompts: Sequence[str] = (), max_length: int = 1024, seed: int = 0,
-             cancel: threading.Event | None = None,
-             progress: Progress | None = None) -> ModelResult:
-    """Measure adapter `name` (None: the base) on one engine (waits for the job)."""
-    cancel = Cancel(cancel)
-    return engine.jobs.submit(evaluate_steps(engine, name, examples, pins, prompts, max_length,
-                                             seed, cancel, progress),
-                              BACKGROUND, cancel, "evaluate").wait()
-
-
 def compare(engine, current: str | None, candidate: str, examples: Sequence[Example],
             pins: Sequence[Pin], prompts: Sequence[str] = (), max_length: int = 1024,
             seed: int = 0, cancel: threading.Event | None = None,
