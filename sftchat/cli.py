@@ -57,15 +57,26 @@ def _add_data_parsers(sub, common) -> None:
     data = sub.add_parser("data", parents=[common], help="the curated dataset")
     dsub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
-    add = dsub.add_parser("add", parents=[common], help="add an example; prints its id")
+    add = dsub.add_parser(
+        "add", parents=[common],
+        help="add an example (prints its id), or with --rejected only, a bad answer",
+        description="Add an example (--response) and print its id, or, with --rejected and no "
+                    "--response, keep each rejected answer as a bad answer with no "
+                    "replacement yet (what ctrl+x does in the chat) and print the new "
+                    "rejected-answer ids, one line each. One of --response and --rejected is "
+                    "needed; '-' reads stdin, for one option only.")
     add.add_argument("--instruction", required=True, help="the instruction ('-' reads stdin)")
-    add.add_argument("--response", required=True, help="the response ('-' reads stdin)")
+    add.add_argument("--response", help="the response ('-' reads stdin); without it, "
+                                        "--rejected answers are kept as bad answers")
     add.add_argument("--input", default="", help="optional extra context")
     add.add_argument("--system", default="", metavar="TEXT",
                      help="the system prompt the answer was given under (default: none)")
     add.add_argument("--rejected", action="append", default=[], metavar="TEXT",
                      help="a worse answer to the same instruction, kept as preference data "
-                          "(repeatable; exported by `data export --format dpo|kto`)")
+                          "(repeatable; '-' reads stdin; exported by `data export --format "
+                          "dpo|kto`); with no --response, a bad answer with no replacement: "
+                          "prints 'rejected answer ID kept (no replacement yet)' — a "
+                          "rejected-answer id, not an example id")
 
     listing = dsub.add_parser("list", parents=[common], help="list examples")
     listing.add_argument("--json", action="store_true", help="a JSON list of full examples")
@@ -247,9 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Usage errors argparse cannot express, refused like its own (one line, exit 2)."""
+    if getattr(args, "data_command", None) == "add" and args.response is None \
+            and not args.rejected:
+        sys.stderr.write("sftchat: error: data add needs --response TEXT (an example) or "
+                         "--rejected TEXT (a bad answer with no replacement yet) (see "
+                         "`sftchat data add --help`)\n")
+        sys.exit(EXIT_USAGE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_usage(args)
     # `sftchat train --nproc N` runs these same arguments again as each of its ranks.
     args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)

@@ -71,12 +71,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     command = args.data_command
     with _store(settings) as store:
         if command == "add":
-            text = _text_args(args, "instruction", "response", "input", "system")
-            example_id = store.add(text["instruction"], text["response"],
-                                   input=text["input"] or "", source="cli",
-                                   rejected=[(answer, "cli") for answer in args.rejected],
-                                   system=text["system"] or "")
-            print(example_id)
+            _data_add(store, args)
         elif command == "list":
             examples = store.iter_examples(search=args.search, limit=args.limit)
             if args.json:
@@ -137,6 +132,33 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_add(store, args: argparse.Namespace) -> None:
+    """`data add`: an example (its id on stdout), or with --rejected and no --response, bad
+    answers with no replacement (what ctrl+x keeps), one 'rejected answer ID kept' line each
+    — rejected-answer ids, which `data show`/`edit`/`rm` do not take."""
+    # (`sftchat.cli` refuses neither --response nor --rejected as a usage error.)
+    # '-' is stdin for --rejected too, and stdin is read once: count it with the others.
+    names = ("instruction", "response", "input", "system")
+    dashed = [f"--{name}" for name in names if getattr(args, name) == "-"]
+    dashed += ["--rejected" for answer in args.rejected if answer == "-"]
+    if len(dashed) > 1:
+        raise CommandError(f"only one of {' and '.join(dashed)} can be read from stdin ('-'); "
+                           "give the others as text")
+    text = _text_args(args, *names)
+    rejected = [_text_arg(answer) for answer in args.rejected]
+    if args.response is not None:
+        print(store.add(text["instruction"], text["response"], input=text["input"] or "",
+                        source="cli", rejected=[(answer, "cli") for answer in rejected],
+                        system=text["system"] or ""))
+        return
+    with store.transaction():  # all the answers or none
+        ids = [store.add_rejected(text["instruction"], answer, text["input"] or "",
+                                  source="cli", example_id=None, system=text["system"] or "")
+               for answer in rejected]
+    for rejected_id in ids:
+        print(f"rejected answer {rejected_id} kept (no replacement yet)")
+
+
 def _print_text(text: str) -> None:
     """Print stored text (which may hold model output) safely for a terminal."""
     print(strip_control(text) if sys.stdout.isatty() else text)
@@ -166,7 +188,8 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         print(json.dumps({"name": info.name, "path": str(info.path), **info.meta},
                          ensure_ascii=False, indent=2))
         metrics = info.meta.get("metrics") or {}
-        summary = outcome_summary(metrics.get("replay"), metrics.get("drift"))
+        summary = outcome_summary(metrics.get("replay"), metrics.get("drift"),
+                                  metrics.get("preferences"))
         if summary:
             # The JSON on stdout stays machine-readable; the summary is for the reader.
             print(f"{info.name}: {summary}", file=sys.stderr)
@@ -321,30 +344,39 @@ def _eval_pair(adapters_dir, names: list[str]) -> tuple[str | None, str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sftchat.dataset.formats import read_prompts
     from sftchat.engine import ChatEngine
-    from sftchat.adapters.comparison import compare
+    from sftchat.adapters.comparison import compare, pair_rejected
 
     settings = _settings(args)
     current, candidate = _eval_pair(settings.adapters_dir, args.adapter)
     prompts = read_prompts(args.prompts)
-    with _store(settings) as store:
+    with _store(settings) as store, store.transaction(read_only=True):
         examples, pins = store.snapshot(), Pins(store).all()
+        rejected = pair_rejected(examples, list(store.iter_rejected()))
     engine = ChatEngine.from_settings(settings)
     result = compare(engine, current, candidate, examples, pins, prompts,
-                     settings.training.max_length, seed=settings.training.seed)
+                     settings.training.max_length, seed=settings.training.seed,
+                     rejected=rejected)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
-        pins_total = len(result.pins)
+        pins_total, bad_total = len(result.pins), len(result.rejected)
         for model, role in ((result.current, "current"), (result.candidate, "candidate")):
             drift = (model.drift or {}).get("perplexity_ratio")
             _print_text(f"{one_line(model.label, 28):<28} {role:<9}  curated "
                         f"{model.curated}/{model.examples:<4} pins {model.pins_kept}/"
-                        f"{pins_total:<3} drift {f'×{drift:.2f}' if drift else '-'}")
+                        f"{pins_total:<3} drift {f'×{drift:.2f}' if drift else '-'}"
+                        + (f"  bad answers avoided {model.avoided}/{bad_total}"
+                           if bad_total else ""))
         for index in result.broken_pins:
             pin = result.pins[index]
             _print_text(f"pin {pin.id} changed: {one_line(pin.instruction, 40)}\n"
                         f"  accepted:  {one_line(pin.response, 70)}\n"
                         f"  candidate: {one_line(result.candidate.pin_answers[index], 70)}")
+        for index in result.newly_given:
+            bad, _ = result.rejected[index]
+            _print_text(f"bad answer {bad.id} came back: {one_line(bad.instruction, 40)}\n"
+                        f"  rejected:  {one_line(bad.response, 70)}\n"
+                        f"  candidate: {one_line(result.candidate.bad_answers[index], 70)}")
         for index, prompt in enumerate(result.prompts):
             _print_text(f"prompt: {one_line(prompt, 60)}\n"
                         f"  {result.current.label}: "

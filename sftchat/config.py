@@ -72,6 +72,8 @@ def _setting(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
 
 
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
+# What a run learns from (`training.preference`): imitation alone, or also rejected answers.
+OBJECTIVES = ("auto", "sft", "dpo", "kto")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,18 @@ class TrainingSettings:
         10.0, "fail the run, publishing nothing, when the base model's own answers to held-out "
               "prompts become this many times less likely under the adapter (perplexity "
               "ratio; healthy runs stay near 1); 0: never")
+    objective: str = _setting(
+        "auto", "what the run learns from: sft imitates the curated answers; dpo also prefers "
+                "each curated answer to its rejected versions (edits' originals, compare "
+                "losers, --rejected); kto also pushes away every rejected answer, one with no "
+                "replacement (ctrl+x) included; auto: sft, plus dpo on pairs and kto on bad "
+                "answers with no replacement wherever the dataset has them",
+        choices=OBJECTIVES)
+    beta: float = _setting(
+        0.1, "with dpo, kto or auto: how far from the base model the preference loss may "
+             "move (DPO's beta: larger keeps closer)")
+    preference_weight: float = _setting(
+        1.0, "weight of the preference loss beside the curated answers' loss")
     seed: int = _setting(42, "seed for shuffling and initialisation")
     # "auto": a checkpoint per 2 minutes of training, so a killed run loses at most that and
     # the writes stay a small share of the run however fast its steps are; runs shorter than
@@ -220,7 +234,12 @@ def validate_training(settings: TrainingSettings, where: str = "training") -> Tr
     if settings.regularize not in REGULARIZERS:
         raise ConfigError(f"{where}: regularize must be one of {', '.join(REGULARIZERS)}, "
                           f"not {settings.regularize!r}")
-    for name in ("rehearsal_weight", "quiet_weight", "max_drift"):
+    if settings.objective not in OBJECTIVES:
+        raise ConfigError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}, "
+                          f"not {settings.objective!r}")
+    if settings.beta <= 0:
+        raise ConfigError(f"{where}: beta must be positive, not {settings.beta}")
+    for name in ("rehearsal_weight", "quiet_weight", "max_drift", "preference_weight"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{where}: {name} must be 0 or more")
     positive = ("lr", "rank", "alpha", "batch_size", "grad_accum", "max_length", "min_steps")

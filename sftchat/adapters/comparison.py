@@ -12,14 +12,21 @@ For each model compared (an adapter, or the base), on one loaded engine:
   chat generates — after the pin's earlier turns, under its system prompt — and whether it
   still gives the accepted answer: the answer starts with it (an accepted answer may have
   been cut at the chat's token limit; what follows it is shown in the review, not counted);
+- **bad answers**: its greedy answer to the prompt of every rejected answer (`dataset.store
+  .Rejected`: marked bad, the original of an edit, the loser of a compare), generated as the
+  pins are, and whether it gives that answer again (`dataset.preferences.gives`: it begins
+  with the rejected answer's first sentence, or further where the chosen answer replacing
+  it differs later). At most `REJECTED_SAMPLE` of them, the most recent (highest ids):
+  `compare` keeps those;
 - **prompts**: its greedy answers to extra prompts (`sftchat eval --prompts FILE`), shown
   side by side, not scored;
 - **drift**: what the adapter's own training run measured on held-out prompts (sftchat.json).
 
 A *regression* is a candidate that reproduces fewer curated answers than the current model,
-or loses a pin the current model keeps. (An accepted answer that was sampled, at a
-temperature above 0, may not be the greedy answer of any model: such a pin is shown, with
-whether the new adapter answers it as the current one does, but cannot be lost.)
+loses a pin the current model keeps, or gives a bad answer the current model avoids. (An
+accepted answer that was sampled, at a temperature above 0, may not be the greedy answer of
+any model: such a pin is shown, with whether the new adapter answers it as the current one
+does, but cannot be lost.)
 
 The whole comparison is one background job on the engine thread (`sftchat.engine_thread`),
 in steps — a batch of the replay, a token of a pinned answer — so a chat answer asked
@@ -37,7 +44,8 @@ from sftchat.adapters import registry as adapter_registry
 from sftchat.adapters.registry import AdapterError
 from sftchat.config import GenerationSettings
 from sftchat.dataset.pins import Pin
-from sftchat.dataset.store import Example
+from sftchat.dataset.preferences import gives, telltale
+from sftchat.dataset.store import Example, Rejected
 from sftchat.engine import Answer
 from sftchat.engine_thread import BACKGROUND, Cancel, JobCancelled, Steps
 from sftchat.prompts import ExampleTooLongError, encode_example
@@ -45,16 +53,32 @@ from sftchat.prompts import ExampleTooLongError, encode_example
 # A pinned answer is compared in full: generate a little past its length.
 PIN_EXTRA_TOKENS = 16
 PROMPT_TOKENS = 128
+# Bad answers replayed per model: the most recent ones (each is a greedy answer to generate).
+REJECTED_SAMPLE = 32
 # Examples tokenized per step (tokenizing thousands is seconds: the chat goes in between).
 ENCODE_CHUNK = 64
 
 # progress(model, examples replayed, examples to replay): model is an adapter name or None.
 Progress = Callable[[str | None, int, int], None]
+# A rejected answer and the response of the example it belongs to (None: no replacement).
+BadAnswer = tuple[Rejected, str | None]
 
 
 def keeps(answer: str, accepted: str) -> bool:
     """Whether a greedy `answer` still gives the pinned, `accepted` one."""
     return answer.startswith(accepted)
+
+
+def pair_rejected(examples: Sequence[Example], rejected: Sequence[Rejected]) -> list[BadAnswer]:
+    """Each rejected answer with the response of its example in `examples` (read in the same
+    transaction), None for a bad answer with no replacement."""
+    responses = {example.id: example.response for example in examples}
+    return [(answer, responses.get(answer.example_id)) for answer in rejected]
+
+
+def latest_rejected(rejected: Sequence[BadAnswer]) -> list[BadAnswer]:
+    """The `REJECTED_SAMPLE` most recent (highest ids) of `rejected`, in id order."""
+    return sorted(rejected, key=lambda pair: pair[0].id)[-REJECTED_SAMPLE:]
 
 
 @dataclass
@@ -68,6 +92,8 @@ class ModelResult:
     prompt_answers: list[str]
     drift: dict | None               # from the adapter's training run
     sampled_from: int | None = None  # curated examples in all, when a sample was replayed
+    bad_answers: list[str] = field(default_factory=list)  # its answers to the rejected ones
+    avoided: int = 0                 # of them, those that do not give the rejected answer
 
     @property
     def label(self) -> str:
@@ -80,6 +106,8 @@ class Comparison:
     candidate: ModelResult
     pins: list[Pin]
     prompts: list[str] = field(default_factory=list)
+    rejected: list[BadAnswer] = field(default_factory=list)
+    rejected_from: int | None = None   # rejected answers in all, when only the latest were
 
     @property
     def broken_pins(self) -> list[int]:
@@ -96,9 +124,24 @@ class Comparison:
             return "kept"
         return "same" if new == self.current.pin_answers[index] else "changed"
 
+    def _gives(self, model: ModelResult, index: int) -> bool:
+        answer, chosen = self.rejected[index]
+        return gives(model.bad_answers[index], answer.response, chosen)
+
+    def bad_answer_status(self, index: int) -> str:
+        """"avoided" (the candidate does not give rejected answer `index`) or "given"."""
+        return "given" if self._gives(self.candidate, index) else "avoided"
+
+    @property
+    def newly_given(self) -> list[int]:
+        """Indexes of the bad answers the current model avoids and the candidate gives."""
+        return [i for i in range(len(self.rejected))
+                if not self._gives(self.current, i) and self._gives(self.candidate, i)]
+
     @property
     def regression(self) -> bool:
-        return self.candidate.curated < self.current.curated or bool(self.broken_pins)
+        return (self.candidate.curated < self.current.curated or bool(self.broken_pins)
+                or bool(self.newly_given))
 
     def verdict(self) -> str:
         """One line: what the candidate does compared with the current model."""
@@ -109,6 +152,12 @@ class Comparison:
         if self.pins:
             parts.append(f"keeps {new.pins_kept}/{len(self.pins)} pinned answers "
                          f"({old.label}: {old.pins_kept}/{len(self.pins)})")
+        if self.rejected:
+            total = len(self.rejected)
+            parts.append(f"avoids {new.avoided}/{total} bad answers ({old.label}: "
+                         f"{old.avoided}/{total})"
+                         + (f", the latest {total} of {self.rejected_from}"
+                            if self.rejected_from else ""))
         if new.drift and new.drift.get("perplexity_ratio") is not None:
             parts.append(f"drift ×{new.drift['perplexity_ratio']:.2f} perplexity")
         return f"{new.label}: " + "; ".join(parts)
@@ -118,6 +167,13 @@ class Comparison:
             "current": asdict(self.current), "candidate": asdict(self.candidate),
             "pins": [pin.to_dict() for pin in self.pins], "prompts": self.prompts,
             "broken_pins": [self.pins[i].id for i in self.broken_pins],
+            "rejected": [{**answer.to_dict(), "chosen": chosen,
+                          "status": self.bad_answer_status(i),
+                          "current_status": "given" if self._gives(self.current, i)
+                          else "avoided"}
+                         for i, (answer, chosen) in enumerate(self.rejected)],
+            "rejected_from": self.rejected_from,
+            "newly_given": [self.rejected[i][0].id for i in self.newly_given],
             "regression": self.regression,
         }
 
@@ -125,9 +181,10 @@ class Comparison:
 def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: Sequence[Pin],
                    prompts: Sequence[str], max_length: int, seed: int,
                    cancel: Cancel, progress: Progress | None = None,
-                   ) -> Steps:
+                   rejected: Sequence[BadAnswer] = ()) -> Steps:
     """Measure adapter `name` (None: the base) on the engine thread, in steps; returns its
-    `ModelResult`."""
+    `ModelResult`. Every one of `rejected` is replayed (`compare` keeps the latest
+    `REJECTED_SAMPLE`)."""
     from sftchat.training.evaluation import curated_replay_steps
     from sftchat.training.loss import LossFunction
 
@@ -163,11 +220,12 @@ def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: 
                     progress(name, done, total)
                 yield
 
-        def answer(text: str, tokens: int, pin: Pin | None = None) -> Steps:
+        def answer(text: str, tokens: int, asked: Pin | Rejected | None = None) -> Steps:
+            # `asked`: the conversation a pin or a rejected answer was asked in.
             settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
-            prompt = engine.encode(template, text, pin.context if pin else (),
-                                   pin.input if pin else "", pin.system if pin else "",
-                                   tokens)
+            prompt = engine.encode(template, text, asked.context if asked else (),
+                                   asked.input if asked else "",
+                                   asked.system if asked else "", tokens)
             result = Answer()
             for _ in engine.answer_steps(name, prompt.ids, template, settings, cancel, result):
                 yield
@@ -179,6 +237,12 @@ def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: 
             tokens = len(engine.tokenizer.encode(pin.response, add_special_tokens=False))
             pin_answers.append((yield from answer(pin.instruction, tokens + PIN_EXTRA_TOKENS,
                                                   pin)))
+        bad_answers = []
+        for rejected_answer, chosen in rejected:
+            tokens = len(engine.tokenizer.encode(telltale(rejected_answer.response, chosen),
+                                                 add_special_tokens=False))
+            bad_answers.append((yield from answer(rejected_answer.instruction,
+                                                  tokens + PIN_EXTRA_TOKENS, rejected_answer)))
         prompt_answers = []
         for prompt in prompts:
             prompt_answers.append((yield from answer(prompt, PROMPT_TOKENS)))
@@ -193,6 +257,9 @@ def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: 
         drift=((info.meta.get("metrics") or {}).get("drift") if info else None),
         sampled_from=replayed.total if replayed and len(replayed.ids) < replayed.total
         else None,
+        bad_answers=bad_answers,
+        avoided=sum(not gives(got, bad.response, chosen)
+                    for got, (bad, chosen) in zip(bad_answers, rejected)),
     )
 
 
@@ -204,18 +271,24 @@ def _check(cancel: Cancel) -> None:
 def compare(engine, current: str | None, candidate: str, examples: Sequence[Example],
             pins: Sequence[Pin], prompts: Sequence[str] = (), max_length: int = 1024,
             seed: int = 0, cancel: threading.Event | None = None,
-            progress: Progress | None = None) -> Comparison:
+            progress: Progress | None = None, rejected: Sequence[BadAnswer] = ()
+            ) -> Comparison:
     """`candidate` against `current` (None: the base model) on the same data, as one
-    background job on the engine thread (waits for it; `JobCancelled` if `cancel` is set)."""
+    background job on the engine thread (waits for it; `JobCancelled` if `cancel` is set).
+    `rejected`: (rejected answer, its example's response or None) pairs (`pair_rejected`),
+    of which the latest `REJECTED_SAMPLE` (highest ids) are replayed."""
     if candidate in (None, "none"):
         raise AdapterError("the candidate must be an adapter; the base model can only be the "
                            "current one")
     cancel = Cancel(cancel)
+    sample = latest_rejected(rejected)
 
     def steps() -> Steps:
-        args = (examples, pins, prompts, max_length, seed, cancel, progress)
+        args = (examples, pins, prompts, max_length, seed, cancel, progress, sample)
         old = yield from evaluate_steps(engine, current, *args)
         new = yield from evaluate_steps(engine, candidate, *args)
-        return Comparison(current=old, candidate=new, pins=list(pins), prompts=list(prompts))
+        return Comparison(current=old, candidate=new, pins=list(pins), prompts=list(prompts),
+                          rejected=sample,
+                          rejected_from=len(rejected) if len(sample) < len(rejected) else None)
 
     return engine.jobs.submit(steps(), BACKGROUND, cancel, "compare").wait()

@@ -26,6 +26,7 @@ from sftchat.errors import SftchatError
 
 META_FILE = "sftchat.json"
 SNAPSHOT_FILE = "train.jsonl"
+REJECTED_FILE = "rejected.jsonl"   # the rejected answers a run learned from (if any)
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

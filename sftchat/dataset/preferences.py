@@ -19,6 +19,7 @@ Nothing heavy is imported here.
 
 from __future__ import annotations
 
+import re
 from typing import Iterator, Sequence
 
 from sftchat.conversation import Turn, to_messages
@@ -55,3 +56,52 @@ def _prompt(item, chat: bool):
 
 def _answer(text: str, chat: bool):
     return [{"role": "assistant", "content": text}] if chat else text
+
+
+# --------------------------------------------------------------------------- giving an answer
+
+# A sentence ends at . ! ? or … followed by whitespace (or the text's end), or at a line break.
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|\n")
+
+
+def first_sentence(text: str) -> str:
+    """`text` up to the end of its first sentence (its end mark included; leading space
+    skipped): what a reader takes an answer to be saying."""
+    text = text.lstrip()
+    match = _SENTENCE_END.search(text)
+    if match is None:
+        return text
+    end = match.end() if match.group() != "\n" else match.start()
+    return text[:end] if text[:end].strip() else text
+
+
+def telltale(rejected: str, chosen: str | None = None) -> str:
+    """The beginning of a `rejected` answer that gives it away: its first sentence, and, when
+    it has a `chosen` replacement that starts the same way (an edit that changed only the
+    end), on to the first character where the two differ (and, when that is a space, the
+    next one that is not: callers strip the end). An answer that begins with the telltale
+    gives the rejected answer; one that leaves it earlier does not."""
+    rejected = rejected.lstrip()
+    prefix = first_sentence(rejected)
+    if chosen is not None:
+        chosen = chosen.lstrip()
+        common = 0
+        for a, b in zip(rejected, chosen):
+            if a != b:
+                break
+            common += 1
+        end = min(common + 1, len(rejected))
+        while end < len(rejected) and rejected[end - 1].isspace():
+            end += 1   # stripped, a differing space would leave only what both share
+        prefix = rejected[:max(len(prefix), end)]
+    return prefix
+
+
+def gives(answer: str, rejected: str, chosen: str | None = None) -> bool:
+    """Whether a model's `answer` gives the `rejected` one (see `telltale`). A rejected answer
+    that is the whole start of its chosen one (the model stopped too soon) is given only by
+    an answer that stops there too."""
+    answer, rejected_text = answer.strip(), rejected.strip()
+    if chosen is not None and chosen.strip().startswith(rejected_text):
+        return answer == rejected_text
+    return answer.startswith(telltale(rejected_text, chosen).strip())

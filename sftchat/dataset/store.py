@@ -114,6 +114,18 @@ class Rejected(InConversation):
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_record(self) -> dict:
+        """The training view (`rejected.jsonl` of a run): the answer as `output`, with the
+        example it was rejected for (None: a bad answer with no replacement)."""
+        record = {"id": self.id, "example_id": self.example_id,
+                  "instruction": self.instruction, "input": self.input,
+                  "output": self.response, "source": self.source}
+        if self.system:
+            record["system"] = self.system
+        if self.context:
+            record["context"] = [turn.to_dict() for turn in self.context]
+        return record
+
 
 REJECTED_SOURCES = ("edit", "compare", "bad", "cli")
 
@@ -426,6 +438,12 @@ class ExampleStore:
         """Every example, read in one transaction: a consistent view for a training run."""
         with self._transaction(read_only=True):
             return list(self.iter_examples())
+
+    def training_snapshot(self) -> tuple[list[Example], list[Rejected]]:
+        """Every example and every rejected answer, read in one transaction (a run that
+        learns from rejected answers too)."""
+        with self._transaction(read_only=True):
+            return list(self.iter_examples()), list(self.iter_rejected())
 
     def stats(self) -> dict:
         """Counts and averages of the dataset. `conversations`: examples with a system prompt

@@ -20,7 +20,8 @@ which only deletes staging and trash folders::
                    and quantization, template, training settings, LoRA shape, the snapshot's
                    hash and example ids, fingerprints of its tokenization and of its step
                    plan, the base model's anchor answers (the regularizer's and the drift
-                   measure's, so a resumed run uses the same ones), started_at
+                   measure's, so a resumed run uses the same ones), the rejected answers
+                   it learns from (`preference`), started_at
     train.jsonl    the run's snapshot
     step-000040/   adapter_config.json + adapter_model.safetensors (PEFT), optimizer.pt (AdamW
                    and the learning-rate schedule), rng.pt (torch's generators), state.json
@@ -252,6 +253,11 @@ class Resumable:
     @property
     def step_dir(self) -> Path:
         return self.folder / self.latest["folder"]
+
+    @property
+    def rejected(self) -> list[dict]:
+        """The rejected answers the run learns from (in run.json; none before issue 21)."""
+        return self.run.get("rejected") or []
 
     def describe(self) -> str:
         return (f"resuming {self.name} at step {self.step}/{self.run['total_steps']} from "

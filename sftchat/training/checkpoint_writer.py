@@ -57,6 +57,8 @@ class LoopState:
     tokens_seen: int = 0
     seconds: float = 0.0                # of training so far, interrupted processes' included
     anchor_cursor: int = 0              # the regularizer's place in its anchor cycle
+    met_now: list[bool] = field(default_factory=list)   # per preference item: met
+    preference_cursor: int = 0          # the preference loss's place in its items
 
 
 # --------------------------------------------------------------------------- generators
@@ -112,6 +114,7 @@ def run_record(run, run_id: str) -> dict:
         "skipped": run.skipped, "encoding_sha256": encoding_fingerprint(run.encoded),
         "plan_sha256": plan_fingerprint(run.plans),
         "anchors": [[example.input_ids, example.labels] for example in run.anchor_answers],
+        "rejected": run.rejected,
     }
 
 

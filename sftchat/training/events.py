@@ -4,18 +4,26 @@ Every event has `"event"` and `"time"` (Unix seconds). The kinds, in the order t
 
 - `started`:  name, base_model, examples, total_steps, epochs, batch_size, grad_accum, device,
               template, regularize, lora {rank, alpha, dropout} (the adapter's shape),
+              objective (what runs: sft, dpo, kto, dpo+kto), pairs and avoid (rejected
+              answers learned by DPO against their replacement, and by the KTO-style term),
+              unused_rejected (rejected answers the objective leaves out, or too long),
               ranks (training processes: 1, or N under torchrun),
               skipped_too_long (the first ids of examples whose answer alone exceeds
               max_length) and skipped_count, truncated_prompts (the first ids of examples
               whose prompt was cut to fit) and truncated_count, max_length
-- `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null), lr,
-              grad_norm, learned (curated examples reproduced exactly at their latest pass),
-              examples, tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
+- `step`:     step, total_steps, epoch (fractional), loss, anchor_loss (or null),
+              preference_loss (or null), lr, grad_norm, learned (curated examples reproduced
+              exactly at their latest pass), examples, avoided (rejected answers met at their
+              latest pass: avoided, and a pair's preferred by its margin), rejected (0 when
+              the run has none), tokens_per_s (real, non-padding tokens), elapsed_s, eta_s
 - `epoch`:    epoch (completed count), loss (mean over the epoch's steps)
 - `finished`: name, adapter (path), final_loss, steps, stopped_early, train_seconds,
               replay {examples, reproduced, token_accuracy, not_reproduced (the first ids),
               not_reproduced_count},
-              drift {prompts, kl_per_token, perplexity_ratio}
+              drift {prompts, kl_per_token, perplexity_ratio},
+              preferences (null without rejected answers) {objective, pairs, avoid, rejected,
+              accuracy, mean_margin, reward_accuracy, mean_reward_margin, still_given,
+              still_given_ids (the first ids)}
 - `cancelled`: message (SIGINT/SIGTERM; nothing was published)
 - `failed`:   message (one sentence: what went wrong and what to do; nothing was published)
 
@@ -77,18 +85,35 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
-def outcome_summary(replay: dict | None, drift: dict | None) -> str:
+def outcome_summary(replay: dict | None, drift: dict | None,
+                    preferences: dict | None = None) -> str:
     """What a run learned and what it changed, in one line (from a `finished` event or an
-    adapter's metrics): "reproduces 12/12 curated answers; drift ×1.03 on 12 held-out prompts"."""
+    adapter's metrics): "reproduces 12/12 curated answers; prefers the chosen answer in 6/6
+    pairs …; avoids 11/12 rejected answers; drift ×1.03 on 12 held-out prompts"."""
     parts = []
     if replay and replay.get("examples"):
         sample = (f" (a sample of {replay['sampled_from']})"
                   if replay.get("sampled_from") else "")
         parts.append(f"reproduces {replay['reproduced']}/{replay['examples']} curated "
                      f"answers exactly{sample}")
+    if preferences and preferences.get("rejected"):
+        parts.append(preference_summary(preferences))
     if drift and drift.get("prompts"):
         parts.append(f"drift on {drift['prompts']} held-out prompts: perplexity "
                      f"×{drift['perplexity_ratio']:.2f}, KL {drift['kl_per_token']:.3f}/token")
+    return "; ".join(parts)
+
+
+def preference_summary(preferences: dict) -> str:
+    """A run's preference figures (`training.preference.preference_figures`), in words."""
+    parts = []
+    if preferences.get("pairs"):
+        pairs = preferences["pairs"]
+        preferred = round(preferences["accuracy"] * pairs)
+        parts.append(f"prefers the chosen answer in {preferred}/{plural(pairs, 'pair')} "
+                     f"(mean margin {preferences['mean_margin']:.1f} nats)")
+    rejected = preferences["rejected"]
+    parts.append(f"avoids {rejected - preferences['still_given']}/{rejected} rejected answers")
     return "; ".join(parts)
 
 
@@ -134,8 +159,8 @@ def describe(event: dict) -> str | None:
             f"template {event['template']}" if event.get("template") else "",
             f"keeping what it knew by {keep}" if keep and keep != "off" else "") if part)
         line = (f"training {event['name']} on {event['examples']} examples"
-                f"{f' ({details})' if details else ''}: up to {event['total_steps']} steps "
-                f"on {placement(event)}")
+                f"{rejected_part(event)}{f' ({details})' if details else ''}: up to "
+                f"{event['total_steps']} steps on {placement(event)}")
         notice = truncation_notice(event)
         return line + (f"\nnotice: {notice}" if notice else "")
     if kind == "step":
@@ -144,17 +169,35 @@ def describe(event: dict) -> str | None:
         stopped = ", stopped early: all learned" if event.get("stopped_early") else ""
         line = (f"published {event['adapter']} (final loss {event['final_loss']:.4f}, "
                 f"{event['steps']} steps in {format_duration(event['train_seconds'])}{stopped})")
-        summary = outcome_summary(event.get("replay"), event.get("drift"))
+        summary = outcome_summary(event.get("replay"), event.get("drift"),
+                                  event.get("preferences"))
         return line + (f"\n{summary}" if summary else "")
     if kind in ("cancelled", "failed"):
         return event["message"]
     return None
 
 
+def rejected_part(event: dict) -> str:
+    """For a `started` event: " and 12 rejected answers (dpo on 6 pairs, kto on 6)", or ""."""
+    pairs, avoid = event.get("pairs") or 0, event.get("avoid") or 0
+    if not pairs + avoid:
+        return ""
+    how = ", ".join(part for part in (f"dpo on {plural(pairs, 'pair')}" if pairs else "",
+                                      f"kto on {avoid}" if avoid else "") if part)
+    return f" and {plural(pairs + avoid, 'rejected answer')} ({how})"
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 pair", "2 pairs"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def step_line(event: dict) -> str:
     """One `step` event as the CLI and the app's training panel show it."""
     learned = (f"  learned {event['learned']}/{event['examples']}"
                if event.get("examples") else "")
+    if event.get("rejected"):
+        learned += f"  avoided {event['avoided']}/{event['rejected']}"
     return (f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']:.2f}  "
             f"loss {event['loss']:.4f}{learned}  lr {event['lr']:.2e}  "
             f"{event['tokens_per_s']:,.0f} tok/s  ETA {format_duration(event['eta_s'])}")

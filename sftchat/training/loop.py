@@ -27,6 +27,7 @@ from sftchat.training.evaluation import replay
 from sftchat.training.events import Emit, make_event
 from sftchat.training.health import check_loss
 from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
+from sftchat.training.preference import PreferenceLoss
 from sftchat.training.regularizer import Regularizer
 
 # Early stopping asks every target token to beat the runner-up by this many logits (nats),
@@ -47,17 +48,21 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def all_learned(loss_function, model, encoded, ranks: Ranks = SINGLE) -> bool:
-    """Whether greedy decoding reproduces every example, each by a safe margin (eval mode);
-    each rank replays its share."""
+def all_learned(loss_function, model, encoded, ranks: Ranks = SINGLE,
+                preferences: PreferenceLoss | None = None) -> bool:
+    """Whether greedy decoding reproduces every example, each by a safe margin, and every
+    preference item is met (eval mode); each rank replays its share."""
     model.eval()
     try:
         report = replay(loss_function, ranks.deal(encoded))
+        good = all(report.exact) and min(report.margins, default=math.inf) >= EARLY_STOP_MARGIN
+        good = ranks.sum([0.0 if good else 1.0])[0] == 0
+        if good and preferences is not None:
+            good = preferences.all_met(loss_function, ranks)
     finally:
         model.train()
     check_trainable(model)  # the eval-mode pass must not have packed a 4-bit weight
-    good = all(report.exact) and min(report.margins, default=math.inf) >= EARLY_STOP_MARGIN
-    return ranks.sum([0.0 if good else 1.0])[0] == 0
+    return good
 
 
 def _stop_everywhere(stop: threading.Event, ranks: Ranks) -> None:
@@ -68,7 +73,8 @@ def _stop_everywhere(stop: threading.Event, ranks: Ranks) -> None:
 
 def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
                emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None,
-               ranks: Ranks = SINGLE, checkpoints: Checkpointer | None = None):
+               ranks: Ranks = SINGLE, checkpoints: Checkpointer | None = None,
+               preferences: PreferenceLoss | None = None):
     """Run every planned step (or stop early): (metrics, the loss function).
 
     `checkpoints` (rank 0's) writes checkpoints as it goes and, for a resumed run, restores
@@ -92,10 +98,12 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     # The loss curve, and per example `learned_now`: reproduced exactly at its latest
     # training pass (read off the training logits for free; confirmed in eval mode before
     # stopping early). A resumed run's come back as its checkpoint left them.
-    state = LoopState(learned_now=[False] * len(encoded))
+    state = LoopState(learned_now=[False] * len(encoded),
+                      met_now=[False] * len(preferences.items) if preferences else [])
     if resuming:
         state = checkpoints.restore(optimizer, scheduler, [name for name, _ in named])
     losses, epoch_losses, learned_now = state.losses, state.epoch_losses, state.learned_now
+    met_now = state.met_now   # per preference item: met at its latest training pass
     stopped_early = False
     model.train()
     check_trainable(model)
@@ -108,6 +116,10 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     if regularizer is not None:
         regularizer.prepare(loss_function, model)
         regularizer.cursor = state.anchor_cursor
+    if preferences is not None:
+        preferences.prepare(loss_function, model)
+        preferences.fit(steps_per_epoch)
+        preferences.cursor = state.preference_cursor
     forward = DataParallel(loss_function, ranks)
     if checkpoints is not None:  # the generators after everything above drew from them
         checkpoints.begin(state, model, optimizer, scheduler, loss_function)
@@ -123,10 +135,18 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         anchors = None
         if regularizer is not None and (regularizer.weight > 0 or regularizer.quiet_weight > 0):
             anchors = regularizer.next_step(ranks)
-        backward_passes = len(batches) + (1 if anchors and anchors.indices else 0)
-        # Summed over ranks: loss, tokens, anchor loss, then per step example 1 = reproduced,
-        # 2 = not (0 from the ranks that did not run it).
-        totals = [0.0, 0.0, 0.0] + [0.0] * len(step_examples)
+        preference_step = preferences.next_step(ranks) if preferences is not None else None
+        preference_batches = preferences.batches(preference_step) if preferences else []
+        anchor_pass = bool(anchors and anchors.indices)
+        backward_passes = len(batches) + anchor_pass + len(preference_batches)
+        # Summed over ranks: loss, tokens, anchor loss, preference loss, then per step
+        # example 1 = reproduced, 2 = not (0 from the ranks that did not run it), then per
+        # preference item of the step 1 = met, 2 = not.
+        totals = [0.0, 0.0, 0.0, 0.0] + [0.0] * len(step_examples)
+        if preference_step is not None:
+            item_slot = {item: 4 + len(step_examples) + slot
+                         for slot, item in enumerate(preference_step.every)}
+            totals += [0.0] * len(item_slot)
         position = {example: slot for slot, example in enumerate(step_examples)}
         for number, batch in enumerate(batches, start=1):
             if stop.is_set() and not ranks.distributed:
@@ -140,24 +160,38 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
             errors, _ = per_example_errors(out.logits.detach(), out.targets, out.owners,
                                            len(batch))
             for example_index, wrong in zip(batch, errors.tolist()):
-                totals[3 + position[example_index]] = 1.0 if wrong == 0 else 2.0
-        if anchors and anchors.indices:
-            with forward.backward_pass(last=True):
+                totals[4 + position[example_index]] = 1.0 if wrong == 0 else 2.0
+        if anchor_pass:
+            with forward.backward_pass(last=not preference_batches):
                 weighted, anchor_loss, anchor_tokens = regularizer.step_loss(forward, anchors)
                 weighted.backward()
             totals[2] += anchor_loss
             totals[1] += anchor_tokens
+        for number, items in enumerate(preference_batches, start=1):
+            with forward.backward_pass(last=number == len(preference_batches)):
+                weighted, preference_loss, tokens, met = preferences.batch_loss(
+                    forward, items, preference_step.count)
+                weighted.backward()
+            totals[3] += preference_loss
+            totals[1] += tokens
+            for item, ok in zip(items, met):
+                totals[item_slot[item]] = 1.0 if ok else 2.0
         if backward_passes == 0:
             forward.join_empty()
         totals = ranks.sum(totals + [1.0 if stop.is_set() else 0.0])
         if totals.pop() > 0:
             raise StopRequested
-        for example_index, code in zip(step_examples, totals[3:]):
+        for example_index, code in zip(step_examples, totals[4:]):
             if code:
                 learned_now[example_index] = code == 1.0
+        if preference_step is not None:
+            for item, slot in item_slot.items():
+                if totals[slot]:
+                    met_now[item] = totals[slot] == 1.0
         step_loss = totals[0]
         state.tokens_seen += int(totals[1])
         anchor_loss = round(totals[2], 6) if anchors is not None else None
+        preference_loss = round(totals[3], 6) if preference_step is not None else None
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -167,13 +201,16 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         epoch_losses.append(step_loss)
         state.step = index
         state.anchor_cursor = regularizer.cursor if regularizer is not None else 0
+        state.preference_cursor = preferences.cursor if preferences is not None else 0
         elapsed = state.seconds = time.perf_counter() - started
         emit(make_event(
             "step", step=index, total_steps=total,
             epoch=round(plan.epoch + (index - plan.epoch * steps_per_epoch) / steps_per_epoch, 4),
-            loss=round(step_loss, 6), anchor_loss=anchor_loss, lr=lr,
+            loss=round(step_loss, 6), anchor_loss=anchor_loss,
+            preference_loss=preference_loss, lr=lr,
             grad_norm=round(float(grad_norm), 6), learned=sum(learned_now),
-            examples=len(encoded), tokens_per_s=round(state.tokens_seen / elapsed, 1),
+            examples=len(encoded), avoided=sum(met_now), rejected=len(met_now),
+            tokens_per_s=round(state.tokens_seen / elapsed, 1),
             elapsed_s=round(elapsed, 3), eta_s=round(elapsed / index * (total - index), 1),
         ))
         check_loss(losses, training.lr, chance)  # a diverging run stops here, unpublished
@@ -182,7 +219,8 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
             epoch_losses.clear()
             if training.early_stop and index < total and all(learned_now) \
-                    and all_learned(loss_function, model, encoded, ranks):
+                    and all(met_now) \
+                    and all_learned(loss_function, model, encoded, ranks, preferences):
                 stopped_early = True
                 break
         if checkpoints is not None:

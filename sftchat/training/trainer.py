@@ -14,9 +14,12 @@ which isolates crashes and GPU memory and makes cancel a signal):
    (`regularizer`: distillation and the quiet-adapter penalty by default);
    linear warm-up then cosine decay; gradient clipping; a fixed seed (the step loop is
    `loop.train_loop`). A `step` event per step; the run stops early once every curated
-   answer is reproduced. Then `evaluation` measures curated replay and drift on held-out
-   prompts.
-3. save: PEFT files (safetensors), `sftchat.json` (with those measures), `train.jsonl`;
+   answer is reproduced. With rejected answers in the dataset, the `objective` adds a
+   preference loss (`preference`: DPO on pairs, a KTO-style term on bad answers with no
+   replacement). Then `evaluation` measures curated replay and drift on held-out
+   prompts, and `preference` the run's preference figures.
+3. save: PEFT files (safetensors), `sftchat.json` (with those measures), `train.jsonl`
+   (and `rejected.jsonl`, the rejected answers it learned from);
    then one atomic rename publishes `adapters/NAME/`. Any failure or cancel deletes the
    staging folder instead.
 
@@ -51,9 +54,11 @@ from sftchat.training.checkpoint_writer import Checkpointer
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.errors import TrainingCancelled, TrainingError
 from sftchat.training.evaluation import curated_replay, measure_drift
-from sftchat.training.events import Emit, first_ids, make_event
+from sftchat.training.events import Emit, first_ids, make_event, plural
 from sftchat.training.health import TrainingDiverged, check_drift
 from sftchat.training.loop import StopRequested, train_loop
+from sftchat.training.preference import (PAIR, ObjectivePlan, PreferenceLoss, encode_items,
+                                         plan_objective)
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.workspace_lock import training_lock
@@ -74,23 +79,34 @@ def _now_iso() -> str:
 # --------------------------------------------------------------------------- setup
 
 
-def _snapshot(settings: Settings, staging: Path, resumed: Resumable | None) -> list[dict]:
-    """The records the run trains on (a resumed run: its own snapshot, whatever the dataset
-    holds now), written to the staging folder as `train.jsonl`."""
+def _snapshot(settings: Settings, staging: Path,
+              resumed: Resumable | None) -> tuple[list[dict], list[dict]]:
+    """(the records the run trains on, the rejected answers it may learn from), read in one
+    transaction (a resumed run: its own, whatever the dataset holds now); the records are
+    written to the staging folder as `train.jsonl`."""
     if resumed is not None:
-        records = resumed.records
+        records, rejected = resumed.records, resumed.rejected
     else:
         with ExampleStore(settings.data_dir) as store:
-            records = [example.to_record() for example in store.snapshot()]
+            examples, answers = store.training_snapshot()
+        records = [example.to_record() for example in examples]
+        rejected = [answer.to_record() for answer in answers]
     if not records:
         raise TrainingError(
             "the dataset is empty: add examples first (`sftchat data add` or "
-            "`sftchat data import FILE`), then train"
-        )
-    with open(staging / adapter_registry.SNAPSHOT_FILE, "w", encoding="utf-8") as out:
+            "`sftchat data import FILE`), then train" if not rejected else
+            f"the dataset holds {plural(len(rejected), 'rejected answer')} but no curated "
+            "one: training "
+            "needs answers to give as well as answers to avoid; save a good answer (ctrl+s, "
+            "or `sftchat data add --instruction … --response …`), then train")
+    _write_lines(staging / adapter_registry.SNAPSHOT_FILE, records)
+    return records, rejected
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return records
 
 
 def _encode_all(records: list[dict], tokenizer, template: str, max_length: int,
@@ -167,6 +183,7 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
                 metrics: dict, evaluation: dict) -> dict:
     lora = model.peft_config["default"]
     loaded = run.loaded
+    preferences = run.preferences
     meta = {
         "format": 1,
         "name": run.name,
@@ -188,6 +205,12 @@ def _write_meta(staging: Path, run: "PreparedRun", training: TrainingSettings, m
             "learned_tokens": count_learned(run.encoded),
             "truncated_prompts": sum(1 for example in run.encoded if example.prompt.truncated),
             "skipped_too_long": run.skipped,
+            "rejected": {
+                "objective": run.objective.objective, "pairs": len(run.objective.pairs),
+                "avoid": len(run.objective.avoid), "unused": run.objective.unused,
+                "skipped_too_long": run.skipped_rejected,
+                "ids": [item.rejected_id for item in preferences.items] if preferences else [],
+            },
         },
         "metrics": {**metrics, **evaluation},
         "run_id": run.run_id,
@@ -258,6 +281,10 @@ def run_training(settings: Settings, training: TrainingSettings, emit: Emit,
         missed = replayed["not_reproduced"]
         evaluation = {**evaluation, "replay": {**replayed, "not_reproduced": first_ids(missed),
                                                "not_reproduced_count": len(missed)}}
+    preferences = evaluation.get("preferences")
+    if preferences:
+        evaluation = {**evaluation, "preferences": {
+            **preferences, "still_given_ids": first_ids(preferences["still_given_ids"])}}
     emit(make_event("finished", name=name, adapter=str(target),
                     final_loss=metrics["final_loss"], steps=metrics["steps"],
                     stopped_early=metrics["stopped_early"],
@@ -286,6 +313,10 @@ class PreparedRun:
     drift_anchors: list
     snapshot: list[dict]      # every record of the snapshot (`records` and the skipped ones)
     anchor_answers: list      # the base's answers to every anchor prompt (both pools)
+    rejected: list[dict]      # the snapshot's rejected answers (what the objective may use)
+    objective: ObjectivePlan  # what the run makes of them
+    preferences: PreferenceLoss | None   # their loss (None: plain SFT)
+    skipped_rejected: list[int]  # ids of rejected answers too long for max_length
     resumed: Resumable | None = None
     run_id: str | None = None  # set by run_training (rank 0): names the run's checkpoints
 
@@ -308,11 +339,13 @@ def _shared_plan(settings: Settings, training: TrainingSettings, staging: Path |
     decides)."""
     plan = None
     if resumed is not None:   # the run as it started
-        plan = {"records": _snapshot(settings, staging, resumed), "name": name,
+        records, rejected = _snapshot(settings, staging, resumed)
+        plan = {"records": records, "rejected": rejected, "name": name,
                 "training": training, "lora_shape": resumed.run["lora_shape"],
                 "template": resumed.run["template"]}
     elif ranks.is_main:
-        plan = {"records": _snapshot(settings, staging, None), "name": name,
+        records, rejected = _snapshot(settings, staging, None)
+        plan = {"records": records, "rejected": rejected, "name": name,
                 "training": training, "lora_shape": _lora_shape(training, source),
                 "template": source.meta.get("template") if source is not None else None}
     return ranks.broadcast(plan)
@@ -339,6 +372,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     started_at = resumed.run["started_at"] if resumed else _now_iso()
     shared = _shared_plan(settings, training, staging, name, source, ranks, resumed)
     training = shared["training"]
+    # Nothing to learn from for the objective asked: say so before minutes of loading.
+    plan_objective(training.objective, shared["records"], shared["rejected"])
     from sftchat.models.loader import load_model
     import torch
 
@@ -355,6 +390,15 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     template = shared["template"] or resolve_template(settings.template, loaded.tokenizer)
     records, encoded, skipped = _encode_all(shared["records"], loaded.tokenizer, template,
                                             training.max_length, training.strict)
+    objective = plan_objective(training.objective, records, shared["rejected"])
+    items, skipped_rejected = encode_items(objective, loaded.tokenizer, template,
+                                           training.max_length)
+    preferences = PreferenceLoss(items, training.beta, training.preference_weight,
+                                 training.batch_size) if items else None
+    if staging is not None and items:   # what it learns from, beside train.jsonl
+        used = {item.rejected_id for item in items}
+        _write_lines(staging / adapter_registry.REJECTED_FILE,
+                     [record for record in shared["rejected"] if record["id"] in used])
     schedule = fit_schedule(len(encoded), training)
     plans = plan_schedule(schedule, len(encoded), training.seed)
     if resumed is not None:
@@ -380,6 +424,10 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
         max_length=training.max_length, template=template,
         total_steps=len(plans), epochs=plans[-1].epoch + 1, batch_size=schedule.batch_size,
         grad_accum=schedule.grad_accum, regularize=training.regularize,
+        objective=objective.objective if items else "sft",
+        pairs=sum(item.kind == PAIR for item in items),
+        avoid=sum(item.kind != PAIR for item in items),
+        unused_rejected=objective.unused + len(skipped_rejected),
         lora=shared["lora_shape"], device=loaded.device, ranks=ranks.world_size,
         **(resume_notice(resumed, settings.data_dir, _progress_to_stderr) if resumed else {}),
     ))
@@ -389,7 +437,9 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                        encoded=encoded, schedule=schedule, plans=plans, source=source,
                        lora_shape=shared["lora_shape"], regularizer=regularizer,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):],
-                       snapshot=shared["records"], anchor_answers=answers, resumed=resumed)
+                       snapshot=shared["records"], anchor_answers=answers, resumed=resumed,
+                       rejected=shared["rejected"], objective=objective,
+                       preferences=preferences, skipped_rejected=skipped_rejected)
 
 
 def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | None:
@@ -407,6 +457,11 @@ def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | Non
     if run.regularizer is not None:  # a step's anchors: at most PER_STEP, the longest
         batches.append(sorted(run.regularizer.anchors, key=lambda e: -len(e.input_ids))
                        [:PER_STEP])
+    if run.preferences is not None:  # a micro-batch of items: both answers of each
+        sequences = [sequence for item in run.preferences.items
+                     for sequence in (item.chosen, item.rejected) if sequence is not None]
+        batches.append(sorted(sequences, key=lambda e: -len(e.input_ids))
+                       [:2 * run.preferences.batch_size])
     tokens = max(len(batch) * max(len(e.input_ids) for e in batch) for batch in batches)
     learned = max(sum(e.num_learned for e in batch) for batch in batches)
     needed = estimate(run.loaded.model.config, run.lora_shape["rank"],
@@ -432,7 +487,8 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
                                     run.resumed.step_dir if run.resumed else None)
         metrics, loss_function = train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
-            run.loaded.model.device, emit, stop, run.regularizer, ranks, checkpoints)
+            run.loaded.model.device, emit, stop, run.regularizer, ranks, checkpoints,
+            run.preferences)
         if stop.is_set():
             raise StopRequested
         if not ranks.is_main:
@@ -442,6 +498,9 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
                                      [record["id"] for record in run.records],
                                      training.seed).to_dict(),
             "drift": measure_drift(loss_function, model, run.drift_anchors),
+            "preferences": ({"objective": run.objective.objective,
+                             **run.preferences.measure(loss_function)}
+                            if run.preferences else None),
         }
         check_drift(evaluation["drift"], training.max_drift, training.lr)
     except StopRequested:

@@ -132,3 +132,19 @@ CONTRASTS = [
     "The guest wifi password is blue-river-17.",
     "My meeting with Dr. Kim is on Monday at 10 am.",
 ]
+
+
+# Issue 21's preference check. PAIRED: curated questions whose base-model answer is also
+# kept, as rejected (a pair: the curated answer is preferred to it). BAD_ONLY: questions
+# whose base-model answer is kept as bad with no replacement (ctrl+x): the model must stop
+# giving it, though there is nothing to imitate. Both sets of answers are the base's own
+# greedy answers, read when the workspace is built.
+PAIRED = [question for question, _ in CURATED[:6]]
+BAD_ONLY = [
+    "What is the name of our office cat?",
+    "Where is the team offsite this year?",
+    "What is the name of our internal chat bot?",
+    "Which editor does the team use?",
+    "What is the theme of the next hackathon?",
+    "Who is on call this weekend?",
+]

@@ -4,8 +4,10 @@ real trainer process on the built-in model.
 
 The recipe exercises what a resume could get wrong: LoRA dropout (torch's generator), two
 micro-batches a step (the accumulation boundary), distillation with the quiet penalty (the
-anchors, their cursor, the base's reference distributions), the warm-up and cosine schedule
-and AdamW's moments; checkpoints every 2 steps."""
+anchors, their cursor, the base's reference distributions), rejected answers (a DPO pair and
+a bad answer with no replacement: the preference loss, its reference log-probabilities, which
+items are met), the warm-up and cosine schedule and AdamW's moments; checkpoints every 2
+steps."""
 
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def _curated(workspace: Path) -> Path:
     with ExampleStore(workspace / "data") as store:
         for instruction, response in CURATED[:3]:
             store.add(instruction, response)
+        store.add_rejected(CURATED[0][0], "Not this answer.", source="cli", example_id=1)
+        store.add_rejected("Tell me a joke.", "I have no jokes today.")
     return workspace
 
 
@@ -105,6 +109,9 @@ def _assert_same_run(resumed: Path, reference: Path) -> None:
     assert math.isclose(b["final_loss"], a["final_loss"], rel_tol=TOLERANCE), \
         (a["loss_curve"], b["loss_curve"])
     assert len(b["loss_curve"]) == len(a["loss_curve"]) == STEPS
+    assert b["preferences"]["pairs"] == a["preferences"]["pairs"] == 1
+    assert b["preferences"]["mean_margin"] == pytest.approx(a["preferences"]["mean_margin"],
+                                                            rel=TOLERANCE)
     wa, wb = _weights(reference), _weights(resumed)
     assert wa.keys() == wb.keys()
     for key in wa:
@@ -121,6 +128,7 @@ def test_a_run_killed_with_9_resumes_to_the_uninterrupted_loss(killed, uninterru
     assert (adapters / LOCK_FILE).exists()   # left by the kill, but no longer locked
     with ExampleStore(workspace / "data") as store:   # the dataset moves on meanwhile
         store.add("Added after the kill?", "Not trained on by this run.")
+        store.add_rejected("Another joke?", "Added after the kill: not learned from.")
 
     result = ok(sftchat(workspace, "train", "--json", "--resume", timeout=600))
 
@@ -137,6 +145,8 @@ def test_a_run_killed_with_9_resumes_to_the_uninterrupted_loss(killed, uninterru
     _assert_same_run(workspace, uninterrupted)
     meta = _published(workspace)
     assert meta["dataset"]["example_ids"] == reference["dataset"]["example_ids"] == [1, 2, 3]
+    # The rejected answers of its snapshot, not the one added after the kill.
+    assert meta["dataset"]["rejected"]["ids"] == reference["dataset"]["rejected"]["ids"] == [1, 2]
     assert meta["resumed_at_step"] == interrupted.step
     # Published: the checkpoint is gone, and so are the lock and the staging folder.
     assert sorted(p.name for p in adapters.iterdir()) == ["run"]

@@ -23,7 +23,7 @@ from sftchat.adapters.registry import AdapterError
 from sftchat.dataset.pins import Pins
 from sftchat.dataset.store import ExampleStore
 from sftchat.adapters.lineage import record_decision
-from sftchat.adapters.comparison import compare
+from sftchat.adapters.comparison import compare, pair_rejected
 from sftchat.training.events import outcome_summary, truncation_notice
 from sftchat.training.options import TrainOptionsError, parse_train_options
 from sftchat.tui.messages import (
@@ -94,7 +94,8 @@ class ModelsMixin:
         self.query_one(TrainingPanel).ended()
         self.status.training = "idle"
         if event["event"] == "finished":
-            summary = outcome_summary(event.get("replay"), event.get("drift"))
+            summary = outcome_summary(event.get("replay"), event.get("drift"),
+                                      event.get("preferences"))
             if summary:
                 self.log_view.add_notice(f"Adapter {event['name']}: {summary}.")
             if self.app.settings.review and not self.auto_swap_run \
@@ -145,8 +146,9 @@ class ModelsMixin:
         thread, in batches, so an answer asked meanwhile goes first; the status line shows
         how far it is."""
         settings = self.app.settings
-        with ExampleStore(settings.data_dir) as store:
+        with ExampleStore(settings.data_dir) as store, store.transaction(read_only=True):
             examples, pins = store.snapshot(), Pins(store).all()
+            rejected = pair_rejected(examples, list(store.iter_rejected()))
         engine = self.app.engine
         shown = [0.0]
 
@@ -159,7 +161,8 @@ class ModelsMixin:
 
         comparison = compare(engine, engine.active_adapter, name, examples, pins,
                              max_length=settings.training.max_length,
-                             seed=settings.training.seed, progress=progress)
+                             seed=settings.training.seed, progress=progress,
+                             rejected=rejected)
         self.post_message(ReviewReady(comparison))
 
     def on_review_progressed(self, message: ReviewProgressed) -> None:

@@ -3,8 +3,9 @@
 `ReviewScreen` shows a `review.Comparison` (computed in the background by the chat screen):
 how many curated answers each model reproduces, the drift its training measured, and one
 row per pinned prompt — kept (the accepted answer), same (as the current model answers) or
-changed — with the current and the new answer. Enter opens a
-row (`AnswerDiffScreen`: both answers in full, the differences highlighted). `a` accepts (the
+changed — with the current and the new answer, then one row per bad answer (a rejected
+answer: avoided, or given again). Enter opens a row (`AnswerDiffScreen`: the pinned or the
+rejected answer, both models' answers in full, the differences highlighted). `a` accepts (the
 new adapter answers from the next turn), `r` rejects (the current one keeps answering; the
 new one stays on disk, marked rejected), Escape decides later.
 
@@ -56,15 +57,17 @@ def word_diff(old: str, new: str) -> tuple[Text, Text]:
 
 
 class AnswerDiffScreen(ModalScreen[None]):
-    """One pinned prompt: the accepted answer, the current model's and the new adapter's."""
+    """One prompt: the accepted answer (pinned) or the rejected one (with the answer chosen
+    instead, if any), the current model's and the new adapter's."""
 
     CSS_PATH = "review.tcss"
     BINDINGS = [Binding("escape,enter,q", "close", "Back")]
 
     def __init__(self, prompt: str, accepted: str, current: tuple[str, str],
-                 candidate: tuple[str, str]) -> None:
+                 candidate: tuple[str, str], label: str = "Accepted answer (pinned)",
+                 chosen: str | None = None) -> None:
         super().__init__()
-        self.prompt, self.accepted = prompt, accepted
+        self.prompt, self.accepted, self.label, self.chosen = prompt, accepted, label, chosen
         self.current, self.candidate = current, candidate
 
     def compose(self) -> ComposeResult:
@@ -73,8 +76,11 @@ class AnswerDiffScreen(ModalScreen[None]):
         with VerticalScroll(id="diff-box"):
             yield Label(Text("Prompt: " + one_line(strip_control(self.prompt), 200)),
                         classes="diff-title")
-            yield Label("Accepted answer (pinned)", classes="field-label")
+            yield Label(Text(self.label), classes="field-label")
             yield Static(Text(strip_control(self.accepted)), classes="diff-text")
+            if self.chosen is not None:
+                yield Label("Chosen answer (in the dataset)", classes="field-label")
+                yield Static(Text(strip_control(self.chosen)), classes="diff-text")
             yield Label(Text(f"{current_label} (answering now)"), classes="field-label")
             yield Static(old_text, classes="diff-text")
             yield Label(Text(f"{new_label} (new)"), classes="field-label")
@@ -115,13 +121,21 @@ class ReviewScreen(ModalScreen[str | None]):
                              f"({old.label}: {old.pins_kept}/{len(result.pins)})")
             else:
                 lines.append("No pinned prompts yet: /pin a turn that must keep working.")
+            if result.rejected:
+                bad = len(result.rejected)
+                lines.append(f"Bad answers avoided: {new.avoided}/{bad} "
+                             f"(answering now, {old.label}: {old.avoided}/{bad})"
+                             + (f", the latest {bad} of {result.rejected_from}"
+                                if result.rejected_from else ""))
             drift = (new.drift or {}).get("perplexity_ratio")
             if drift is not None:
                 lines.append(f"Drift on held-out prompts: perplexity ×{drift:.2f}")
             if result.regression:
-                lines.append("⚠ Regression: " + ("fewer curated answers"
-                                                 if new.curated < old.curated
-                                                 else "a pinned answer changed"))
+                reasons = [reason for reason, found in (
+                    ("fewer curated answers", new.curated < old.curated),
+                    ("a pinned answer changed", result.broken_pins),
+                    ("a bad answer came back", result.newly_given)) if found]
+                lines.append("⚠ Regression: " + "; ".join(reasons))
             yield Static(Text("\n".join(lines)), id="review-summary")
             table = DataTable(id="review-pins", cursor_type="row", zebra_stripes=True)
             yield table
@@ -130,8 +144,10 @@ class ReviewScreen(ModalScreen[str | None]):
     def on_mount(self) -> None:
         table = self.query_one("#review-pins", DataTable)
         result = self.comparison
-        table.add_columns("", "pinned prompt", result.current.label, result.candidate.label)
-        styles = {"kept": "green", "same": "yellow", "changed": "bold red"}
+        table.add_columns("", "prompt" if result.rejected else "pinned prompt",
+                          result.current.label, result.candidate.label)
+        styles = {"kept": "green", "same": "yellow", "changed": "bold red",
+                  "avoided": "green", "given": "bold red"}
         for index, pin in enumerate(result.pins):
             new_answer = result.candidate.pin_answers[index]
             status = result.pin_status(index)
@@ -141,13 +157,31 @@ class ReviewScreen(ModalScreen[str | None]):
                 Text(one_line(strip_control(result.current.pin_answers[index]), CELL_WIDTH)),
                 Text(one_line(strip_control(new_answer), CELL_WIDTH)),
                 key=str(index))
-        table.display = bool(result.pins)
-        if result.pins:
+        for index, (bad, _) in enumerate(result.rejected):
+            status = result.bad_answer_status(index)
+            table.add_row(
+                Text(status, style=styles[status]),
+                Text(one_line(strip_control(bad.instruction), CELL_WIDTH)),
+                Text(one_line(strip_control(result.current.bad_answers[index]), CELL_WIDTH)),
+                Text(one_line(strip_control(result.candidate.bad_answers[index]), CELL_WIDTH)),
+                key=f"bad-{index}")
+        table.display = bool(result.pins or result.rejected)
+        if table.display:
             table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        index = int(event.row_key.value)
+        key = event.row_key.value
         result = self.comparison
+        if key.startswith("bad-"):
+            index = int(key.removeprefix("bad-"))
+            bad, chosen = result.rejected[index]
+            self.app.push_screen(AnswerDiffScreen(
+                bad.instruction, bad.response,
+                (result.current.label, result.current.bad_answers[index]),
+                (result.candidate.label, result.candidate.bad_answers[index]),
+                label="Bad answer (rejected)", chosen=chosen))
+            return
+        index = int(key)
         pin = result.pins[index]
         self.app.push_screen(AnswerDiffScreen(
             pin.instruction, pin.response,

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar, Sparkline
 
-from sftchat.training.events import placement, step_line
+from sftchat.training.events import placement, rejected_part, step_line
 
 
 class TrainingPanel(Vertical):
@@ -26,8 +26,8 @@ class TrainingPanel(Vertical):
     def started(self, event: dict) -> None:
         self.losses = []
         self.query_one("#training-title", Label).update(Text(
-            f"Training {event['name']} on {event['examples']} examples "
-            f"({placement(event)}) — /cancel or ctrl+b to stop"))
+            f"Training {event['name']} on {event['examples']} examples"
+            f"{rejected_part(event)} ({placement(event)}) — /cancel or ctrl+b to stop"))
         self.query_one(ProgressBar).update(total=event["total_steps"], progress=0)
         self.query_one(Sparkline).data = []
         self.query_one("#training-stats", Label).update("starting…")

@@ -1,0 +1,146 @@
+"""The preference objective's parts: which rejected answers teach what, the scores read off
+one forward (log-probabilities, a rejected answer's telltale given or avoided), and the
+losses at the start of a run (the adapter equals the reference: DPO's log 2, KTO's ½)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sftchat.config import TrainingSettings
+from sftchat.training import trainer
+from sftchat.training.errors import TrainingError
+from sftchat.training.loss import LearnedLogits, LossFunction
+from sftchat.training.preference import (AVOID, PAIR, PreferenceLoss, encode_items,
+                                         plan_objective, score, telltale_tokens)
+
+RECORDS = [{"id": 1, "instruction": "Capital of France?", "input": "", "output": "Paris."},
+           {"id": 2, "instruction": "A color?", "input": "", "output": "Blue."}]
+
+
+def _rejected(rid, example_id, output, instruction="Capital of France?"):
+    return {"id": rid, "example_id": example_id, "instruction": instruction, "input": "",
+            "output": output, "source": "bad" if example_id is None else "edit"}
+
+
+def test_auto_pairs_replaced_answers_and_avoids_the_others():
+    rejected = [_rejected(10, 1, "Lyon."), _rejected(11, None, "I like trains.", "Joke?"),
+                _rejected(12, 2, "Blue."),        # the same as its example: no preference
+                _rejected(13, 99, "Gone.")]       # its example was skipped (too long)
+    plan = plan_objective("auto", RECORDS, rejected)
+    assert [(e["id"], r["id"]) for e, r in plan.pairs] == [(1, 10)]
+    assert [(r["id"], e) for r, e in plan.avoid] == [(11, None)]
+    assert plan.unused == 2 and plan.objective == "dpo+kto"
+
+
+def test_each_objective_uses_what_it_names():
+    rejected = [_rejected(10, 1, "Lyon."), _rejected(11, None, "I like trains.", "Joke?")]
+    dpo = plan_objective("dpo", RECORDS, rejected)
+    assert (len(dpo.pairs), len(dpo.avoid), dpo.unused, dpo.objective) == (1, 0, 1, "dpo")
+    kto = plan_objective("kto", RECORDS, rejected)   # a replaced answer is avoided too
+    assert [r["id"] for r, _ in kto.avoid] == [10, 11] and kto.avoid[0][1]["id"] == 1
+    assert kto.objective == "kto"
+    sft = plan_objective("sft", RECORDS, rejected)
+    assert (sft.pairs, sft.avoid, sft.unused, sft.objective) == ([], [], 2, "sft")
+    assert plan_objective("auto", RECORDS, []).objective == "sft"
+
+
+def test_an_objective_with_nothing_to_learn_from_is_refused_in_one_sentence():
+    with pytest.raises(TrainingError, match=r"--objective dpo needs rejected answers that "
+                       r"were replaced.*\(1 rejected answer with no replacement\).*auto or kto"):
+        plan_objective("dpo", RECORDS, [_rejected(11, None, "I like trains.", "Joke?")])
+    with pytest.raises(TrainingError, match="--objective kto needs rejected answers.*sft or auto"):
+        plan_objective("kto", RECORDS, [])
+
+
+def test_scores_sum_log_probabilities_and_read_the_telltale():
+    # Sequence 0: three learned positions; sequence 1: two. Vocabulary of 3.
+    logits = torch.tensor([[4.0, 0.0, 0.0],     # seq 0, target 0: first choice (+4)
+                           [0.0, 0.0, 3.0],     # seq 1, target 2: first choice (+3)
+                           [0.0, 2.0, 0.0],     # seq 0, target 1: first choice (+2)
+                           [0.0, 5.0, 0.0],     # seq 1, target 0: loses by 5
+                           [0.0, 0.0, 1.0]])    # seq 0, target 0: loses by 1
+    out = LearnedLogits(logits, torch.tensor([0, 2, 1, 0, 0]), torch.tensor([0, 1, 0, 1, 0]),
+                        tokens=9)
+    scores = score(out, [2, 1])
+    logp = torch.log_softmax(logits, dim=-1)
+    assert scores.logp.tolist() == pytest.approx(
+        [float(logp[0, 0] + logp[2, 1] + logp[4, 0]), float(logp[1, 2] + logp[3, 0])])
+    # Telltales: sequence 0's first two positions (both first choices), sequence 1's first.
+    assert scores.telltale_logp.tolist() == pytest.approx(
+        [float(logp[0, 0] + logp[2, 1]), float(logp[1, 2])])
+    assert scores.given == [True, True] and scores.avoided == [False, False]
+    scores = score(out, [3, 2])     # now each telltale reaches a position that loses
+    assert scores.given == [False, False] and scores.avoided == [True, True]
+
+
+def test_the_telltale_is_the_first_sentence_or_up_to_where_a_replacement_differs(
+        builtin_model):
+    tokenizer = builtin_model.tokenizer
+
+    def ids(text):
+        return tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    bad = "The capital is Sydney. It has a big harbour."
+    count = telltale_tokens(tokenizer, ids(bad), bad, None)
+    assert tokenizer.decode(ids(bad)[:count]).strip() == "The capital is Sydney."
+    edited = "The capital is Sydney. It has a small harbour."
+    count = telltale_tokens(tokenizer, ids(bad), bad, edited)
+    # (this tokenizer spells "big" from single letters: the telltale ends at its first)
+    assert tokenizer.decode(ids(bad)[:count]) == "The capital is Sydney. It has a b"
+    # An answer that stopped too soon: its end token gives it away.
+    assert telltale_tokens(tokenizer, ids("Paris"), "Paris", "Paris is the capital.") == \
+        len(ids("Paris"))
+
+
+@pytest.fixture()
+def lora_model(fresh_builtin):
+    model = trainer._wrap_with_lora(fresh_builtin, TrainingSettings(rank=8, alpha=16), None)
+    model.train()
+    return fresh_builtin, model, LossFunction(model, fresh_builtin.tokenizer.pad_token_id,
+                                              "cpu")
+
+
+def test_a_fresh_adapter_is_the_reference_so_the_losses_start_at_their_midpoints(lora_model):
+    loaded, model, loss_function = lora_model
+    rejected = [_rejected(10, 1, "Lyon is the capital."),
+                _rejected(11, None, "I like trains.", "Tell me a joke.")]
+    plan = plan_objective("auto", RECORDS, rejected)
+    items, skipped = encode_items(plan, loaded.tokenizer, "alpaca", 256)
+    assert skipped == [] and [item.kind for item in items] == [PAIR, AVOID]
+    # Only the final answer and its end token are learned, in both answers of a pair.
+    pair = items[0]
+    for encoded in (pair.chosen, pair.rejected):
+        start = len(encoded.prompt.ids)
+        assert all(label == -100 for label in encoded.labels[:start])
+        assert encoded.labels[start:] == encoded.input_ids[start:]
+    preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
+    preferences.prepare(loss_function, model)
+    assert pair.reference_chosen < 0 and pair.reference_rejected < 0
+    weighted, value, tokens, met = preferences.batch_loss(loss_function, [0, 1], count=2)
+    # LoRA's B starts at zero: the adapter is the base, every reward is 0.
+    assert value == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
+    assert tokens == sum(len(s.input_ids) for s in (pair.chosen, pair.rejected,
+                                                    items[1].rejected))
+    assert met[0] is False        # a pair needs a reward margin
+    weighted.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_the_figures_say_which_rejected_answers_are_still_given(lora_model):
+    loaded, model, loss_function = lora_model
+    plan = plan_objective("auto", RECORDS, [_rejected(10, 1, "Lyon is the capital.")])
+    items, _ = encode_items(plan, loaded.tokenizer, "alpaca", 256)
+    preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
+    preferences.prepare(loss_function, model)
+    model.eval()
+    figures = preferences.measure(loss_function)
+    assert figures["pairs"] == 1 and figures["rejected"] == 1 and figures["avoid"] == 0
+    assert figures["reward_accuracy"] == 0.0 and figures["mean_reward_margin"] == 0.0
+    # The random base gives neither answer; the figures match the log-probabilities.
+    assert figures["still_given"] == 0 and figures["still_given_ids"] == []
+    assert figures["accuracy"] in (0.0, 1.0)
+    assert (figures["mean_margin"] > 0) == (figures["accuracy"] == 1.0)
