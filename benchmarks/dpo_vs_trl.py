@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,10 +45,16 @@ sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 from measure import json_lines, machine, run_measured  # noqa: E402
 from real_model_data import CURATED, smollm2_gguf  # noqa: E402
 
+START = time.perf_counter()
 SYSTEM_NOTE = "the model's chat template (SmolLM2's default system prompt included)"
 
 
 # --------------------------------------------------------------------------- the model
+
+
+def note(text: str) -> None:
+    """Progress on stderr, with the seconds since the start."""
+    print(f"[{time.perf_counter() - START:6.0f} s] {text}", file=sys.stderr, flush=True)
 
 
 def load_base(folder: Path):
@@ -273,11 +280,11 @@ def main() -> None:
         model, tokenizer = load_base(folder)
         pairs = make_pairs(model, tokenizer, args.pairs, args.rejected_tokens)
         base_eval, base_logps = evaluate(model, tokenizer, pairs, None)
+        note("evaluated the base")
         del model
         gc.collect()
         for pair in pairs:
-            print(f"pair: {pair['prompt']!r}: {pair['chosen']!r} > {pair['rejected']!r}",
-                  file=sys.stderr, flush=True)
+            note(f"pair: {pair['prompt']!r}: {pair['chosen']!r} > {pair['rejected']!r}")
         workspace = root / "workspace"
         write_workspace(workspace, pairs)
         write_trl_data(root / "pairs.jsonl", pairs)
@@ -285,13 +292,11 @@ def main() -> None:
         rows: dict[str, dict] = {"base (no adapter)": {"eval": base_eval}}
         if not args.skip_sftchat:
             rows["`sftchat train --objective dpo`"] = run_sftchat(args, gguf, workspace, env)
-            print(f"sftchat: {rows['`sftchat train --objective dpo`']['wall_s']:.0f} s",
-                  file=sys.stderr, flush=True)
+            note(f"sftchat trained: {rows['`sftchat train --objective dpo`']['wall_s']:.0f} s")
         if not args.skip_trl:
             rows["TRL `DPOTrainer`"] = run_trl(args, folder, root / "pairs.jsonl",
                                                 root / "trl-adapter", env)
-            print(f"TRL: {rows['TRL `DPOTrainer`']['wall_s']:.0f} s", file=sys.stderr,
-                  flush=True)
+            note(f"TRL trained: {rows['TRL `DPOTrainer`']['wall_s']:.0f} s")
 
         from peft import PeftModel
 
@@ -301,6 +306,7 @@ def main() -> None:
                 adapted = PeftModel.from_pretrained(model, str(row["adapter"]))
                 adapted.eval()
                 row["eval"], _ = evaluate(adapted, tokenizer, pairs, base_logps)
+                note(f"evaluated {row['adapter'].name}")
                 del model, adapted
                 gc.collect()
 
