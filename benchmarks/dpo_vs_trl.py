@@ -163,6 +163,18 @@ def write_trl_data(path: Path, pairs: list[dict]) -> None:
             }, ensure_ascii=False) + "\n")
 
 
+def measured(command: list[str], env: dict):
+    """`run_measured`, plus the CPU seconds (user + system) the command's processes used:
+    less sensitive than wall time to other work on a shared machine."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = run_measured(command, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run
+
+
 def run_sftchat(args, gguf: Path, workspace: Path, env: dict) -> dict:
     from sftchat.training.options import add_train_options
 
@@ -171,7 +183,7 @@ def run_sftchat(args, gguf: Path, workspace: Path, env: dict) -> dict:
     if "--objective" not in train_options.format_help():
         raise SystemExit("sftchat train has no --objective yet (issue 21): the sftchat side "
                          "cannot run; rerun with --skip-sftchat for the TRL side alone")
-    run = run_measured([
+    run = measured([
         sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace), "--model",
         str(gguf), "train", "--name", "dpo", "--json", "--objective", "dpo",
         "--beta", str(args.beta), "--max-steps", str(args.steps), "--no-early-stop",
@@ -185,13 +197,13 @@ def run_sftchat(args, gguf: Path, workspace: Path, env: dict) -> dict:
     meta = json.loads((workspace / "adapters" / "dpo" / "sftchat.json").read_text())
     metrics = meta.get("metrics", {})
     steps = [e for e in json_lines(run.stdout) if e.get("event") == "step"]
-    return {"wall_s": run.seconds, "peak_rss_mb": run.peak_rss_mb,
+    return {"wall_s": run.seconds, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
             "steps": metrics.get("steps", len(steps)), "adapter": workspace / "adapters" / "dpo",
             "own": metrics.get("preferences") or {}}
 
 
 def run_trl(args, folder: Path, data: Path, output: Path, env: dict) -> dict:
-    run = run_measured([
+    run = measured([
         sys.executable, str(HERE / "trl_dpo_baseline.py"), "--model", str(folder),
         "--data", str(data), "--output", str(output), "--max-steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--beta", str(args.beta),
@@ -201,7 +213,7 @@ def run_trl(args, folder: Path, data: Path, output: Path, env: dict) -> dict:
     if run.returncode:
         raise SystemExit(f"TRL DPOTrainer failed:\n{run.stderr[-3000:]}")
     reported = json_lines(run.stdout)[-1]
-    return {"wall_s": run.seconds, "peak_rss_mb": run.peak_rss_mb,
+    return {"wall_s": run.seconds, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
             "steps": reported["steps"], "adapter": output,
             "own": {"reward_accuracy (last step)": reported["reward_accuracy"],
                     "reward_margin (last step)": reported["reward_margin"]}}
@@ -227,6 +239,8 @@ def table(pairs: int, rows: dict[str, dict]) -> str:
 
     line("wall time (process start to exit)",
          lambda r: f"{r['wall_s']:.0f} s" if "wall_s" in r else "—")
+    line("CPU time of the training process (user + system)",
+         lambda r: f"{r['cpu_s']:.0f} s" if "cpu_s" in r else "—")
     line("peak RSS of the training process",
          lambda r: f"{r['peak_rss_mb']:,.0f} MB" if "peak_rss_mb" in r else "—")
     line("optimizer steps", lambda r: str(r.get("steps", "—")))

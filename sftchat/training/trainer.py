@@ -42,9 +42,9 @@ from pathlib import Path
 from sftchat import __version__
 from sftchat.adapters import registry as adapter_registry
 from sftchat.config import Settings, TrainingSettings
-from sftchat.dataset.store import ExampleStore, snapshot_hash
+from sftchat.dataset.store import snapshot_hash
 from sftchat.models.cpu_4bit import PackedWeightError
-from sftchat.prompts import ExampleTooLongError, encode_example, resolve_template
+from sftchat.prompts import resolve_template
 from sftchat.training.anchors import DRIFT_PROMPTS, REHEARSAL_PROMPTS, base_answers
 from sftchat.training.batching import count_learned
 from sftchat.training.checkpoint import (Resumable, check_base, check_same_run, clean_stale,
@@ -54,13 +54,14 @@ from sftchat.training.checkpoint_writer import Checkpointer
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.errors import TrainingCancelled, TrainingError
 from sftchat.training.evaluation import curated_replay, measure_drift
-from sftchat.training.events import Emit, first_ids, make_event, plural
+from sftchat.training.events import Emit, first_ids, make_event
 from sftchat.training.health import TrainingDiverged, check_drift
 from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.preference import (PAIR, ObjectivePlan, PreferenceLoss, encode_items,
                                          plan_objective)
 from sftchat.training.regularizer import PER_STEP, Regularizer
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
+from sftchat.training.snapshot import encode_all, read_snapshot, write_lines
 from sftchat.training.workspace_lock import training_lock
 
 
@@ -77,62 +78,6 @@ def _now_iso() -> str:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def _snapshot(settings: Settings, staging: Path,
-              resumed: Resumable | None) -> tuple[list[dict], list[dict]]:
-    """(the records the run trains on, the rejected answers it may learn from), read in one
-    transaction (a resumed run: its own, whatever the dataset holds now); the records are
-    written to the staging folder as `train.jsonl`."""
-    if resumed is not None:
-        records, rejected = resumed.records, resumed.rejected
-    else:
-        with ExampleStore(settings.data_dir) as store:
-            examples, answers = store.training_snapshot()
-        records = [example.to_record() for example in examples]
-        rejected = [answer.to_record() for answer in answers]
-    if not records:
-        raise TrainingError(
-            "the dataset is empty: add examples first (`sftchat data add` or "
-            "`sftchat data import FILE`), then train" if not rejected else
-            f"the dataset holds {plural(len(rejected), 'rejected answer')} but no curated "
-            "one: training "
-            "needs answers to give as well as answers to avoid; save a good answer (ctrl+s, "
-            "or `sftchat data add --instruction … --response …`), then train")
-    _write_lines(staging / adapter_registry.SNAPSHOT_FILE, records)
-    return records, rejected
-
-
-def _write_lines(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _encode_all(records: list[dict], tokenizer, template: str, max_length: int,
-                strict: bool = False):
-    """(records kept, their encodings, ids of examples skipped as too long).
-
-    An example whose response alone does not fit in `max_length` is skipped, as axolotl
-    drops long samples, so one long answer does not refuse the whole run; with `strict`, or
-    when nothing is left, the run is refused instead, naming the example."""
-    kept, encoded, skipped = [], [], []
-    reason = None
-    for record in records:
-        try:
-            encoded.append(encode_example(tokenizer, template, record, max_length))
-            kept.append(record)
-        except ExampleTooLongError as exc:
-            if strict:
-                raise TrainingError(f"example {record['id']}: {exc} (or drop --strict to "
-                                    "skip it)") from exc
-            skipped.append(record["id"])
-            reason = exc
-    if not kept:
-        ids = ", ".join(str(i) for i in skipped[:10]) + (", …" if len(skipped) > 10 else "")
-        raise TrainingError(f"no example fits in max length {max_length} (ids {ids}): "
-                            f"{reason}")
-    return kept, encoded, skipped
 
 
 def _use_gradient_checkpointing(training: TrainingSettings, device: str) -> bool:
@@ -339,12 +284,12 @@ def _shared_plan(settings: Settings, training: TrainingSettings, staging: Path |
     decides)."""
     plan = None
     if resumed is not None:   # the run as it started
-        records, rejected = _snapshot(settings, staging, resumed)
+        records, rejected = read_snapshot(settings, staging, resumed)
         plan = {"records": records, "rejected": rejected, "name": name,
                 "training": training, "lora_shape": resumed.run["lora_shape"],
                 "template": resumed.run["template"]}
     elif ranks.is_main:
-        records, rejected = _snapshot(settings, staging, None)
+        records, rejected = read_snapshot(settings, staging, None)
         plan = {"records": records, "rejected": rejected, "name": name,
                 "training": training, "lora_shape": _lora_shape(training, source),
                 "template": source.meta.get("template") if source is not None else None}
@@ -388,7 +333,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     # A --from adapter keeps the template it was trained with; otherwise the setting (auto:
     # the model's chat template if it has one, else Alpaca).
     template = shared["template"] or resolve_template(settings.template, loaded.tokenizer)
-    records, encoded, skipped = _encode_all(shared["records"], loaded.tokenizer, template,
+    records, encoded, skipped = encode_all(shared["records"], loaded.tokenizer, template,
                                             training.max_length, training.strict)
     objective = plan_objective(training.objective, records, shared["rejected"])
     items, skipped_rejected = encode_items(objective, loaded.tokenizer, template,
@@ -397,7 +342,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                                  training.batch_size) if items else None
     if staging is not None and items:   # what it learns from, beside train.jsonl
         used = {item.rejected_id for item in items}
-        _write_lines(staging / adapter_registry.REJECTED_FILE,
+        write_lines(staging / adapter_registry.REJECTED_FILE,
                      [record for record in shared["rejected"] if record["id"] in used])
     schedule = fit_schedule(len(encoded), training)
     plans = plan_schedule(schedule, len(encoded), training.seed)
