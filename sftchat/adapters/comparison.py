@@ -20,7 +20,8 @@ For each model compared (an adapter, or the base), on one loaded engine:
   `compare` keeps those;
 - **prompts**: its greedy answers to extra prompts (`sftchat eval --prompts FILE`), shown
   side by side, not scored;
-- **drift**: what the adapter's own training run measured on held-out prompts (sftchat.json).
+- **drift**, and the **preference figures** of a run that learned from rejected answers: what
+  the adapter's own training run measured (sftchat.json).
 
 A *regression* is a candidate that reproduces fewer curated answers than the current model,
 loses a pin the current model keeps, or gives a bad answer the current model avoids. (An
@@ -94,6 +95,7 @@ class ModelResult:
     sampled_from: int | None = None  # curated examples in all, when a sample was replayed
     bad_answers: list[str] = field(default_factory=list)  # its answers to the rejected ones
     avoided: int = 0                 # of them, those that do not give the rejected answer
+    preferences: dict | None = None  # its training run's preference figures (sftchat.json)
 
     @property
     def label(self) -> str:
@@ -255,6 +257,7 @@ def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: 
         pins_kept=sum(keeps(got, pin.response) for got, pin in zip(pin_answers, pins)),
         pin_answers=pin_answers, prompt_answers=prompt_answers,
         drift=((info.meta.get("metrics") or {}).get("drift") if info else None),
+        preferences=((info.meta.get("metrics") or {}).get("preferences") if info else None),
         sampled_from=replayed.total if replayed and len(replayed.ids) < replayed.total
         else None,
         bad_answers=bad_answers,

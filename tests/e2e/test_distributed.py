@@ -35,6 +35,10 @@ def _curated(workspace: Path) -> Path:
     with ExampleStore(workspace / "data") as store:
         for instruction, response in CURATED:
             store.add(instruction, response)
+        # Rejected answers (issue 21): a DPO pair and a bad answer with no replacement, one
+        # a step, so the rank that gets none joins the gradient sum without a preference pass.
+        store.add_rejected(CURATED[1][0], "Not this one.", source="cli", example_id=2)
+        store.add_rejected("Tell me a joke.", "I have no jokes today.")
     return workspace
 
 
@@ -66,6 +70,9 @@ def _assert_same_adapter(reference: Path, candidate: Path) -> None:
     expected, got = _metrics(reference), _metrics(candidate)
     assert got["loss_curve"] == pytest.approx(expected["loss_curve"], rel=1e-4)
     assert got["stopped_early"] == expected["stopped_early"]
+    assert got["preferences"]["rejected"] == expected["preferences"]["rejected"] == 2
+    assert got["preferences"]["mean_margin"] == pytest.approx(
+        expected["preferences"]["mean_margin"], rel=1e-3)
     one, two = _weights(reference), _weights(candidate)
     assert one.keys() == two.keys()
     for key in one:

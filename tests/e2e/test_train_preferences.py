@@ -77,6 +77,9 @@ def test_the_adapter_records_what_it_learned_from(taught):
     lines = [json.loads(line) for line in (folder / "rejected.jsonl").read_text().splitlines()]
     assert [(r["id"], r["example_id"], r["output"]) for r in lines] == \
         [(1, 1, "It is not what you think."), (2, None, bad)]
+    evaluated = ok(sftchat(workspace, "eval", "--adapter", "taught", in_process=True))
+    assert "taught's training run: prefers the chosen answer in 1/1 pair" in evaluated.stdout
+    assert "bad answers avoided 2/2" in evaluated.stdout
     shown = ok(sftchat(workspace, "adapters", "show", "taught", in_process=True))
     assert "prefers the chosen answer in 1/1 pair" in shown.stderr
     assert "avoids 2/2 rejected answers" in shown.stderr

@@ -48,6 +48,7 @@ async def test_a_bad_answer_marked_in_the_chat_does_not_come_back(tmp_path):
         assert review.bad_answer_status(0) == "avoided" and not review.regression
         summary = str(app.screen.query_one("#review-summary").render())
         assert "Bad answers avoided: 1/1" in summary
+        assert "Its training run: avoids 1/1 rejected answers" in summary
         await decide_review(pilot, "a")
         status = app.screen.query_one(StatusLine)
         await wait_until(pilot, lambda: status.adapter == name, what="the swap on accept")

@@ -26,6 +26,7 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from sftchat.adapters.comparison import Comparison
 from sftchat.text import one_line, strip_control
+from sftchat.training.events import preference_summary
 
 CELL_WIDTH = 34
 # A key decides the review only after this long without keys (since it opened, or the last).
@@ -127,6 +128,8 @@ class ReviewScreen(ModalScreen[str | None]):
                              f"(answering now, {old.label}: {old.avoided}/{bad})"
                              + (f", the latest {bad} of {result.rejected_from}"
                                 if result.rejected_from else ""))
+            if new.preferences:
+                lines.append("Its training run: " + preference_summary(new.preferences))
             drift = (new.drift or {}).get("perplexity_ratio")
             if drift is not None:
                 lines.append(f"Drift on held-out prompts: perplexity ×{drift:.2f}")
