@@ -215,8 +215,9 @@ def run_trl(args, folder: Path, data: Path, output: Path, env: dict) -> dict:
     reported = json_lines(run.stdout)[-1]
     return {"wall_s": run.seconds, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
             "steps": reported["steps"], "adapter": output,
+            # TRL logs its rewards scaled by beta, for the last step's batch before its update.
             "own": {"reward_accuracy (last step)": reported["reward_accuracy"],
-                    "reward_margin (last step)": reported["reward_margin"]}}
+                    "reward_margin (last step, ×β)": reported["reward_margin"]}}
 
 
 # --------------------------------------------------------------------------- report

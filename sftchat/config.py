@@ -88,7 +88,8 @@ class TrainingSettings:
     max_steps: int | None = _setting(None, "optimizer steps (overrides --epochs)")
     min_steps: int = _setting(60, "with epochs auto: at least this many optimizer steps")
     early_stop: bool = _setting(
-        True, "stop once every curated answer is reproduced exactly under greedy decoding")
+        True, "stop once every curated answer is reproduced exactly under greedy decoding "
+              "(and every rejected answer avoided)")
     lr: float = _setting(1e-3, "peak learning rate (AdamW, warm-up then cosine decay)")
     rank: int = _setting(16, "LoRA rank r")
     alpha: int = _setting(32, "LoRA alpha (the update is scaled by alpha / r)")

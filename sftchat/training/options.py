@@ -46,8 +46,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         annotation = str(spec.type)
         if annotation == "bool":
             flag = _flag(spec.name) if not default else "--no-" + spec.name.replace("_", "-")
+            # A flag that turns a default off says so (its field's help describes it on).
             parser.add_argument(flag, dest=spec.name, action="store_false" if default
-                                else "store_true", default=None, help=help_text)
+                                else "store_true", default=None,
+                                help=f"do not {help_text}" if default else help_text)
             continue
         kwargs: dict = {"dest": spec.name, "default": None}
         if choices:
