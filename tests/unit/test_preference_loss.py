@@ -144,3 +144,31 @@ def test_the_figures_say_which_rejected_answers_are_still_given(lora_model):
     assert figures["still_given"] == 0 and figures["still_given_ids"] == []
     assert figures["accuracy"] in (0.0, 1.0)
     assert (figures["mean_margin"] > 0) == (figures["accuracy"] == 1.0)
+
+
+def test_preference_passes_keep_a_training_model_trainable_on_every_cpu_path(cpu_path):
+    """The trainer's eval-mode confirmation (`all_met`, `measure`) runs mid-run, without
+    grad: on a CPU with AVX512-BF16 that is the pass that would pack a 4-bit weight for good
+    (no backward through it). A model loaded for training stays in the plain layout: the next
+    step's check passes and its preference gradient is the plain path's."""
+    from sftchat.models.cpu_4bit import check_trainable
+    from sftchat.models.loader import load_model
+
+    loaded = load_model("builtin", "cpu", quantize=True, for_training=True)
+    model = trainer._wrap_with_lora(loaded, TrainingSettings(rank=8, alpha=16), None)
+    model.train()
+    loss_function = LossFunction(model, loaded.tokenizer.pad_token_id, "cpu")
+    plan = plan_objective("auto", RECORDS, [_rejected(10, 1, "Lyon is the capital."),
+                                            _rejected(11, None, "No.", "Tell me a joke.")])
+    items, _ = encode_items(plan, loaded.tokenizer, "alpaca", 256)
+    preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
+    preferences.prepare(loss_function, model)
+    model.eval()
+    preferences.all_met(loss_function)
+    figures = preferences.measure(loss_function)
+    model.train()
+    check_trainable(model)          # raises if a weight was packed
+    weighted, value, _, _ = preferences.batch_loss(loss_function, [0, 1], count=2)
+    weighted.backward()
+    assert value == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
+    assert figures["rejected"] == 2
