@@ -145,6 +145,15 @@ class Comparison:
         return (self.candidate.curated < self.current.curated or bool(self.broken_pins)
                 or bool(self.newly_given))
 
+    def avoided_figures(self, current: str, noun: str = "") -> str:
+        """"5/6{noun} (CURRENT: 1/6)": bad answers the candidate and the current model avoid
+        (and which were replayed, when only the latest were)."""
+        total = len(self.rejected)
+        return (f"{self.candidate.avoided}/{total}{noun} ({current}: "
+                f"{self.current.avoided}/{total})"
+                + (f", the latest {total} of {self.rejected_from}" if self.rejected_from
+                   else ""))
+
     def verdict(self) -> str:
         """One line: what the candidate does compared with the current model."""
         new, old = self.candidate, self.current
@@ -155,11 +164,7 @@ class Comparison:
             parts.append(f"keeps {new.pins_kept}/{len(self.pins)} pinned answers "
                          f"({old.label}: {old.pins_kept}/{len(self.pins)})")
         if self.rejected:
-            total = len(self.rejected)
-            parts.append(f"avoids {new.avoided}/{total} bad answers ({old.label}: "
-                         f"{old.avoided}/{total})"
-                         + (f", the latest {total} of {self.rejected_from}"
-                            if self.rejected_from else ""))
+            parts.append("avoids " + self.avoided_figures(old.label, " bad answers"))
         if new.drift and new.drift.get("perplexity_ratio") is not None:
             parts.append(f"drift ×{new.drift['perplexity_ratio']:.2f} perplexity")
         return f"{new.label}: " + "; ".join(parts)

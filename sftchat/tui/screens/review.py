@@ -123,11 +123,8 @@ class ReviewScreen(ModalScreen[str | None]):
             else:
                 lines.append("No pinned prompts yet: /pin a turn that must keep working.")
             if result.rejected:
-                bad = len(result.rejected)
-                lines.append(f"Bad answers avoided: {new.avoided}/{bad} "
-                             f"(answering now, {old.label}: {old.avoided}/{bad})"
-                             + (f", the latest {bad} of {result.rejected_from}"
-                                if result.rejected_from else ""))
+                lines.append("Bad answers avoided: "
+                             + result.avoided_figures(f"answering now, {old.label}"))
             if new.preferences:
                 lines.append("Its training run: " + preference_summary(new.preferences))
             drift = (new.drift or {}).get("perplexity_ratio")
