@@ -163,10 +163,12 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         assert not review.regression
         assert status.adapter is None  # nothing swapped before the decision
         assert status.training == "idle"
-        # The run says what it learned and what it changed, in the log.
+        # The run says what it learned and what it changed, in the log. The edited answer's
+        # original is a rejected answer: objective auto learned the pair by DPO too.
         chat = app.get_screen("chat")
-        assert any(f"Adapter {name}: reproduces 1/1 curated answers exactly; "
-                   "drift on 12 held-out prompts" in notice
+        assert any(f"Adapter {name}: reproduces 1/1 curated answers exactly; prefers the "
+                   "chosen answer in 1/1 pair" in notice and "avoids 1/1 rejected answers"
+                   in notice and "drift on 12 held-out prompts" in notice
                    for notice in [str(n.render()) for n in chat.query(".notice")])
         await decide_review(pilot, "a")
         await wait_until(pilot, lambda: status.adapter == name, what="the swap on accept")

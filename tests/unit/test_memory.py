@@ -66,6 +66,7 @@ def _prepared_run(device: str):
     return SimpleNamespace(
         loaded=SimpleNamespace(device=device, model=model), encoded=examples,
         plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], regularizer=None,
+        preferences=None,
         schedule=SimpleNamespace(batch_size=8), source=None,
         lora_shape={"rank": 16, "alpha": 32, "dropout": 0.0})
 
