@@ -113,6 +113,18 @@ def fresh_builtin(builtin_cache):
     return load_model("builtin", "cpu", quantize=True)
 
 
+def with_lora(loaded, mode: str = "eval"):
+    """(loaded, `loaded`'s model wrapped with a fresh LoRA of rank 8 as the trainer wraps it,
+    its `LossFunction`), the model in `mode` ("eval" or "train")."""
+    from sftchat.config import TrainingSettings
+    from sftchat.training import trainer
+    from sftchat.training.loss import LossFunction
+
+    model = trainer._wrap_with_lora(loaded, TrainingSettings(rank=8, alpha=16), None)
+    model.train(mode == "train")
+    return loaded, model, LossFunction(model, loaded.tokenizer.pad_token_id, "cpu")
+
+
 @pytest.fixture(scope="session")
 def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
     """A workspace whose CURATED examples were added with `sftchat data add` and trained into

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sftchat.config import TrainingSettings
+from conftest import with_lora
+
 from sftchat.prompts import encode_example
-from sftchat.training import trainer
 from sftchat.training.evaluation import curated_replay, measure_drift, replay
 from sftchat.training.loss import LossFunction, per_example_errors
 
@@ -26,10 +26,7 @@ def test_per_example_errors_counts_misses_and_the_smallest_margin():
 
 @pytest.fixture()
 def lora_model(fresh_builtin):
-    model = trainer._wrap_with_lora(fresh_builtin, TrainingSettings(rank=8, alpha=16), None)
-    model.eval()
-    return fresh_builtin, model, LossFunction(model, fresh_builtin.tokenizer.pad_token_id,
-                                              "cpu")
+    return with_lora(fresh_builtin, "eval")
 
 
 def _examples(loaded, count):

@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+from conftest import with_lora
+
 from sftchat.config import TrainingSettings
 from sftchat.training import trainer
 from sftchat.training.errors import TrainingError
@@ -97,10 +99,7 @@ def test_the_telltale_is_the_first_sentence_or_up_to_where_a_replacement_differs
 
 @pytest.fixture()
 def lora_model(fresh_builtin):
-    model = trainer._wrap_with_lora(fresh_builtin, TrainingSettings(rank=8, alpha=16), None)
-    model.train()
-    return fresh_builtin, model, LossFunction(model, fresh_builtin.tokenizer.pad_token_id,
-                                              "cpu")
+    return with_lora(fresh_builtin, "train")
 
 
 def test_a_fresh_adapter_is_the_reference_so_the_losses_start_at_their_midpoints(lora_model):
