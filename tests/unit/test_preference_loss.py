@@ -171,3 +171,32 @@ def test_preference_passes_keep_a_training_model_trainable_on_every_cpu_path(cpu
     weighted.backward()
     assert value == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
     assert figures["rejected"] == 2
+
+
+def test_a_conversation_is_the_prompt_of_both_answers_and_only_the_last_answer_counts(
+        builtin_model):
+    """A pair from a conversation: both answers follow the example's system prompt and
+    earlier turns (an earlier answer the example learns is prompt here); a bad answer with
+    no replacement follows its own conversation."""
+    from sftchat.prompts import encode_prompt
+
+    tokenizer = builtin_model.tokenizer
+    context = [{"instruction": "Hi.", "response": "Hello!", "learn": True}]
+    example = {"id": 1, "instruction": "And a color?", "input": "", "output": "Blue.",
+               "system": "Be brief.", "context": context}
+    rejected = [_rejected(10, 1, "Seven.", "And a color?"),
+                {**_rejected(11, None, "No.", "A joke?"), "system": "Be funny.",
+                 "context": context}]
+    items, _ = encode_items(plan_objective("auto", [example], rejected), tokenizer, "alpaca",
+                            256)
+    pair, bad = items
+    prompt = encode_prompt(tokenizer, "alpaca", "And a color?", "",
+                           history=[], system="Be brief.")
+    for encoded in (pair.chosen, pair.rejected):
+        start = len(encoded.prompt.ids)
+        assert encoded.input_ids[:start] == pair.chosen.input_ids[:start]   # the same prompt
+        assert len(encoded.prompt.ids) > len(prompt.ids)   # the earlier turn is in it
+        assert set(encoded.labels[:start]) == {-100}        # …and not learned
+    assert tokenizer.decode(pair.rejected.input_ids[len(pair.rejected.prompt.ids):],
+                            skip_special_tokens=True).strip() == "Seven."
+    assert "Be funny." in tokenizer.decode(bad.rejected.input_ids)
