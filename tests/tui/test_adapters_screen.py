@@ -24,7 +24,7 @@ from sftchat.tui.screens.adapters import (
     AdaptersScreen,
     format_created,
 )
-from tui_helpers import Gate, wait_until
+from tui_helpers import Gate, repaint, wait_until
 
 SIZE = (120, 40)
 NOT_DISMISSED = object()
@@ -277,5 +277,6 @@ def test_adapters_screen_snapshot(snap_compare, ws, utc):
     async def ready(pilot) -> None:
         await wait_until(pilot, lambda: on_adapters(pilot.app)
                          and table(pilot.app).row_count == 2)
+        await repaint(pilot)
 
     assert snap_compare(HostApp(folder, active="first"), terminal_size=SIZE, run_before=ready)

@@ -26,7 +26,7 @@ from sftchat.tui.screens.dataset import (
     MatchesCounted,
 )
 from tui_helpers import DatasetHostApp as HostApp
-from tui_helpers import Gate, wait_until
+from tui_helpers import Gate, repaint, wait_until
 from tui_helpers import dataset_table as table
 
 SIZE = (120, 40)
@@ -576,11 +576,7 @@ def test_dataset_screen_snapshot(snap_compare, data_dir):
         await wait_until(pilot, lambda: on_dataset(pilot.app)
                          and table(pilot.app).row_count == 5
                          and len(pilot.app.screen.query(FooterKey)) >= 6)
-        # Textual 8.2.8 can leave the footer's recomposed keys unlaid (width 0) until the
-        # next layout (seen on a quiet machine; a resize lays them out): force one.
-        await pilot.resize_terminal(SIZE[0] + 1, SIZE[1])
-        await pilot.resize_terminal(*SIZE)
-        await pilot.pause()
+        await repaint(pilot)
 
     assert snap_compare(HostApp(data_dir), terminal_size=SIZE, run_before=ready)
 

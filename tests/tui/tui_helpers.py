@@ -191,3 +191,14 @@ async def decide_review(pilot, key: str) -> None:
 
     await asyncio.sleep(review.DECISION_PAUSE_S + 0.1)
     await pilot.press(key)
+
+
+async def repaint(pilot) -> None:
+    """Lay out and paint the whole screen before a snapshot. Textual 8.2.8 can leave widgets
+    changed by a worker's callback or a footer recomposed on focus unpainted until the next
+    layout (seen on a quiet machine: the picture showed "Loading…" after the rows were in,
+    and footer keys of width 0); a resize forces one."""
+    width, height = pilot.app.size
+    await pilot.resize_terminal(width + 1, height)
+    await pilot.resize_terminal(width, height)
+    await pilot.pause()
