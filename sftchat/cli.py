@@ -240,6 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="exit 1 when the candidate reproduces fewer curated answers "
                                "than the current one or changes a pinned answer")
 
+    export = sub.add_parser(
+        "export", parents=[common], help="take an adapter where models run: HF, GGUF, Ollama",
+        description="Export an adapter: `merged` (a Hugging Face folder: the base dequantized "
+                    "and the LoRA merged in float), `gguf` (the merged model as one GGUF "
+                    "file), `gguf-lora` (a llama.cpp LoRA GGUF for the base it was trained "
+                    "on), `ollama` (base GGUF + LoRA GGUF + Modelfile). The adapter's own "
+                    "base model is loaded, whatever --model says.")
+    export.add_argument("adapter", metavar="ADAPTER", help="adapter name, or latest")
+    export.add_argument("--to", required=True, metavar="DIR",
+                        help="the folder to write (new or empty; see --force)")
+    export.add_argument("--format", required=True, dest="export_format",
+                        choices=("merged", "gguf-lora", "gguf", "ollama"))
+    export.add_argument("--outtype", choices=("f16", "q8_0", "f32"), default="f16",
+                        help="tensor type of a GGUF model file (default f16)")
+    export.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        default="auto",
+                        help="dtype of a merged folder (default: the base checkpoint's)")
+    export.add_argument("--force", action="store_true",
+                        help="replace --to when it exists and is not empty")
+    export.add_argument("--json", action="store_true",
+                        help="one JSON event per line on stdout (progress, then finished)")
+
     pins = sub.add_parser(
         "pins", parents=[common], help="pinned prompts: answers that must keep working",
         description="A pin is a prompt and the answer it must keep giving: every new adapter "

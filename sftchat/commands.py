@@ -421,6 +421,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_in_process(args, settings, training, SINGLE)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sftchat.export.exporter import export_adapter
+
+    settings = _settings(args)
+
+    def progress(message: str) -> None:
+        if args.json:
+            print(json.dumps({"event": "progress", "message": message}), flush=True)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    try:
+        result = export_adapter(settings, args.adapter, Path(args.to), args.export_format,
+                                outtype=args.outtype, dtype=args.dtype, force=args.force,
+                                progress=progress)
+    except SftchatError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"event": "failed", "error": str(exc)}), flush=True)
+        return 1
+    if args.json:
+        print(json.dumps({"event": "finished", **result.to_dict()}), flush=True)
+        return 0
+    for name in result.files:
+        _print_text(str(result.folder / name))
+    if result.base_gguf:
+        _print_text(f"base GGUF: {result.base_gguf}")
+    _print_text(f"run it: {result.next_step}")
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from sftchat.tui.app import create_app
 
@@ -432,5 +463,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     command = args.command or "chat"
     handler = {"chat": cmd_chat, "data": cmd_data, "adapters": cmd_adapters, "ask": cmd_ask,
-               "train": cmd_train, "pins": cmd_pins, "eval": cmd_eval}[command]
+               "train": cmd_train, "pins": cmd_pins, "eval": cmd_eval,
+               "export": cmd_export}[command]
     return handler(args)

@@ -220,6 +220,35 @@ def stop_strings(template: str) -> tuple[str, ...]:
     return ()
 
 
+def chat_template_jinja(template: str, tokenizer: Any) -> str:
+    """A Jinja chat template (what Hugging Face folders and GGUF files carry) that renders
+    the prompts of `template` as sftchat builds them, for exported models: the tokenizer's
+    own for "tokenizer"; ChatML with its default system line; Alpaca under its header (the
+    system prompt replaces it), each earlier answer ended by the EOS as in training. Both
+    start with the BOS when the tokenizer puts one first, as sftchat's prompts do."""
+    if template == "tokenizer":
+        return tokenizer.chat_template
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = "{{ bos_token }}" if tokenizer.bos_token_id is not None and ids[:1] == [
+        tokenizer.bos_token_id] else ""
+    if template == "chatml":
+        return bos + (
+            "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
+            + CHATML_SYSTEM + "<|im_end|>\\n' }}{% endif %}"
+            "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+            "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    check_template(template)
+    header = ALPACA_HEADER.replace("\n", "\\n")
+    return bos + (
+        "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
+        "{% else %}{{ '" + header + "' }}{% endif %}"
+        "{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{{ message['content'] + eos_token + '\\n\\n' }}{% endif %}{% endfor %}")
+
+
 # --------------------------------------------------------------------------- tokens
 
 

@@ -96,3 +96,17 @@ class ExampleSaved(Message):
     count: int
     # Earlier turns corrected in the same save: (as the chat had it, as saved) pairs.
     earlier: tuple = ()
+
+
+@dataclass
+class ExportProgressed(Message):
+    """The exporter said how far it is: `text` (its own words: untrusted, shown as text)."""
+
+    text: str
+
+
+@dataclass
+class ExportEnded(Message):
+    """The exporter's last event: `finished`, `failed` or `cancelled` (`export_process`)."""
+
+    event: dict

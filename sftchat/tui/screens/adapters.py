@@ -5,7 +5,8 @@ lineage (`sftchat.adapters.lineage`): what changed in its data since the adapter
 ~edited -removed examples), its parent when trained `--from` one, its replay and the decision on it.
 Enter or `u` dismisses with the highlighted adapter's name, `b` with "none" (the base model),
 `p` with "previous" (roll back to what answered before), Escape with None (change nothing).
-Switching is the caller's job: this screen only chooses.
+Switching is the caller's job: this screen only chooses. `e` opens the export dialog for the
+highlighted adapter (`screens.export`) over this screen.
 
 Listing reads every adapter's metadata and compares each `train.jsonl` snapshot with the one
 before it (tens of thousands of records each), so it runs in a thread worker: the dialog opens
@@ -106,6 +107,7 @@ class AdaptersScreen(ModalScreen[str | None]):
         Binding("u", "use", "Use"),
         Binding("b", "use_base", "Base model"),
         Binding("p", "previous", "Previous"),
+        Binding("e", "export", "Export"),
         Binding("escape", "close", "Close"),
     ]
 
@@ -128,7 +130,8 @@ class AdaptersScreen(ModalScreen[str | None]):
             # Says "loading", then why there is nothing to list; hidden once rows show.
             yield Label(Text(LOADING_TEXT), id="adapters-status")
             yield DataTable(id="adapters-table", cursor_type="row", zebra_stripes=True)
-            yield Label(Text("Enter/u use · b base model · p previous (roll back) · Esc close"),
+            yield Label(Text("Enter/u use · b base model · p previous (roll back) · e export · "
+                             "Esc close"),
                         id="adapters-hint")
         yield Footer()
 
@@ -196,3 +199,12 @@ class AdaptersScreen(ModalScreen[str | None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_export(self) -> None:
+        from sftchat.tui.screens.export import ExportScreen
+
+        name = self._highlighted()
+        if name is None:
+            self.notify("No adapter to export.", markup=False)
+            return
+        self.app.push_screen(ExportScreen(name, self.app.settings.workspace))

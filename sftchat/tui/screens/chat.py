@@ -6,8 +6,9 @@ messages (`tui.messages`); a worker that fails raises, and `on_worker_state_chan
 that into one message for the user. Saving opens its own SQLite connection, so a CLI import
 holding the write lock delays the save, never the interface (reads in WAL mode do not wait
 for a writer). Training runs in a subprocess (`TrainerProcess`) whose events arrive as
-messages. The engine lock guarantees an adapter swap never lands in the middle of an answer;
-the screen also defers an automatic swap until the answer completes.
+messages; so does an export (`chat_export`). The engine lock guarantees an adapter swap never
+lands in the middle of an answer; the screen also defers an automatic swap until the answer
+completes.
 
 A saved answer keeps its conversation: the turns before it (the context) and the system
 prompt it was answered under; the curate modal shows them, to edit, drop or learn too.
@@ -33,6 +34,7 @@ from sftchat.tui.messages import (
     ExampleSaved, ModelLoaded, ResponseChunkReceived, ResponseCompleted,
 )
 from sftchat.tui.screens.chat_commands import CommandsMixin, Exchange
+from sftchat.tui.screens.chat_export import ExportMixin
 from sftchat.tui.screens.chat_models import ModelsMixin
 from sftchat.tui.screens.curate import CurateModal, CurateResult
 from sftchat.tui.screens.dataset import OUTSIDE_CHANGES_POLL_S
@@ -53,7 +55,7 @@ def same_text(one: Turn, other: Turn) -> bool:
                                                           other.response)
 
 
-class ChatScreen(CommandsMixin, ModelsMixin, Screen):
+class ChatScreen(CommandsMixin, ModelsMixin, ExportMixin, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save answer", priority=True),
         Binding("ctrl+t", "train", "Train", priority=True),

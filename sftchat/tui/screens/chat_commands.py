@@ -99,6 +99,8 @@ class CommandsMixin:
             self.set_system(argument)
         elif command == "/set":
             self.set_sampling(argument)
+        elif command == "/export":
+            self.export_command(argument)
         elif command == "/adapter":
             if not argument:
                 self.notify("Usage: /adapter NAME|latest|previous|none", markup=False)

@@ -21,7 +21,8 @@ Chat → curate → train → chat again, without leaving the terminal.
 | `/pin [N]` | ctrl+k | pin the last answer (or turn N of this conversation), with the turns before it: every new adapter is checked against it before it answers |
 | `/bad` | ctrl+x | keep the last answer as a bad one (preference data) |
 | `/compare` | ctrl+y | the last prompt answered by the base, the previous and the active adapter; 1/2/3 saves the best |
-| `/adapters` | F3 | list adapters and switch |
+| `/adapters` | F3 | list adapters and switch; e exports the highlighted one |
+| `/export NAME FORMAT [DIR]` | | export adapter NAME (or latest) as gguf, gguf-lora, merged or ollama, into DIR (default: exports/NAME-FORMAT in the workspace) in the background; /export cancel stops it, /export copy copies the command that runs it |
 | `/data` | F2 | browse, search, edit and delete examples |
 | `/retry` | ctrl+r | regenerate the last answer |
 | `/new` | ctrl+n | start a new conversation (the system prompt stays) |

@@ -1,6 +1,7 @@
 """The status line: what is answering (model, quantization, device, adapter), the dataset
-size, the training state, the session's sampling and system prompt and, on a GPU, its memory
-in use and total — always current, and fitted to the terminal's width.
+size, the training state, an export's progress (while one runs), the session's sampling and
+system prompt and, on a GPU, its memory in use and total — always current, and fitted to the
+terminal's width.
 
 The model is named short (`model_label`): a GGUF file's stem, a folder's name, a hub id's
 part after the "/". When the full line does not fit, the labels get shorter, then the least
@@ -20,7 +21,9 @@ from sftchat.text import strip_control
 # The model's name is never cut shorter than this, the adapter's never at all.
 MIN_MODEL_NAME = 8
 # The optional items, the first given up first when the line is too narrow for them all.
-DROP_ORDER = ("training", "examples", "gpu", "system", "sampling")
+DROP_ORDER = ("training", "examples", "export", "gpu", "system", "sampling")
+# An export's progress is cut to this many characters.
+EXPORT_WIDTH = 40
 
 
 def short_model_name(spec: str, gguf_path: str | None = None) -> str:
@@ -56,6 +59,7 @@ class StatusLine(Static):
     adapter: reactive[str | None] = reactive(None)
     examples = reactive(0)
     training = reactive("idle")
+    export = reactive("")       # an export's last progress line; empty when none runs
     generating = reactive(False)
     gpu_memory = reactive("")   # e.g. "GPU 12.3/79.6 GiB"; empty on a CPU
     sampling = reactive("")     # e.g. "T0.2 p0.95 512tok" (`sampling_text`)
@@ -72,6 +76,10 @@ class StatusLine(Static):
             ("training", [("train: " if compact else "training: ", ""),
                           (self.training, "bold magenta" if self.training != "idle" else "")]),
         ]
+        if self.export:
+            items.append(("export", [("export: ", ""),
+                                     (_cut(" ".join(self.export.split()), EXPORT_WIDTH),
+                                      "bold magenta")]))
         if self.sampling:
             items.append(("sampling", [(self.sampling, "")]))
         if self.system:

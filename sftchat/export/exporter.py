@@ -1,0 +1,251 @@
+"""`export_adapter`: one adapter out, in one of the formats where models run.
+
+- `merged`: a Hugging Face folder (base dequantized, LoRA merged in float: `merge`).
+- `gguf`: the merged model as one GGUF file (f16, q8_0 or f32: `gguf_files`).
+- `gguf-lora`: the LoRA as a llama.cpp adapter GGUF for the base it was trained on. When
+  that base was a `.gguf` file, the adapter is for that very file; a Hugging Face base is
+  written beside it as an f16 GGUF so the adapter has a base to run on.
+- `ollama`: a folder with the base GGUF, the LoRA GGUF and a Modelfile whose TEMPLATE is
+  the adapter's prompt template (`ollama`), and the `ollama create` line.
+
+The adapter's recorded base is what gets loaded (and checked against its fingerprint), not
+whatever model the workspace now names. Files are written into a staging folder beside the
+target and renamed into place at the end, so a failed or interrupted export leaves no
+half-written folder; an existing non-empty target is replaced only with `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from sftchat import __version__
+from sftchat.adapters.registry import check_base, resolve
+from sftchat.config import Settings
+from sftchat.export.architectures import ExportError, architecture_for
+from sftchat.export.gguf_files import OUTTYPES, write_lora_gguf, write_model_gguf
+from sftchat.export.merge import float_dtype, merged_model, read_lora, save_hf_folder
+
+FORMATS = ("merged", "gguf-lora", "gguf", "ollama")
+MANIFEST = "sftchat-export.json"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    format: str
+    folder: Path
+    files: list[str] = field(default_factory=list)   # relative to `folder`
+    base_gguf: str | None = None                      # the base a LoRA GGUF runs on
+    next_step: str = ""                               # the command that runs the export
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "folder": str(self.folder), "files": self.files,
+                "base_gguf": self.base_gguf, "next_step": self.next_step}
+
+
+def _staging(to: Path, force: bool) -> Path:
+    if to.exists() and (not to.is_dir() or any(to.iterdir())) and not force:
+        raise ExportError(f"{to} already exists and is not empty; pick a new folder or pass "
+                          "--force to replace it")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    staging = to.parent / f".{to.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, to: Path) -> None:
+    old = None
+    if to.exists():
+        old = to.parent / f".{to.name}.old-{os.getpid()}"
+        to.rename(old)
+    staging.rename(to)
+    if old is not None and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both are on one file system (a base GGUF can be gigabytes)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+class _Export:
+    """The state of one export: the adapter, its base, the target being written."""
+
+    def __init__(self, settings: Settings, adapter: str, staging: Path, progress: Progress):
+        self.settings, self.staging, self.progress = settings, staging, progress
+        info = resolve(settings.adapters_dir, adapter)
+        if info is None:
+            raise ExportError("export needs an adapter (NAME or latest), not 'none'")
+        self.info, self.meta = info, info.meta
+        base = self.meta.get("base_model") or {}
+        if not base.get("model"):
+            raise ExportError(f"adapter {info.name!r} does not record its base model "
+                              "(no sftchat.json?); it cannot be exported")
+        self.base_spec = base["model"]
+        self.template = self.meta.get("template") or "alpaca"
+        gguf = base.get("gguf") or {}
+        self.source_gguf = Path(gguf["path"]) if gguf.get("path") else None
+        self.lora = read_lora(info.path)
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self, merged: bool):
+        """The base (float, LoRA merged when `merged`), checked against the adapter's."""
+        from sftchat.models.loader import ModelLoadError, load_model
+
+        quantized = merged and self.meta.get("quantization") is not None
+        self.progress(f"loading base model {self.base_spec}"
+                      + (" in 4-bit, as the adapter was trained" if quantized else ""))
+        try:
+            loaded = load_model(self.base_spec, device="cpu", quantize=quantized,
+                                trust_remote_code=self.settings.trust_remote_code,
+                                progress=self.progress, for_training=True)
+        except ModelLoadError as exc:
+            raise ExportError(f"cannot load adapter {self.info.name!r}'s base model: {exc}") \
+                from exc
+        check_base(self.info, loaded.identity)
+        if merged:
+            merged_model(loaded, self.lora, self.progress)
+        return loaded
+
+    def chat_template(self, tokenizer) -> str:
+        from sftchat.prompts import chat_template_jinja
+
+        return chat_template_jinja(self.template, tokenizer)
+
+    def add_tokenizer(self, loaded):
+        """A function adding the tokenizer keys to a GGUF writer (see `gguf_tokenizer`)."""
+        from sftchat.export.gguf_tokenizer import add_hf_tokenizer, copy_gguf_tokenizer
+
+        template = self.chat_template(loaded.tokenizer)
+        if self.source_gguf is not None and self.source_gguf.is_file():
+            return lambda writer: copy_gguf_tokenizer(writer, self.source_gguf, template)
+        return lambda writer: add_hf_tokenizer(writer, Path(loaded.path), loaded.tokenizer,
+                                               loaded.model.config.vocab_size, template)
+
+    def model_gguf(self, loaded, name: str, outtype: str) -> str:
+        architecture = architecture_for(loaded.model.config)
+        write_model_gguf(self.staging / name, loaded.model.state_dict(), loaded.model.config,
+                         architecture, f"{self.info.name} ({self.base_spec})", outtype,
+                         self.add_tokenizer(loaded), self.progress)
+        return name
+
+    def lora_gguf(self, loaded) -> str:
+        name = f"{self.info.name}-lora.gguf"
+        self.progress("writing the LoRA adapter GGUF")
+        write_lora_gguf(self.staging / name, self.lora, loaded.model.config,
+                        architecture_for(loaded.model.config), self.info.name)
+        return name
+
+    def base_gguf(self, loaded, result: ExportResult, copy_into: bool) -> str:
+        """The GGUF the LoRA runs on: the user's own file, or the base written as f16."""
+        if self.source_gguf is not None and self.source_gguf.is_file():
+            if not copy_into:
+                return str(self.source_gguf)
+            self.progress(f"copying the base GGUF {self.source_gguf.name}")
+            _link_or_copy(self.source_gguf, self.staging / self.source_gguf.name)
+            result.files.append(self.source_gguf.name)
+            return self.source_gguf.name
+        name = "base-f16.gguf"
+        self.progress("writing the base model as an f16 GGUF (the adapter's base)")
+        result.files.append(self.model_gguf(loaded, name, "f16"))
+        return name
+
+
+def export_adapter(settings: Settings, adapter: str, to: Path, fmt: str, outtype: str = "f16",
+                   dtype: str = "auto", force: bool = False,
+                   progress: Progress = lambda message: None) -> ExportResult:
+    """Export `adapter` to the folder `to` in format `fmt`; see the module docstring."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if outtype not in OUTTYPES:
+        raise ExportError(f"unknown GGUF type {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    to = Path(to).expanduser().absolute()
+    staging = _staging(to, force)
+    try:
+        job = _Export(settings, adapter, staging, progress)
+        result = ExportResult(format=fmt, folder=to)
+        _FORMAT_WRITERS[fmt](job, result, outtype=outtype, dtype=dtype)
+        _write_manifest(job, result, staging)
+        _publish(staging, to)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"exported {job.info.name} to {to}")
+    return result
+
+
+def _merged(job: _Export, result: ExportResult, dtype: str, **_) -> None:
+    from sftchat.prompts import stop_token_ids
+
+    loaded = job.load(merged=True)
+    target = float_dtype(dtype, Path(loaded.path))
+    job.progress(f"saving the merged model ({str(target).removeprefix('torch.')})")
+    save_hf_folder(loaded.model, loaded.tokenizer, job.staging, target,
+                   job.chat_template(loaded.tokenizer),
+                   stop_token_ids(job.template, loaded.tokenizer))
+    result.files = sorted(path.name for path in job.staging.iterdir())
+    result.next_step = f"sftchat --model {result.folder}"
+
+
+def _gguf(job: _Export, result: ExportResult, outtype: str, **_) -> None:
+    loaded = job.load(merged=True)
+    name = job.model_gguf(loaded, f"{job.info.name}-{outtype}.gguf", outtype)
+    result.files.append(name)
+    result.next_step = f"llama-cli -m {result.folder / name} -cnv"
+
+
+def _gguf_lora(job: _Export, result: ExportResult, **_) -> None:
+    loaded = job.load(merged=False)
+    result.files.append(job.lora_gguf(loaded))
+    base = job.base_gguf(loaded, result, copy_into=False)
+    result.base_gguf = str(result.folder / base) if not Path(base).is_absolute() else base
+    result.next_step = (f"llama-cli -m {result.base_gguf} --lora "
+                        f"{result.folder / result.files[0]} -cnv")
+
+
+def _ollama(job: _Export, result: ExportResult, **_) -> None:
+    from sftchat.export.ollama import (
+        go_template, modelfile, ollama_create_command, prompt_segments, stop_texts)
+
+    loaded = job.load(merged=False)
+    adapter = job.lora_gguf(loaded)
+    result.files.append(adapter)
+    base = job.base_gguf(loaded, result, copy_into=True)
+    result.base_gguf = str(result.folder / base)
+    tokenizer = loaded.tokenizer
+    text = modelfile(base, adapter, go_template(prompt_segments(job.template, tokenizer)),
+                     stop_texts(job.template, tokenizer), system=job.settings.system)
+    (job.staging / "Modelfile").write_text(text, encoding="utf-8")
+    result.files.append("Modelfile")
+    result.next_step = ollama_create_command(job.info.name, result.folder)
+
+
+_FORMAT_WRITERS = {"merged": _merged, "gguf": _gguf, "gguf-lora": _gguf_lora,
+                   "ollama": _ollama}
+
+
+def _write_manifest(job: _Export, result: ExportResult, staging: Path) -> None:
+    """What was exported from what: read by people, and by a later `sftchat --model`."""
+    manifest = {
+        "sftchat_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "adapter": job.info.name,
+        "adapter_path": str(job.info.path),
+        "base_model": job.meta.get("base_model"),
+        "template": job.template,
+        "lora": {"rank": job.lora.rank, "alpha": job.lora.alpha, "scale": job.lora.scale},
+        **result.to_dict(),
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
