@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llama_cpp_helpers import load_llama_cpp  # noqa: E402
+from export_runners import load_llama_cpp, transformers_answers  # noqa: E402
 from real_model_data import CURATED, smollm2_gguf  # noqa: E402
 
 SPEED_PROMPTS = [
@@ -59,24 +59,6 @@ def exact(answers: list[str]) -> int:
     return sum(got == want for got, (_, want) in zip(answers, CURATED))
 
 
-def transformers_answers(folder: Path) -> list[str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    answers = []
-    for question, _ in CURATED:
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                               add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
-        answers.append(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:],
-                                        skip_special_tokens=True))
-    return answers
-
-
 def llama_cpp_speed(model, new_tokens: int) -> float:
     decoded, seconds = 0, 0.0
     for prompt in SPEED_PROMPTS:
@@ -91,20 +73,20 @@ def llama_cpp_speed(model, new_tokens: int) -> float:
     return decoded / seconds
 
 
-def sftchat_speed(settings, adapter: str, new_tokens: int) -> float:
+def sftchat_speed(engine, adapter: str | None, new_tokens: int) -> float:
+    """Streamed tokens per second of the chat's own path (`ChatEngine.generate`), after a
+    warm-up answer, over the same prompts."""
     from sftchat.config import GenerationSettings
-    from sftchat.engine import ChatEngine
 
-    engine = ChatEngine.from_settings(settings)
     engine.use_adapter(adapter)
     generation = GenerationSettings(max_new_tokens=new_tokens, temperature=0)
+    engine.generate(SPEED_PROMPTS[0], settings=generation).collect()  # warm-up
     decoded, seconds = 0, 0.0
     for prompt in SPEED_PROMPTS:
-        start = time.perf_counter()
-        result = engine.generate(prompt, settings=generation)
-        text = result.collect()
-        seconds += time.perf_counter() - start
-        decoded += len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+        answer = engine.generate(prompt, settings=generation)
+        answer.collect()
+        decoded += answer.new_tokens
+        seconds += answer.seconds
     return decoded / seconds
 
 
@@ -126,35 +108,46 @@ def main() -> None:
     settings = load_settings(workspace=str(workspace), model=str(gguf))
     out = Path(tempfile.mkdtemp(prefix="export-out-"))
     rows, seconds = [], {}
-    for fmt, outtype in (("merged", "f16"), ("gguf", "f16"), ("gguf", "q8_0"),
-                         ("gguf-lora", "f16")):
-        key = f"{fmt}-{outtype}" if fmt == "gguf" else fmt
+    for key, fmt, outtype, base in (("merged", "merged", "f16", "as-trained"),
+                                    ("gguf-f16", "gguf", "f16", "as-trained"),
+                                    ("gguf-q8_0", "gguf", "q8_0", "as-trained"),
+                                    ("lora", "gguf-lora", "f16", "as-trained"),
+                                    ("lora-original", "gguf-lora", "f16", "original")):
         start = time.perf_counter()
-        export_adapter(settings, adapter, out / key, fmt, outtype=outtype)
+        export_adapter(settings, adapter, out / key, fmt, outtype=outtype, base=base)
         seconds[key] = time.perf_counter() - start
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     meta = json.loads((workspace / "adapters" / adapter / "sftchat.json").read_text())
     stops = stop_token_ids(meta["template"], tokenizer)
-    rows.append(("merged folder, transformers (float)", seconds["merged"],
-                 exact(transformers_answers(out / "merged")), None,
+    rows.append(("merged folder, plain transformers (float32)", seconds["merged"],
+                 exact(transformers_answers(out / "merged", [q for q, _ in CURATED])), None,
                  sum(p.stat().st_size for p in (out / "merged").iterdir())))
-    for key, label, model_path, lora in (
-            ("gguf-f16", "merged GGUF f16, llama.cpp", out / "gguf-f16" / f"{adapter}-f16.gguf",
+    lora = out / "lora" / f"{adapter}-lora.gguf"
+    for key, label, model_path, lora_path in (
+            ("gguf-f16", "merged GGUF f16", out / "gguf-f16" / f"{adapter}-f16.gguf", None),
+            ("gguf-q8_0", "merged GGUF q8_0", out / "gguf-q8_0" / f"{adapter}-q8_0.gguf",
              None),
-            ("gguf-q8_0", "merged GGUF q8_0, llama.cpp",
-             out / "gguf-q8_0" / f"{adapter}-q8_0.gguf", None),
-            ("gguf-lora", "base Q4_1 GGUF + LoRA GGUF, llama.cpp", gguf,
-             out / "gguf-lora" / f"{adapter}-lora.gguf")):
-        model = load_llama_cpp(model_path, lora, stop_ids=stops)
+            ("lora", "as-trained base GGUF f16 + LoRA GGUF (default)",
+             out / "lora" / "base-as-trained-f16.gguf", lora),
+            ("lora-original", "the user's Q4_1 GGUF + LoRA GGUF (--base original)", gguf,
+             lora),
+            (None, "the user's Q4_1 GGUF alone (the base)", gguf, None)):
+        model = load_llama_cpp(model_path, lora_path, stop_ids=stops)
         answers = [model.answer(question) for question, _ in CURATED]
-        size = (lora or model_path).stat().st_size
-        rows.append((label, seconds[key], exact(answers), llama_cpp_speed(model, args.new_tokens),
-                     size))
+        size = (model_path.stat().st_size if key not in ("lora-original",) else 0) + (
+            lora_path.stat().st_size if lora_path else 0)
+        rows.append((f"llama.cpp: {label}", seconds.get(key), exact(answers),
+                     llama_cpp_speed(model, args.new_tokens), size))
         del model
-    rows.append(("sftchat's own decode (4-bit NF4 + adapter)", None, None,
-                 sftchat_speed(settings, adapter, args.new_tokens), None))
+    from sftchat.engine import ChatEngine
+
+    engine = ChatEngine.from_settings(settings)
+    rows.append(("sftchat's chat: 4-bit NF4 + adapter (bitsandbytes, plain CPU path)", None,
+                 None, sftchat_speed(engine, adapter, args.new_tokens), None))
+    rows.append(("sftchat's chat: 4-bit NF4 base alone", None, None,
+                 sftchat_speed(engine, None, args.new_tokens), None))
     print(f"\nSmolLM2-135M-Instruct, adapter {adapter!r}, {args.new_tokens} greedy tokens × "
           f"{len(SPEED_PROMPTS)} prompts for speed\n")
     print("| run | export s | curated exact | decode tok/s | file MB |")

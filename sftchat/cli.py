@@ -253,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, dest="export_format",
                         choices=("merged", "gguf-lora", "gguf", "ollama"))
     export.add_argument("--outtype", choices=("f16", "q8_0", "f32"), default="f16",
-                        help="tensor type of a GGUF model file (default f16)")
+                        help="tensor type of the GGUF model files written (default f16)")
+    export.add_argument("--base", choices=("as-trained", "original"), default="as-trained",
+                        help="the base GGUF a LoRA GGUF runs on (gguf-lora, ollama): "
+                             "as-trained (default) is the 4-bit base the adapter learned on, "
+                             "dequantized, where its answers come back as in the chat; "
+                             "original is your own .gguf file or the base's own weights")
     export.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         default="auto",
                         help="dtype of a merged folder (default: the base checkpoint's)")

@@ -422,9 +422,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import signal
+
     from sftchat.export.exporter import export_adapter
 
     settings = _settings(args)
+
+    def stop(signum, frame):
+        # SIGTERM (the app's cancel) unwinds like ctrl+c: the staging folder is removed.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
     def progress(message: str) -> None:
         if args.json:
@@ -434,8 +442,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         result = export_adapter(settings, args.adapter, Path(args.to), args.export_format,
-                                outtype=args.outtype, dtype=args.dtype, force=args.force,
-                                progress=progress)
+                                outtype=args.outtype, dtype=args.dtype, base=args.base,
+                                force=args.force, progress=progress)
     except SftchatError as exc:
         if not args.json:
             raise

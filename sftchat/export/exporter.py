@@ -2,11 +2,19 @@
 
 - `merged`: a Hugging Face folder (base dequantized, LoRA merged in float: `merge`).
 - `gguf`: the merged model as one GGUF file (f16, q8_0 or f32: `gguf_files`).
-- `gguf-lora`: the LoRA as a llama.cpp adapter GGUF for the base it was trained on. When
-  that base was a `.gguf` file, the adapter is for that very file; a Hugging Face base is
-  written beside it as an f16 GGUF so the adapter has a base to run on.
+- `gguf-lora`: the LoRA as a llama.cpp adapter GGUF, and the base GGUF it runs on.
 - `ollama`: a folder with the base GGUF, the LoRA GGUF and a Modelfile whose TEMPLATE is
   the adapter's prompt template (`ollama`), and the `ollama create` line.
+
+Which base a LoRA GGUF runs on (`base`): a QLoRA adapter was trained on the 4-bit NF4 base,
+and it learned on top of that base's rounding. On a 135M model that matters: SmolLM2's
+adapter gave 12/12 curated answers on its 4-bit base and 3/12 on the original weights, in
+PyTorch and in llama.cpp alike (benchmarks/RESULTS.md §17). So `as-trained` (the default)
+writes the base exactly as training saw it — the NF4 weights dequantized, in f16 or q8_0;
+every adapter trained on that base shares the file — and `original` points at the user's own
+GGUF file (or writes the base's original weights), which is what a large model's users
+usually want and where a small model's adapter answers less exactly. An adapter trained
+unquantized (`--no-quantize`) runs on the original either way.
 
 The adapter's recorded base is what gets loaded (and checked against its fingerprint), not
 whatever model the workspace now names. Files are written into a staging folder beside the
@@ -29,9 +37,11 @@ from sftchat.adapters.registry import check_base, resolve
 from sftchat.config import Settings
 from sftchat.export.architectures import ExportError, architecture_for
 from sftchat.export.gguf_files import OUTTYPES, write_lora_gguf, write_model_gguf
-from sftchat.export.merge import float_dtype, merged_model, read_lora, save_hf_folder
+from sftchat.export.merge import (
+    dequantized_model, float_dtype, merge_lora, read_lora, save_hf_folder)
 
 FORMATS = ("merged", "gguf-lora", "gguf", "ollama")
+BASES = ("as-trained", "original")   # the GGUF a LoRA GGUF runs on
 MANIFEST = "sftchat-export.json"
 Progress = Callable[[str], None]
 
@@ -95,16 +105,38 @@ class _Export:
                               "(no sftchat.json?); it cannot be exported")
         self.base_spec = base["model"]
         self.template = self.meta.get("template") or "alpaca"
+        self.trained_in_4bit = self.meta.get("quantization") is not None
         gguf = base.get("gguf") or {}
         self.source_gguf = Path(gguf["path"]) if gguf.get("path") else None
+        if self.source_gguf is not None and not self.source_gguf.is_file():
+            self.source_gguf = None  # moved: the cached conversion still serves (checked)
         self.lora = read_lora(info.path)
 
-    # -- loading -------------------------------------------------------------------------
-    def load(self, merged: bool):
-        """The base (float, LoRA merged when `merged`), checked against the adapter's."""
+    # -- the base ------------------------------------------------------------------------
+    def base_files(self):
+        """(config, tokenizer, folder) of the base, checked against the adapter's record,
+        without loading its weights."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        from sftchat.models.loader import ModelLoadError, model_identity, resolve_model_path
+
+        trust = self.settings.trust_remote_code
+        try:
+            path, gguf = resolve_model_path(self.base_spec, trust, self.progress)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        except (ModelLoadError, OSError, ValueError) as exc:
+            raise ExportError(f"cannot read adapter {self.info.name!r}'s base model "
+                              f"{self.base_spec!r}: {exc}") from exc
+        check_base(self.info, model_identity(self.base_spec, path, config, gguf))
+        return config, tokenizer, Path(path)
+
+    def load(self, as_trained: bool, merge: bool = False):
+        """The base in float32: as the adapter was trained on it (a 4-bit base dequantized)
+        or its original weights; with the LoRA merged in when `merge`."""
         from sftchat.models.loader import ModelLoadError, load_model
 
-        quantized = merged and self.meta.get("quantization") is not None
+        quantized = as_trained and self.trained_in_4bit
         self.progress(f"loading base model {self.base_spec}"
                       + (" in 4-bit, as the adapter was trained" if quantized else ""))
         try:
@@ -115,8 +147,9 @@ class _Export:
             raise ExportError(f"cannot load adapter {self.info.name!r}'s base model: {exc}") \
                 from exc
         check_base(self.info, loaded.identity)
-        if merged:
-            merged_model(loaded, self.lora, self.progress)
+        dequantized_model(loaded, self.progress)
+        if merge:
+            merge_lora(loaded.model, self.lora, self.progress)
         return loaded
 
     def chat_template(self, tokenizer) -> str:
@@ -124,59 +157,73 @@ class _Export:
 
         return chat_template_jinja(self.template, tokenizer)
 
-    def add_tokenizer(self, loaded):
+    def add_tokenizer(self, tokenizer, folder: Path, vocab_size: int):
         """A function adding the tokenizer keys to a GGUF writer (see `gguf_tokenizer`)."""
         from sftchat.export.gguf_tokenizer import add_hf_tokenizer, copy_gguf_tokenizer
 
-        template = self.chat_template(loaded.tokenizer)
-        if self.source_gguf is not None and self.source_gguf.is_file():
+        template = self.chat_template(tokenizer)
+        if self.source_gguf is not None:
             return lambda writer: copy_gguf_tokenizer(writer, self.source_gguf, template)
-        return lambda writer: add_hf_tokenizer(writer, Path(loaded.path), loaded.tokenizer,
-                                               loaded.model.config.vocab_size, template)
+        return lambda writer: add_hf_tokenizer(writer, folder, tokenizer, vocab_size, template)
 
-    def model_gguf(self, loaded, name: str, outtype: str) -> str:
-        architecture = architecture_for(loaded.model.config)
-        write_model_gguf(self.staging / name, loaded.model.state_dict(), loaded.model.config,
-                         architecture, f"{self.info.name} ({self.base_spec})", outtype,
-                         self.add_tokenizer(loaded), self.progress)
+    def model_gguf(self, loaded, name: str, outtype: str, what: str) -> str:
+        config = loaded.model.config
+        write_model_gguf(self.staging / name, loaded.model.state_dict(), config,
+                         architecture_for(config), f"{what} ({self.base_spec})", outtype,
+                         self.add_tokenizer(loaded.tokenizer, Path(loaded.path),
+                                            config.vocab_size), self.progress)
         return name
 
-    def lora_gguf(self, loaded) -> str:
+    def lora_gguf(self, config) -> str:
         name = f"{self.info.name}-lora.gguf"
         self.progress("writing the LoRA adapter GGUF")
-        write_lora_gguf(self.staging / name, self.lora, loaded.model.config,
-                        architecture_for(loaded.model.config), self.info.name)
+        write_lora_gguf(self.staging / name, self.lora, config, architecture_for(config),
+                        self.info.name)
         return name
 
-    def base_gguf(self, loaded, result: ExportResult, copy_into: bool) -> str:
-        """The GGUF the LoRA runs on: the user's own file, or the base written as f16."""
-        if self.source_gguf is not None and self.source_gguf.is_file():
+    def base_gguf(self, result: ExportResult, base: str, outtype: str, copy_into: bool) -> str:
+        """The GGUF the LoRA runs on (its path relative to the export, or absolute).
+
+        `as-trained`: the base exactly as the adapter saw it — a 4-bit NF4 base dequantized
+        and written in `outtype` (every adapter trained on that base shares it). `original`
+        (and `as-trained` when the adapter was trained unquantized): the user's own GGUF
+        file, or the base's original weights in `outtype`."""
+        if base == "as-trained" and self.trained_in_4bit:
+            name = f"base-as-trained-{outtype}.gguf"
+            loaded = self.load(as_trained=True)
+            self.progress(f"writing the base as the adapter was trained on it ({outtype})")
+            result.files.append(self.model_gguf(loaded, name, outtype, "4-bit NF4 base"))
+            return name
+        if self.source_gguf is not None:
             if not copy_into:
                 return str(self.source_gguf)
             self.progress(f"copying the base GGUF {self.source_gguf.name}")
             _link_or_copy(self.source_gguf, self.staging / self.source_gguf.name)
             result.files.append(self.source_gguf.name)
             return self.source_gguf.name
-        name = "base-f16.gguf"
-        self.progress("writing the base model as an f16 GGUF (the adapter's base)")
-        result.files.append(self.model_gguf(loaded, name, "f16"))
+        name = f"base-{outtype}.gguf"
+        loaded = self.load(as_trained=False)
+        self.progress(f"writing the base model as a GGUF ({outtype})")
+        result.files.append(self.model_gguf(loaded, name, outtype, "base"))
         return name
 
 
 def export_adapter(settings: Settings, adapter: str, to: Path, fmt: str, outtype: str = "f16",
-                   dtype: str = "auto", force: bool = False,
+                   dtype: str = "auto", base: str = "as-trained", force: bool = False,
                    progress: Progress = lambda message: None) -> ExportResult:
     """Export `adapter` to the folder `to` in format `fmt`; see the module docstring."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     if outtype not in OUTTYPES:
         raise ExportError(f"unknown GGUF type {outtype!r}: use one of {', '.join(OUTTYPES)}")
+    if base not in BASES:
+        raise ExportError(f"unknown base {base!r}: use one of {', '.join(BASES)}")
     to = Path(to).expanduser().absolute()
     staging = _staging(to, force)
     try:
         job = _Export(settings, adapter, staging, progress)
         result = ExportResult(format=fmt, folder=to)
-        _FORMAT_WRITERS[fmt](job, result, outtype=outtype, dtype=dtype)
+        _FORMAT_WRITERS[fmt](job, result, outtype=outtype, dtype=dtype, base=base)
         _write_manifest(job, result, staging)
         _publish(staging, to)
     except BaseException:
@@ -189,7 +236,7 @@ def export_adapter(settings: Settings, adapter: str, to: Path, fmt: str, outtype
 def _merged(job: _Export, result: ExportResult, dtype: str, **_) -> None:
     from sftchat.prompts import stop_token_ids
 
-    loaded = job.load(merged=True)
+    loaded = job.load(as_trained=True, merge=True)
     target = float_dtype(dtype, Path(loaded.path))
     job.progress(f"saving the merged model ({str(target).removeprefix('torch.')})")
     save_hf_folder(loaded.model, loaded.tokenizer, job.staging, target,
@@ -200,32 +247,33 @@ def _merged(job: _Export, result: ExportResult, dtype: str, **_) -> None:
 
 
 def _gguf(job: _Export, result: ExportResult, outtype: str, **_) -> None:
-    loaded = job.load(merged=True)
-    name = job.model_gguf(loaded, f"{job.info.name}-{outtype}.gguf", outtype)
+    loaded = job.load(as_trained=True, merge=True)
+    name = job.model_gguf(loaded, f"{job.info.name}-{outtype}.gguf", outtype,
+                          f"{job.info.name} merged")
     result.files.append(name)
     result.next_step = f"llama-cli -m {result.folder / name} -cnv"
 
 
-def _gguf_lora(job: _Export, result: ExportResult, **_) -> None:
-    loaded = job.load(merged=False)
-    result.files.append(job.lora_gguf(loaded))
-    base = job.base_gguf(loaded, result, copy_into=False)
-    result.base_gguf = str(result.folder / base) if not Path(base).is_absolute() else base
+def _gguf_lora(job: _Export, result: ExportResult, outtype: str, base: str, **_) -> None:
+    config, _tokenizer, _folder = job.base_files()
+    result.files.append(job.lora_gguf(config))
+    base_file = job.base_gguf(result, base, outtype, copy_into=False)
+    result.base_gguf = base_file if Path(base_file).is_absolute() else str(
+        result.folder / base_file)
     result.next_step = (f"llama-cli -m {result.base_gguf} --lora "
                         f"{result.folder / result.files[0]} -cnv")
 
 
-def _ollama(job: _Export, result: ExportResult, **_) -> None:
+def _ollama(job: _Export, result: ExportResult, outtype: str, base: str, **_) -> None:
     from sftchat.export.ollama import (
         go_template, modelfile, ollama_create_command, prompt_segments, stop_texts)
 
-    loaded = job.load(merged=False)
-    adapter = job.lora_gguf(loaded)
+    config, tokenizer, _folder = job.base_files()
+    adapter = job.lora_gguf(config)
     result.files.append(adapter)
-    base = job.base_gguf(loaded, result, copy_into=True)
-    result.base_gguf = str(result.folder / base)
-    tokenizer = loaded.tokenizer
-    text = modelfile(base, adapter, go_template(prompt_segments(job.template, tokenizer)),
+    base_file = job.base_gguf(result, base, outtype, copy_into=True)
+    result.base_gguf = str(result.folder / base_file)
+    text = modelfile(base_file, adapter, go_template(prompt_segments(job.template, tokenizer)),
                      stop_texts(job.template, tokenizer), system=job.settings.system)
     (job.staging / "Modelfile").write_text(text, encoding="utf-8")
     result.files.append("Modelfile")
@@ -246,6 +294,7 @@ def _write_manifest(job: _Export, result: ExportResult, staging: Path) -> None:
         "base_model": job.meta.get("base_model"),
         "template": job.template,
         "lora": {"rank": job.lora.rank, "alpha": job.lora.alpha, "scale": job.lora.scale},
+        "trained_in_4bit": job.trained_in_4bit,
         **result.to_dict(),
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

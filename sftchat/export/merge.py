@@ -68,15 +68,19 @@ def read_lora(folder: Path) -> LoraWeights:
     return lora
 
 
-def merged_model(loaded, lora: LoraWeights, progress: Progress) -> Any:
-    """The loaded base, dequantized to float32 in place, with the LoRA added in float32."""
-    import torch
-
+def dequantized_model(loaded, progress: Progress) -> Any:
+    """The loaded base as float32, in place: a 4-bit one dequantized (the base as trained)."""
     model = loaded.model
     if loaded.quantized:
         progress("dequantizing the 4-bit base to float32")
         model.dequantize()
-    model.float()
+    return model.float()
+
+
+def merge_lora(model, lora: LoraWeights, progress: Progress) -> Any:
+    """`model` (float32) with the LoRA added into its weights, in place."""
+    import torch
+
     progress(f"merging {len(lora.pairs)} LoRA matrices in float32")
     with torch.no_grad():
         for module_name, (a, b) in lora.pairs.items():

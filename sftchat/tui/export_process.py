@@ -8,8 +8,8 @@ why gets a made-up `failed` from its exit code and last stderr line.
 
 The exporter writes into a staging folder beside the target (`.NAME.partial-PID`) and renames
 it into place at the end, so a stopped export never publishes anything; it removes that folder
-itself when it fails, and this side removes it when the child was stopped by a signal (which
-ends Python at once, before its own clean-up). No Textual here.
+itself when it fails or is stopped (SIGTERM unwinds like ctrl+c), and this side removes what a
+child killed outright (SIGKILL, after the stop timed out) left behind. No Textual here.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ class ExportProcess(JsonLinesProcess):
         await asyncio.to_thread(self.remove_staging)
 
     def remove_staging(self) -> None:
-        """Remove what an unfinished run left: stopped by a signal, the exporter had no
-        chance to remove its staging folder itself. Only once it has exited."""
+        """Remove what an unfinished run left (a child killed outright has no chance to
+        remove its staging folder itself). Only once it has exited."""
         if self.finished is None and self.process is not None and not self.running:
             for folder in staging_folders(self.request.folder, self.process.pid):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CURATED
-from llama_cpp_helpers import load_llama_cpp, needs_llama_cpp
+from export_runners import load_llama_cpp, needs_llama_cpp
 
 pytestmark = needs_llama_cpp
 
@@ -27,7 +27,8 @@ def exports(tmp_path_factory, trained_workspace) -> dict[str, Path]:
     export_adapter(settings, "first", root / "q8_0", "gguf", outtype="q8_0")
     export_adapter(settings, "first", root / "lora", "gguf-lora")
     return {"f16": root / "f16" / "first-f16.gguf", "q8_0": root / "q8_0" / "first-q8_0.gguf",
-            "base": root / "lora" / "base-f16.gguf", "lora": root / "lora" / "first-lora.gguf"}
+            "base": root / "lora" / "base-as-trained-f16.gguf",
+            "lora": root / "lora" / "first-lora.gguf"}
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import sftchat
-from conftest import shared_dir
 from real_model_data import BAD_ONLY, CURATED, FACTS, PAIRED, smollm2_gguf
+from real_model_workspace import greedy_answers as _greedy_answers, trained_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -38,41 +38,7 @@ if GGUF is None or importlib.util.find_spec("gguf") is None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A workspace with CURATED imported through the CLI and trained with `sftchat train`
-    (once per test run, whichever workers run these tests)."""
-    def build(workspace: Path) -> None:
-        records = workspace / "curated.jsonl"
-        records.write_text("".join(json.dumps({"instruction": q, "output": a},
-                                              ensure_ascii=False) + "\n" for q, a in CURATED),
-                           encoding="utf-8")
-        sftchat(workspace, "--model", str(GGUF), "data", "import", str(records), check=True)
-        _reject_base_answers(workspace)
-        sftchat(workspace, "--model", str(GGUF), "train", "--name", "taught", check=True,
-                timeout=1800)
-
-    return shared_dir(tmp_path_factory, "smollm2", build)
-
-
-def _reject_base_answers(workspace: Path) -> None:
-    """The base model's greedy answers to PAIRED and BAD_ONLY, kept as rejected answers (and
-    in bad.json, for the tests)."""
-    import gc
-
-    from sftchat.config import load_settings
-    from sftchat.dataset.store import ExampleStore
-    from sftchat.engine import ChatEngine
-
-    engine = ChatEngine.from_settings(load_settings(workspace=str(workspace), model=str(GGUF)))
-    base = dict(zip(PAIRED + BAD_ONLY, _greedy_answers(engine, None, PAIRED + BAD_ONLY, 48)))
-    del engine
-    gc.collect()
-    with ExampleStore(workspace / "data") as store:
-        ids = {example.instruction: example.id for example in store.snapshot()}
-        for question in PAIRED:
-            store.add_rejected(question, base[question], source="cli", example_id=ids[question])
-        for question in BAD_ONLY:
-            store.add_rejected(question, base[question])   # source "bad", no replacement
-    (workspace / "bad.json").write_text(json.dumps(base, ensure_ascii=False), encoding="utf-8")
+    return trained_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +47,6 @@ def engine(trained):
     from sftchat.engine import ChatEngine
 
     return ChatEngine.from_settings(load_settings(workspace=str(trained), model=str(GGUF)))
-
-
-def _greedy_answers(engine, adapter, questions, max_new_tokens):
-    """Greedy answers of `adapter` (None: the base) to `questions`, in one batch: on a CPU,
-    decoding is bound by reading the weights, so a batch costs about what one answer does.
-    The chat's own path (`engine.generate`) is checked against it below."""
-    from sftchat.training.anchors import greedy_batch
-
-    engine.use_adapter(adapter)
-    with engine.slots.answering_context():
-        rows = greedy_batch(engine.model, engine.tokenizer, engine.template, questions,
-                            max_new_tokens)
-    return [engine.tokenizer.decode(answer, skip_special_tokens=True)
-            for _prompt, answer, _ended in rows]
 
 
 def test_curated_answers_come_back(engine):

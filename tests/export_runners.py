@@ -1,5 +1,7 @@
-"""Running exported GGUF files in llama.cpp itself (llama-cpp-python), as its users would.
+"""Running exports where their users run them: a merged folder in plain transformers
+(`transformers_answers`), GGUF files in llama.cpp itself (llama-cpp-python, `load_llama_cpp`).
 
+llama.cpp:
 The prompt is rendered with the GGUF file's own chat template by llama-cpp-python's own
 formatter (what `create_chat_completion` uses) and tokenized by llama.cpp, so the file's
 tokenizer metadata and chat template are under test too, not only its weights; then greedy
@@ -61,3 +63,23 @@ def load_llama_cpp(model_path, lora_path=None, stop_ids=()) -> LlamaCppModel:
                 n_ctx=1024, n_threads=2, seed=0, verbose=False)
     template = llm.metadata["tokenizer.chat_template"]
     return LlamaCppModel(llm, template, {llm.token_eos(), *stop_ids})
+
+
+def transformers_answers(folder, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers of the Hugging Face folder `folder`, loaded by transformers alone, to
+    `questions`, each prompted by the folder's own chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    answers = []
+    for question in questions:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                               add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.append(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:],
+                                        skip_special_tokens=True))
+    return answers
