@@ -244,3 +244,24 @@ def test_the_export_is_the_same_on_every_cpu_path(cpu_path, trained_workspace, t
     reference = load_file(str(exported["merged"] / "model.safetensors"))
     assert here.keys() == reference.keys()
     assert all(np.array_equal(here[k].numpy(), reference[k].numpy()) for k in here)
+
+
+def test_a_gpu_trained_adapter_exports_from_the_cpu_when_there_is_no_gpu(trained_workspace,
+                                                                         tmp_path, exported):
+    """Where the adapter trained on CUDA and no GPU is here, the base is quantized on the CPU
+    (close to CUDA's NF4, not identical: RESULTS §17) and the manifest says so. On a GPU
+    machine benchmarks/export_gpu_check.py checks the other branch."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the export would quantize there")
+    workspace = tmp_path / "ws"
+    shutil.copytree(trained_workspace, workspace)
+    meta_path = workspace / "adapters/first/sftchat.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "device": "cuda"}))
+    export_adapter(load_settings(workspace=str(workspace)), "first", tmp_path / "m", "merged")
+    manifest = json.loads((tmp_path / "m" / "sftchat-export.json").read_text())
+    assert (manifest["trained_on"], manifest["dequantized_on"]) == ("cuda", "cpu")
+    reference = json.loads((exported["merged"] / "sftchat-export.json").read_text())
+    assert (reference["trained_on"], reference["dequantized_on"]) == ("cpu", "cpu")
