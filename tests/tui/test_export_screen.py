@@ -144,6 +144,37 @@ async def test_a_folder_in_use_is_replaced_only_after_a_yes(workspace):
     assert (target / "keep.txt").read_text() == "precious"
 
 
+async def test_the_export_slash_command_runs_copies_and_explains_itself(workspace):
+    """`/export NAME FORMAT DIR` to the end from the chat, `/export copy`, and what
+    `/export cancel` and a wrong `/export` say."""
+    target = workspace.absolute() / "lora"
+    app = recording_app(settings_for(workspace))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.engine is not None, timeout=120, what="the model")
+        prompt = app.screen.query_one(PromptInput)
+
+        async def say(text: str) -> None:
+            prompt.text = text
+            await pilot.press("enter")
+            await pilot.pause()
+
+        await say("/export cancel")
+        assert "No export is running." in toasts(app)
+        await say("/export copy")
+        assert "No export has finished yet." in toasts(app)
+        await say("/export first tarball")
+        assert any(note.startswith("Usage: /export NAME") for note in toasts(app))
+        await say(f"/export first gguf-lora {target}")
+        await wait_until(pilot, lambda: app.last_export is not None, timeout=EXPORT_S,
+                         what="the export to finish")
+        assert (target / "first-lora.gguf").is_file()
+        assert (target / "base-as-trained-f16.gguf").is_file()
+        await say("/export copy")
+        assert app.clipboard == app.last_export["next_step"]
+        assert app.clipboard.startswith("llama-cli -m ") and "--lora" in app.clipboard
+        assert toasts(app, "error") == []
+
+
 async def test_a_damaged_adapter_fails_in_one_notification_and_leaves_nothing(workspace):
     weights = workspace / "adapters" / "first" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
