@@ -71,6 +71,13 @@ def _staging(to: Path, force: bool) -> Path:
 
 
 def _publish(staging: Path, to: Path) -> None:
+    # Files meant to be shared get the umask's usual permissions (transformers writes its
+    # safetensors through a private temporary file: 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
     old = None
     if to.exists():
         old = to.parent / f".{to.name}.old-{os.getpid()}"

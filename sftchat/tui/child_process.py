@@ -18,6 +18,8 @@ No Textual here: the app wraps the callbacks into messages.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import asyncio
 import json
 import os
@@ -92,7 +94,7 @@ def parse_json_event(line: str, kinds: Sequence[str]) -> dict | None:
     return None
 
 
-class JsonLinesProcess:
+class JsonLinesProcess(ABC):
     """One run of a child. `await run()` starts it and returns its exit code once it ended.
 
     Subclasses say what the child is called (`what`), which events end a run (`terminal`),
@@ -113,21 +115,23 @@ class JsonLinesProcess:
 
     # -- what subclasses say --------------------------------------------------------------
 
+    @abstractmethod
     def parse(self, line: str) -> dict | None:
-        raise NotImplementedError
+        """The event a line of the child's stdout is, or None to skip it."""
 
+    @abstractmethod
     def failed_event(self, message: str) -> dict:
-        raise NotImplementedError
+        """The `failed` event that says `message`."""
 
+    @abstractmethod
     def ended_without_event(self, code: int) -> dict:
         """The terminal event of a child that exited without one (cancelled, crashed)."""
-        raise NotImplementedError
 
     def ending(self, event: dict) -> dict:
         """The terminal event as delivered (a subclass may add to it)."""
         return event
 
-    async def exited(self, code: int) -> None:
+    async def exited(self, code: int) -> None:  # noqa: B027 - a hook; most need nothing
         """Called once the child exited, before a made-up terminal event is delivered."""
 
     # -- the run ----------------------------------------------------------------------------

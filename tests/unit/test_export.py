@@ -6,6 +6,7 @@ tests/e2e/test_export_llama_cpp.py; Ollama's template in tests/unit/test_export_
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def test_the_merged_folder_answers_alone_in_plain_transformers(exported):
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
+    # The umask's permissions, as files meant to be shared have (transformers' own: 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     answers = transformers_answers(folder, [question for question, _ in CURATED])
     assert answers == [answer for _, answer in CURATED]
 
