@@ -17,6 +17,9 @@ from typing import Sequence
 
 from sftchat import __version__
 from sftchat.errors import SftchatError
+from sftchat.export import BASES as EXPORT_BASES
+from sftchat.export import FORMATS as EXPORT_FORMATS
+from sftchat.export import OUTTYPES as EXPORT_OUTTYPES
 from sftchat.prompts import TEMPLATE_SETTINGS
 from sftchat.training.options import add_train_options
 
@@ -251,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", required=True, metavar="DIR",
                         help="the folder to write (new or empty; see --force)")
     export.add_argument("--format", required=True, dest="export_format",
-                        choices=("merged", "gguf-lora", "gguf", "ollama"))
-    export.add_argument("--outtype", choices=("f16", "q8_0", "f32"), default="f16",
+                        choices=tuple(EXPORT_FORMATS))
+    export.add_argument("--outtype", choices=EXPORT_OUTTYPES, default="f16",
                         help="tensor type of the GGUF model files written (default f16)")
-    export.add_argument("--base", choices=("as-trained", "original"), default="as-trained",
+    export.add_argument("--base", choices=EXPORT_BASES, default="as-trained",
                         help="the base GGUF a LoRA GGUF runs on (gguf-lora, ollama): "
                              "as-trained (default) is the 4-bit base the adapter learned on, "
                              "dequantized, where its answers come back as in the chat; "

@@ -36,12 +36,11 @@ from sftchat import __version__
 from sftchat.adapters.registry import check_base, resolve
 from sftchat.config import Settings
 from sftchat.export.architectures import ExportError, architecture_for
-from sftchat.export.gguf_files import OUTTYPES, write_lora_gguf, write_model_gguf
+from sftchat.export import BASES, FORMATS, OUTTYPES
+from sftchat.export.gguf_files import write_lora_gguf, write_model_gguf
 from sftchat.export.merge import (
     dequantized_model, float_dtype, merge_lora, read_lora, save_hf_folder)
 
-FORMATS = ("merged", "gguf-lora", "gguf", "ollama")
-BASES = ("as-trained", "original")   # the GGUF a LoRA GGUF runs on
 MANIFEST = "sftchat-export.json"
 Progress = Callable[[str], None]
 

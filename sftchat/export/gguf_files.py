@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from sftchat.export import OUTTYPES
 from sftchat.export.architectures import (
     Architecture,
     ExportError,
@@ -26,7 +27,6 @@ from sftchat.export.architectures import (
     to_llama_cpp_rows,
 )
 
-OUTTYPES = ("f16", "q8_0", "f32")
 Progress = Callable[[str], None]
 
 

@@ -20,17 +20,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftchat.export import OUTTYPES as ALL_OUTTYPES
 from sftchat.tui.child_process import JsonLinesProcess, parse_json_event
 
-# The formats, in the order offered, with what each one is (one line each).
-FORMATS = {
-    "gguf": "the merged model as one GGUF file (llama.cpp, LM Studio)",
-    "gguf-lora": "a llama.cpp LoRA GGUF, to run on top of its base model's GGUF",
-    "merged": "a Hugging Face folder: base and LoRA merged (transformers, vLLM)",
-    "ollama": "base GGUF + LoRA GGUF + Modelfile, for `ollama create`",
-}
-# The tensor types offered for a `gguf` file (`sftchat export --outtype` also takes f32).
-OUTTYPES = ("f16", "q8_0")
+# The tensor types the dialog offers for a `gguf` file (`sftchat export --outtype` also takes
+# f32, rarely wanted).
+OUTTYPES = tuple(outtype for outtype in ALL_OUTTYPES if outtype != "f32")
 EVENT_KINDS = ("progress", "finished", "failed")
 
 

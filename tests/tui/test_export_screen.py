@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Label
 
-from sftchat.tui.export_process import FORMATS
+from sftchat.export import FORMATS
 from sftchat.tui.screens.adapters import AdaptersScreen
 from sftchat.tui.screens.confirm import ConfirmModal
 from sftchat.tui.screens.export import DONE, FORM, RUNNING, ExportScreen

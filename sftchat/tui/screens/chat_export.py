@@ -13,7 +13,8 @@ from __future__ import annotations
 import shlex
 
 from sftchat.text import strip_control
-from sftchat.tui.export_process import FORMATS, ExportRequest, default_folder, folder_from_text
+from sftchat.export import FORMATS
+from sftchat.tui.export_process import ExportRequest, default_folder, folder_from_text
 from sftchat.tui.messages import ExportEnded, ExportProgressed
 from sftchat.tui.widgets.prompt_input import PromptInput
 

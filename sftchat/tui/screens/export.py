@@ -26,9 +26,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, RadioButton, RadioSet
 
+from sftchat.export import FORMATS
 from sftchat.text import one_line, strip_control
 from sftchat.tui.export_process import (
-    FORMATS, OUTTYPES, ExportRequest, default_folder, folder_from_text,
+    OUTTYPES, ExportRequest, default_folder, folder_from_text,
 )
 from sftchat.tui.messages import ExportEnded, ExportProgressed
 
