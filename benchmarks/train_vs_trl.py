@@ -15,6 +15,18 @@ allocator's peak reserved bytes, model load included) and an MFU estimate (6 × 
 tokens/s over the GPU's dense bf16 peak: the usual convention; QLoRA does less work per token
 than full training, so this understates the hardware's use a little for both alike).
 
+`--shape qwen2.5-0.5b` (or `llama3.2-1b`) trains a random model of that real shape instead
+(tests/shaped_models.py: the full 151,936-token vocabulary, GQA, tied embeddings; the
+built-in model's tokenizer), and `--recipe defaults` runs sftchat with its real-model default
+recipe (distillation and the quiet penalty on anchors: more work than TRL's side does) instead
+of TRL's. Then the record also holds the step time of each (training seconds per optimizer
+step) and sftchat's own memory estimate, made before its first step, beside what its
+training took (metrics `memory_estimate_mb`, `memory_used_mb`).
+
+    python benchmarks/train_vs_trl.py --data ../shared/data/alpaca_5000.json \
+        --shape qwen2.5-0.5b --recipe defaults --examples 16 --epochs 1 --batch-size 4 \
+        --max-length 256
+
 Needs `pip install trl datasets` (not project dependencies).
 """
 
@@ -31,14 +43,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_model import add_model_arguments, build, dims_from_args, load_alpaca  # noqa: E402
 from measure import json_lines, machine, run_measured  # noqa: E402
 
 
+SHAPES = {"qwen2.5-0.5b": ("QWEN25_05B", "Qwen2Config"),
+          "llama3.2-1b": ("LLAMA32_1B", "LlamaConfig")}
+
+
 def prepare(args, root: Path):
-    model = Path(args.model) if args.model else build(args.data, root / "model",
-                                                     dims_from_args(args))
+    if args.shape:
+        import shaped_models
+
+        shape, architecture = SHAPES[args.shape]
+        model = shaped_models.qwen2_shaped(root / "model", getattr(shaped_models, shape),
+                                           architecture=architecture)
+    elif args.model:
+        model = Path(args.model)
+    else:
+        model = build(args.data, root / "model", dims_from_args(args))
     records = load_alpaca(args.data, args.examples, offset=args.offset)
     workspace = root / "workspace"
     workspace.mkdir()
@@ -122,6 +147,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the JSON record here")
     parser.add_argument("--skip-trl", action="store_true", help="only run sftchat")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="a random model of this real shape (instead of --model)")
+    parser.add_argument("--recipe", choices=("same", "defaults"), default="same",
+                        help="sftchat with TRL's recipe (same) or its own default recipe")
     add_model_arguments(parser)
     args = parser.parse_args()
 
@@ -134,6 +163,8 @@ def main() -> None:
                   "--max-length", str(args.max_length)]
         # The same recipe as the TRL side: every planned step, no rehearsal, its clipping.
         same_recipe = ["--no-early-stop", "--regularize", "off", "--max-grad-norm", "0.3"]
+        if args.recipe == "defaults":   # its own recipe, every planned step
+            same_recipe = ["--no-early-stop", "--max-drift", "0"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         sft = run_measured([sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace),
                             "--model", str(model), "--template", "alpaca", "--device",
@@ -154,8 +185,14 @@ def main() -> None:
                         "tokens_per_s": round(tokens / sft.seconds, 1), "losses": sft_losses},
             "device": args.device,
         }
+        metrics = sftchat_metrics(workspace)
+        result["sftchat"].update(
+            steps=metrics["steps"], train_seconds=metrics["train_seconds"],
+            step_s=round(metrics["train_seconds"] / metrics["steps"], 2),
+            memory_estimate_mb=metrics.get("memory_estimate_mb"),
+            memory_used_mb=metrics.get("memory_used_mb"))
+        result["recipe"], result["shape"] = args.recipe, args.shape or args.model or "bench"
         if args.device == "cuda":
-            metrics = sftchat_metrics(workspace)
             gpu_figures(result["sftchat"], tokens, metrics["train_seconds"],
                         metrics["peak_gpu_memory_mb"], model)
         if not args.skip_trl:
@@ -169,8 +206,14 @@ def main() -> None:
             result["trl"] = {"wall_s": round(trl.seconds, 2),
                              "peak_rss_mb": round(trl.peak_rss_mb),
                              "tokens_per_s": round(tokens / trl.seconds, 1),
-                             "losses": trl_metrics["losses"]}
+                             "losses": trl_metrics["losses"],
+                             "steps": trl_metrics["steps"],
+                             "train_seconds": round(trl_metrics["train_seconds"], 2),
+                             "step_s": round(trl_metrics["train_seconds"]
+                                             / max(1, trl_metrics["steps"]), 2)}
             result["speedup_wall"] = round(trl.seconds / sft.seconds, 2)
+            result["speedup_step"] = round(result["trl"]["step_s"]
+                                           / max(result["sftchat"]["step_s"], 1e-9), 2)
             result["memory_ratio"] = round(sft.peak_rss_mb / trl.peak_rss_mb, 2)
             if args.device == "cuda":
                 gpu_figures(result["trl"], tokens, trl_metrics["train_seconds"],
@@ -190,7 +233,11 @@ def main() -> None:
                       f"{row['losses'][-1]:.3f} ({len(row['losses'])} steps)")
         if "speedup_wall" in result:
             print(f"sftchat train is {result['speedup_wall']}x faster than TRL SFTTrainer "
-                  f"(wall time), with {result['memory_ratio']}x its peak memory")
+                  f"(wall time), {result['speedup_step']}x per optimizer step, with "
+                  f"{result['memory_ratio']}x its peak memory")
+        ours = result["sftchat"]
+        print(f"sftchat's estimate before the run: {ours['memory_estimate_mb']} MiB; its "
+              f"training took {ours['memory_used_mb']} MiB beyond the loaded model")
         if "speedup_train" in result:
             for name in ("sftchat", "trl"):
                 row = result[name]

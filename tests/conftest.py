@@ -113,6 +113,15 @@ def fresh_builtin(builtin_cache):
     return load_model("builtin", "cpu", quantize=True)
 
 
+@pytest.fixture()
+def trainable_builtin(builtin_cache):
+    """The built-in model loaded as the trainer loads it (`for_training`: its 4-bit weights
+    stay in the plain layout, which has a backward, on every CPU)."""
+    from sftchat.models.loader import load_model
+
+    return load_model("builtin", "cpu", quantize=True, for_training=True)
+
+
 def with_lora(loaded, mode: str = "eval"):
     """(loaded, `loaded`'s model wrapped with a fresh LoRA of rank 8 as the trainer wraps it,
     its `LossFunction`), the model in `mode` ("eval" or "train")."""

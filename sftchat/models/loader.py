@@ -86,6 +86,14 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def compute_dtype_for(device: str) -> str:
+    """THE compute dtype of a model on `device`, for training and answering alike (the trainer
+    keeps the base as loaded: `trainer._wrap_with_lora`): bfloat16 on a GPU (QLoRA); float32
+    on a CPU, where bfloat16 arithmetic is emulated on most chips (no AVX-512 BF16): 4-bit
+    decoding ran 12% faster in float32 (RESULTS.md §8). LoRA weights are float32 on both."""
+    return "bfloat16" if device == "cuda" else "float32"
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -217,9 +225,7 @@ def load_model(spec: str, device: str = "auto", quantize: bool = True,
     device = resolve_device(device)
     path, gguf = resolve_model_path(spec, trust_remote_code, progress)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
-    # bfloat16 on a GPU (QLoRA); float32 on a CPU, where bfloat16 arithmetic is emulated on
-    # most chips (no AVX-512 BF16): 4-bit decoding ran 12% faster in float32 (RESULTS.md §8).
-    compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    compute_dtype = getattr(torch, compute_dtype_for(device))
     if quantize:
         try:
             from transformers import BitsAndBytesConfig

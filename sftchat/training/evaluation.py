@@ -75,8 +75,7 @@ def replay_steps(loss_function, examples: Sequence[EncodedExample],
             before_batch()
         with torch.no_grad():
             out = loss_function.learned_logits(chunk)
-            errors, chunk_margins = per_example_errors(out.logits, out.targets, out.owners,
-                                                       len(chunk))
+            errors, chunk_margins = per_example_errors(out, len(chunk))
         exact += [int(e) == 0 for e in errors]
         margins += [float(m) for m in chunk_margins]
         wrong_tokens += int(errors.sum())
@@ -158,11 +157,15 @@ def measure_drift(loss_function, model, anchors: Sequence[EncodedExample],
             tuned = loss_function.learned_logits(chunk)
             with model.disable_adapter():
                 base = loss_function.learned_logits(chunk)
-            tuned_logp = F.log_softmax(tuned.logits.float(), dim=-1)
-            base_logp = F.log_softmax(base.logits.float(), dim=-1)
-            kl_sum += float((base_logp.exp() * (base_logp - tuned_logp)).sum())
-            nll_adapter -= float(tuned_logp.gather(1, tuned.targets[:, None]).sum())
-            nll_base -= float(base_logp.gather(1, base.targets[:, None]).sum())
+            # Chunk by chunk of positions: never the whole batch's logits at once.
+            for (at, tuned_logits), (_, base_logits) in zip(tuned.logit_chunks(),
+                                                            base.logit_chunks()):
+                targets = tuned.targets[at:at + len(tuned_logits), None]
+                tuned_logp = F.log_softmax(tuned_logits, dim=-1)
+                base_logp = F.log_softmax(base_logits, dim=-1)
+                kl_sum += float((base_logp.exp() * (base_logp - tuned_logp)).sum())
+                nll_adapter -= float(tuned_logp.gather(1, targets).sum())
+                nll_base -= float(base_logp.gather(1, targets).sum())
             tokens += int(tuned.targets.numel())
     if not tokens:
         return {"prompts": 0}

@@ -1,11 +1,14 @@
 """The optimizer-step loop of one training run (on one rank of it, when there are several).
 
-Every step: the step's curated examples (this rank's share of them, `Ranks.share`) in
-micro-batches, each loss the summed masked cross-entropy divided by the number of learned
-tokens in the whole step (over every rank), gradients accumulated; then the step's anchor
-loss (`Regularizer`), gradient clipping, AdamW, and linear warm-up then cosine decay. One
-`step` event per step (rank 0). The run stops early once every curated answer is reproduced
-exactly, by a margin, under greedy decoding.
+Every step is a few passes (`terms.Pass`, planned by `StepPlanner`): the step's curated
+examples (this rank's share of them, `Ranks.share`) in micro-batches, each pair's rejected
+answer beside its example; the step's anchors; the step's share of the bad answers with no
+replacement. Each pass is one forward read by every loss term it feeds (`terms.LossTerm`:
+the curated loss is the summed masked cross-entropy divided by the number of learned tokens in
+the whole step over every rank) and one backward, gradients accumulated; then gradient
+clipping, AdamW, and linear warm-up then cosine decay. One `step` event per step (rank 0).
+The run stops early once every curated answer is reproduced exactly, by a margin, under greedy
+decoding.
 
 With several ranks, the backward passes go through `DataParallel` (DDP sums the gradients at
 each rank's last backward of the step) and one all-reduce per step (`Ranks.sum`) gathers the
@@ -26,9 +29,11 @@ from sftchat.training.distributed import SINGLE, DataParallel, Ranks
 from sftchat.training.evaluation import replay
 from sftchat.training.events import Emit, make_event
 from sftchat.training.health import check_loss
-from sftchat.training.loss import LossFunction, masked_loss_sum_of, per_example_errors
+from sftchat.training.loss import LossFunction
 from sftchat.training.preference import PreferenceLoss
-from sftchat.training.regularizer import Regularizer
+from sftchat.training.regularizer import Anchors
+from sftchat.training.terms import (CuratedAnswers, LossTerm, Pass, Read, StepFigures,
+                                    prepare_references, run_pass)
 
 # Early stopping asks every target token to beat the runner-up by this many logits (nats),
 # so that an answer learned exactly does not flip under cached decoding's arithmetic.
@@ -71,15 +76,69 @@ def _stop_everywhere(stop: threading.Event, ranks: Ranks) -> None:
         raise StopRequested
 
 
+class StepPlanner:
+    """The passes of each step, and what the step's figures are made of."""
+
+    def __init__(self, encoded, batch_size: int, ranks: Ranks, anchors: Anchors | None,
+                 anchor_terms: list[LossTerm], preferences: PreferenceLoss | None) -> None:
+        self.encoded = encoded
+        self.lengths = [len(example.input_ids) for example in encoded]
+        self.batch_size = batch_size
+        self.ranks = ranks
+        self.anchors = anchors
+        self.anchor_terms = anchor_terms
+        self.preferences = preferences
+        self.curated = CuratedAnswers()
+
+    @property
+    def terms(self) -> list[LossTerm]:
+        return [self.curated, *self.anchor_terms,
+                *([self.preferences] if self.preferences is not None else [])]
+
+    def plan(self, plan) -> tuple[list[Pass], StepFigures]:
+        step_examples = [i for batch in plan.micro_batches for i in batch]
+        learned = count_learned([self.encoded[i] for i in step_examples])
+        riding = self.preferences.riding if self.preferences is not None else {}
+        mine, loose = (self.preferences.next_loose(self.ranks)
+                       if self.preferences is not None else ([], []))
+        step_items = [item for example in step_examples for item in riding.get(example, [])]
+        figures = StepFigures(step_examples, step_items + loose)
+        items_in_step = max(1, len(figures.items))
+        passes = []
+        for batch in self.ranks.share(plan.micro_batches, self.lengths, self.batch_size):
+            sequences = [self.encoded[i] for i in batch]
+            rows = []
+            for position, example in enumerate(batch):
+                for item in riding.get(example, []):
+                    rows.append((item, position, len(sequences)))
+                    sequences.append(self.preferences.items[item].rejected)
+            reads = [Read(self.curated, list(batch), learned)]
+            if rows:
+                reads.append(Read(self.preferences, rows, items_in_step))
+            passes.append(Pass(sequences, reads))
+        if self.anchors is not None and self.anchor_terms:
+            step = self.anchors.next_step(self.ranks)
+            if step.indices:
+                passes.append(Pass([self.anchors.examples[i] for i in step.indices],
+                                   self.anchors.reads(step, self.anchor_terms)))
+        if mine:
+            passes += [Pass(sequences, [read]) for sequences, read in
+                       self.preferences.loose_reads(mine, items_in_step)]
+        return passes, figures
+
+
 def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, device,
-               emit: Emit, stop: threading.Event, regularizer: Regularizer | None = None,
-               ranks: Ranks = SINGLE, checkpoints: Checkpointer | None = None,
+               emit: Emit, stop: threading.Event, anchors: Anchors | None = None,
+               anchor_terms: list[LossTerm] = (), ranks: Ranks = SINGLE,
+               checkpoints: Checkpointer | None = None,
                preferences: PreferenceLoss | None = None):
     """Run every planned step (or stop early): (metrics, the loss function).
 
-    `checkpoints` (rank 0's) writes checkpoints as it goes and, for a resumed run, restores
-    the optimizer, the schedule, the loop's state and the random generators of the
-    checkpoint's step: the steps after it are then those of the uninterrupted run.
+    `anchors` and `anchor_terms` are the regularizer's (`regularizer`); `preferences` the
+    preference term. `checkpoints` (rank 0's) writes checkpoints as it goes and, for a
+    resumed run, restores the optimizer, the schedule, the loop's state and the random
+    generators of the checkpoint's step: the steps after it are then those of the
+    uninterrupted run.
 
     Raises `StopRequested` when `stop` is set (on any rank)."""
     import torch
@@ -91,7 +150,6 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     warmup = min(total - 1, round(training.warmup_ratio * total)) if total > 1 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
     steps_per_epoch = sum(1 for plan in plans if plan.epoch == 0)
-    lengths = [len(example.input_ids) for example in encoded]
     vocabulary = getattr(getattr(model, "config", None), "vocab_size", None)
     chance = math.log(vocabulary) if vocabulary else None   # a uniform guess's loss
     resuming = checkpoints is not None and checkpoints.resumed is not None
@@ -113,11 +171,14 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         loss_function.verified = True
     else:
         loss_function.verify([encoded[i] for i in plans[0].micro_batches[0]])
-    if regularizer is not None:
-        regularizer.prepare(loss_function, model)
-        regularizer.cursor = state.anchor_cursor
+    planner = StepPlanner(encoded, training.batch_size, ranks, anchors, list(anchor_terms),
+                          preferences)
+    for term in planner.terms:
+        term.attach(model)
+    prepare_references(loss_function, model, planner.terms)
+    if anchors is not None:
+        anchors.cursor = state.anchor_cursor
     if preferences is not None:
-        preferences.prepare(loss_function, model)
         preferences.fit(steps_per_epoch)
         preferences.cursor = state.preference_cursor
     forward = DataParallel(loss_function, ranks)
@@ -129,69 +190,28 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     for index, plan in enumerate(plans[state.step:], start=state.step + 1):
         if checkpoints is not None:
             checkpoints.at_boundary()
-        step_examples = [i for batch in plan.micro_batches for i in batch]
-        learned = count_learned([encoded[i] for i in step_examples])
-        batches = ranks.share(plan.micro_batches, lengths, training.batch_size)
-        anchors = None
-        if regularizer is not None and (regularizer.weight > 0 or regularizer.quiet_weight > 0):
-            anchors = regularizer.next_step(ranks)
-        preference_step = preferences.next_step(ranks) if preferences is not None else None
-        preference_batches = preferences.batches(preference_step) if preferences else []
-        anchor_pass = bool(anchors and anchors.indices)
-        backward_passes = len(batches) + anchor_pass + len(preference_batches)
-        # Summed over ranks: loss, tokens, anchor loss, preference loss, then per step
-        # example 1 = reproduced, 2 = not (0 from the ranks that did not run it), then per
-        # preference item of the step 1 = met, 2 = not.
-        totals = [0.0, 0.0, 0.0, 0.0] + [0.0] * len(step_examples)
-        if preference_step is not None:
-            item_slot = {item: 4 + len(step_examples) + slot
-                         for slot, item in enumerate(preference_step.every)}
-            totals += [0.0] * len(item_slot)
-        position = {example: slot for slot, example in enumerate(step_examples)}
-        for number, batch in enumerate(batches, start=1):
+        passes, figures = planner.plan(plan)
+        for number, step_pass in enumerate(passes, start=1):
             if stop.is_set() and not ranks.distributed:
                 raise StopRequested  # alone, no need to wait for the step's end
-            with forward.backward_pass(last=number == backward_passes):
-                out = forward.learned_logits([encoded[i] for i in batch])
-                loss = masked_loss_sum_of(out) / learned
-                loss.backward()
-            totals[0] += loss.item()
-            totals[1] += out.tokens
-            errors, _ = per_example_errors(out.logits.detach(), out.targets, out.owners,
-                                           len(batch))
-            for example_index, wrong in zip(batch, errors.tolist()):
-                totals[4 + position[example_index]] = 1.0 if wrong == 0 else 2.0
-        if anchor_pass:
-            with forward.backward_pass(last=not preference_batches):
-                weighted, anchor_loss, anchor_tokens = regularizer.step_loss(forward, anchors)
-                weighted.backward()
-            totals[2] += anchor_loss
-            totals[1] += anchor_tokens
-        for number, items in enumerate(preference_batches, start=1):
-            with forward.backward_pass(last=number == len(preference_batches)):
-                weighted, preference_loss, tokens, met = preferences.batch_loss(
-                    forward, items, preference_step.count)
-                weighted.backward()
-            totals[3] += preference_loss
-            totals[1] += tokens
-            for item, ok in zip(items, met):
-                totals[item_slot[item]] = 1.0 if ok else 2.0
-        if backward_passes == 0:
+            run_pass(forward, step_pass, figures, last=number == len(passes))
+        if not passes:
             forward.join_empty()
-        totals = ranks.sum(totals + [1.0 if stop.is_set() else 0.0])
-        if totals.pop() > 0:
+        summed = ranks.sum(figures.flat() + [1.0 if stop.is_set() else 0.0])
+        if summed.pop() > 0:
             raise StopRequested
-        for example_index, code in zip(step_examples, totals[4:]):
+        figures.unflat(summed)
+        for example_index, code in figures.example_codes.items():
             if code:
                 learned_now[example_index] = code == 1.0
-        if preference_step is not None:
-            for item, slot in item_slot.items():
-                if totals[slot]:
-                    met_now[item] = totals[slot] == 1.0
-        step_loss = totals[0]
-        state.tokens_seen += int(totals[1])
-        anchor_loss = round(totals[2], 6) if anchors is not None else None
-        preference_loss = round(totals[3], 6) if preference_step is not None else None
+        for item, code in figures.item_codes.items():
+            if code:
+                met_now[item] = code == 1.0
+        step_loss = figures.loss
+        state.tokens_seen += int(figures.tokens)
+        anchor_loss = round(figures.anchor_loss, 6) if anchors is not None else None
+        preference_loss = round(figures.preference_loss, 6) if preferences is not None \
+            else None
         grad_norm = torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -200,7 +220,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         losses.append(step_loss)
         epoch_losses.append(step_loss)
         state.step = index
-        state.anchor_cursor = regularizer.cursor if regularizer is not None else 0
+        state.anchor_cursor = anchors.cursor if anchors is not None else 0
         state.preference_cursor = preferences.cursor if preferences is not None else 0
         elapsed = state.seconds = time.perf_counter() - started
         emit(make_event(

@@ -8,29 +8,21 @@ padded forward; `LossFunction.verify` checks that on the run's first micro-batch
 back to the padded layout for a model where it does not hold (an architecture that ignores
 `position_ids` for masking, or scales its logits).
 
-`learned_logits` is the shared core: the loss, the check that curated answers are
-reproduced (`per_example_errors`) and the drift measure all read from it.
+`learned_logits` is the shared core: every loss term, the check that curated answers are
+reproduced (`per_example_errors`) and the drift measure read from it, through `head`'s
+chunked reads (no full-batch float32 logits).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from sftchat.prompts import IGNORE_INDEX, EncodedExample
 from sftchat.training.batching import collate, pack
+from sftchat.training.head import LearnedLogits
 
 # Relative difference between packed and padded losses above which packing is not trusted.
 PACKING_TOLERANCE = 2e-2
-
-
-@dataclass
-class LearnedLogits:
-    logits: object    # [N, vocab] at every position whose next token is learned
-    targets: object   # [N] those next tokens
-    owners: object    # [N] index (in the micro-batch) of the example each position is in
-    tokens: int       # real (non-padding) tokens processed
-    real: object = None  # [rows, width] bool: which positions of the forward are real tokens
 
 
 class LossFunction:
@@ -46,7 +38,9 @@ class LossFunction:
         self.head = base.get_output_embeddings()
         scaled = any(getattr(config, name, None) for name in
                      ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"))
-        self.packed = self.decoder is not None and self.head is not None and not scaled
+        # The head is a plain linear layer: it can be applied at the learned positions alone.
+        self.plain_head = self.decoder is not None and self.head is not None and not scaled
+        self.packed = self.plain_head
         self.verified = not self.packed   # the padded layout needs no check
 
     @property
@@ -66,44 +60,68 @@ class LossFunction:
         import torch
 
         input_ids, attention, labels = collate(examples, self.pad_id, self.device)
-        logits = self.model(input_ids=input_ids, attention_mask=attention).logits
         mask, targets = learned_targets(labels)
         owners = torch.arange(len(examples), device=labels.device)[:, None].expand_as(labels)
-        return LearnedLogits(logits[mask], targets, owners[mask], int(attention.sum()),
-                             attention.bool())
+        # Row-major over [example, position]: already in example order.
+        common = (targets, owners[mask], int(attention.sum()), attention.bool())
+        if self.plain_head:  # the head at learned positions only, as the packed layout
+            hidden = self.decoder(input_ids=input_ids, attention_mask=attention,
+                                  use_cache=False).last_hidden_state
+            return LearnedLogits(*common, hidden=hidden[mask], head=self.head)
+        logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        return LearnedLogits(*common, logits_made=logits[mask])
 
     def _packed(self, examples) -> LearnedLogits:
         batch = pack(examples, self.pad_id, self.device)
         hidden = self.decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
                               use_cache=False).last_hidden_state
+        import torch
+
         mask, targets = learned_targets(batch.labels)
-        logits = self.head(hidden[mask].to(self.head.weight.dtype))
-        # A position that predicts a learned token is in the same example as that token.
-        return LearnedLogits(logits, targets, batch.owners[mask], batch.tokens,
-                             batch.owners >= 0)
+        # A position that predicts a learned token is in the same example as that token; a
+        # row holds several examples, so put them in example order (stable: positions too).
+        owners = batch.owners[mask]
+        order = torch.argsort(owners, stable=True)
+        return LearnedLogits(targets[order], owners[order], batch.tokens, batch.owners >= 0,
+                             hidden=hidden[mask][order], head=self.head)
 
     def verify(self, examples: Sequence[EncodedExample]) -> bool:
-        """Check packed == padded loss on `examples`; switch to padded if not. True if packed."""
+        """Check the packed loss on `examples` equals the model's own forward's; switch to the
+        padded layout if not. True if packed."""
         import torch
 
         if not self.packed:
             return False
         with torch.no_grad():
             packed = masked_loss_sum_of(self._packed(examples))
-            padded = masked_loss_sum_of(self._padded(examples))
+            padded = sum(self._model_loss(example) for example in examples)
         difference = abs(float(packed) - float(padded)) / max(abs(float(padded)), 1e-6)
         self.packed = difference <= PACKING_TOLERANCE
         self.verified = True
         return self.packed
+
+    def _model_loss(self, example: EncodedExample):
+        """The summed cross-entropy the model's own forward gives `example` (alone, so no
+        padding), its logits made at the learned positions only (`logits_to_keep`)."""
+        import torch
+        import torch.nn.functional as F
+
+        labels = torch.tensor([example.labels], device=self.device)
+        mask, targets = learned_targets(labels)
+        positions = mask[0].nonzero().squeeze(1)
+        input_ids = torch.tensor([example.input_ids], device=self.device)
+        try:
+            logits = self.model(input_ids=input_ids, logits_to_keep=positions).logits[0]
+        except TypeError:   # a model without `logits_to_keep`
+            logits = self.model(input_ids=input_ids).logits[0, positions]
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def masked_loss_sum_of(out: LearnedLogits):
     """Summed cross-entropy over the learned positions; the trainer divides it by the number
     of learned tokens in the whole optimizer step, so every response token weighs the same
     whatever batch it lands in (the torchtune/litgpt normalisation)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(out.logits.float(), out.targets, reduction="sum")
+    return -out.token_scores().logp.sum()
 
 
 def learned_targets(labels):
@@ -116,21 +134,21 @@ def learned_targets(labels):
     return mask, next_labels[mask]
 
 
-def per_example_errors(logits, targets, owners, count: int):
-    """For each of `count` examples: (tokens whose arg-max is not the target, the smallest
-    margin between the target's logit and the best other one).
+def per_example_errors(out: LearnedLogits, count: int):
+    """For each of the first `count` sequences of `out`: (tokens whose arg-max is not the
+    target, the smallest margin between the target's logit and the best other one), on the
+    host.
 
-    `logits` [N, vocab], `targets` [N] and `owners` [N] are the learned positions. An example
-    with 0 errors is reproduced exactly by greedy decoding (every response token and the end
-    token are the model's first choice); the margin says how firmly.
+    An example with 0 errors is reproduced exactly by greedy decoding (every response token
+    and the end token are the model's first choice); the margin says how firmly.
     """
     import torch
 
-    logits = logits.float()
-    wrong = (logits.argmax(dim=-1) != targets).float()
-    errors = torch.zeros(count, device=logits.device).index_add_(0, owners, wrong)
-    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf")).amax(dim=-1)
-    margins = torch.full((count,), float("inf"), device=logits.device)
-    margins = margins.scatter_reduce(0, owners, target_logit - others, reduce="amin")
+    scores = out.token_scores()
+    mine = out.owners < count    # the forward's first `count` sequences (others: ignored)
+    owners = out.owners[mine]
+    errors = torch.zeros(count, device=owners.device).index_add_(
+        0, owners, scores.wrong[mine].float())
+    margins = torch.full((count,), float("inf"), device=owners.device)
+    margins = margins.scatter_reduce(0, owners, scores.margin.detach()[mine], reduce="amin")
     return errors.long().cpu(), margins.cpu()

@@ -11,8 +11,9 @@ chat's memory with it:
   tensors a Llama-shaped block keeps for backward (norm outputs, q/k/v, attention output,
   the MLP's gate/up/act/down inputs) — with gradient checkpointing only each layer's input,
   plus one layer recomputed at a time;
-- **logits** at the learned positions only (the loss computes no others), in fp32, with their
-  gradient;
+- **the head** at the learned positions only (the loss computes no others), chunk by chunk of
+  positions (`head.CHUNK_ELEMENTS` float32 logits at a time, with their softmax) and, kept
+  for the backward, the hidden states there and their gradient;
 - a fixed allowance for the CUDA context and the allocator's fragmentation.
 
 It is an estimate (documented formulas, not a dry run): it errs on the generous side, and
@@ -34,7 +35,7 @@ SAFETY = 1.25
 class MemoryEstimate:
     lora_bytes: int         # LoRA weights, gradients and AdamW state
     activation_bytes: int   # activations kept for backward, largest micro-batch
-    logit_bytes: int        # fp32 logits at learned positions and their gradient
+    logit_bytes: int        # the head's chunk of fp32 logits; hidden states kept for it
     overhead_bytes: int
 
     @property
@@ -68,10 +69,11 @@ def lora_parameters(config, rank: int) -> int:
 
 
 def estimate(config, rank: int, tokens: int, learned_tokens: int,
-             gradient_checkpointing: bool, compute_bytes: int = 2) -> MemoryEstimate:
-    """What a run adds on the GPU once the base weights are loaded: `tokens` in its largest
-    micro-batch, `learned_tokens` of them learned; `compute_bytes` per activation element
-    (2 for bf16)."""
+             gradient_checkpointing: bool, compute_bytes: int = 2,
+             overhead_bytes: int = OVERHEAD_BYTES) -> MemoryEstimate:
+    """What a run adds once the base weights are loaded: `tokens` in its largest micro-batch,
+    `learned_tokens` of them learned; `compute_bytes` per activation element (2 for bf16);
+    `overhead_bytes` for the CUDA context and allocator (0 on a CPU)."""
     hidden, layers, intermediate, q_width, kv_width = _dims(config)
     per_token_layer = (6 * hidden + q_width + 2 * kv_width + 4 * intermediate) * compute_bytes
     if gradient_checkpointing:
@@ -81,9 +83,18 @@ def estimate(config, rank: int, tokens: int, learned_tokens: int,
     return MemoryEstimate(
         lora_bytes=lora_parameters(config, rank) * 16,
         activation_bytes=activations,
-        logit_bytes=learned_tokens * config.vocab_size * 4 * 2,
-        overhead_bytes=OVERHEAD_BYTES,
+        logit_bytes=_head_bytes(config.vocab_size, hidden, learned_tokens, compute_bytes),
+        overhead_bytes=overhead_bytes,
     )
+
+
+def _head_bytes(vocabulary: int, hidden: int, learned_tokens: int, compute_bytes: int) -> int:
+    """One chunk of float32 logits and their softmax at a time (`head`), and for the
+    backward the hidden states at the learned positions and their gradient."""
+    from sftchat.training.head import CHUNK_ELEMENTS
+
+    rows = min(learned_tokens, max(1, CHUNK_ELEMENTS // vocabulary))
+    return rows * vocabulary * 4 * 2 + learned_tokens * hidden * compute_bytes * 2
 
 
 def check_fits(needed: MemoryEstimate, free_bytes: int, batch_size: int,
@@ -103,3 +114,49 @@ def check_fits(needed: MemoryEstimate, free_bytes: int, batch_size: int,
 def gpu_memory_text(free_bytes: int, total_bytes: int) -> str:
     """The status line's GPU figure: memory in use (every process) of the total."""
     return f"GPU {(total_bytes - free_bytes) / GIB:.1f}/{total_bytes / GIB:.1f} GiB"
+
+
+class MemoryUse:
+    """What a run's training takes beyond what was in memory before it: on CUDA the caching
+    allocator's peak allocated bytes, on a CPU the peak resident set (Linux: the kernel's
+    high-water mark, reset at the start through /proc/self/clear_refs). `used_bytes` is None
+    where neither can be read."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.before: int | None = None
+
+    def start(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")   # resets VmHWM to the current resident set
+            self.before = _status_bytes("VmRSS")
+        except OSError:
+            self.before = None
+
+    def used_bytes(self) -> int | None:
+        if self.before is None:
+            return None
+        if self.device == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated() - self.before
+        peak = _status_bytes("VmHWM")
+        return None if peak is None else peak - self.before
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None

@@ -21,9 +21,13 @@ the run's `objective` setting, what each one teaches:
 The SFT loss on the curated answers stays beside it (as in RPO: DPO alone can make the chosen
 answer less likely too, as long as the rejected one drops faster), as do the regularizer and
 the schedule. The reference model is the base with the adapter disabled (PEFT's
-`disable_adapter()`: no second copy in memory); its log-probabilities are computed once per run
-(`PreferenceLoss.prepare`). Each optimizer step takes its share of the items (every item once
-per epoch), in micro-batches of `batch_size` items, one backward pass each.
+`disable_adapter()`: no second copy in memory); its log-probabilities are computed once per run,
+in the run's one adapter-off pass (`terms.prepare_references`). `PreferenceLoss` is a loss
+term (`terms.LossTerm`): a pair's rejected answer rides in its curated example's pass (the
+chosen answer *is* the curated example, so DPO reads its log-probability from the forward the
+curated loss already made), so every pair is trained once per epoch, with its example; the
+other items (bad answers with no replacement) take their share of each step from a cycle
+(every one once per epoch), in micro-batches of `batch_size` items.
 
 Early stopping asks, beside every curated answer being reproduced, every item to be *met*:
 a pair's reward margin (the bracket above) is at least `PREFERENCE_MARGIN`, and every rejected
@@ -44,7 +48,7 @@ from sftchat.dataset.preferences import telltale
 from sftchat.prompts import IGNORE_INDEX, EncodedExample, ExampleTooLongError, encode_example
 from sftchat.training.distributed import SINGLE, Ranks
 from sftchat.training.errors import TrainingError
-from sftchat.training.regularizer import in_example_order
+from sftchat.training.terms import LossTerm, Read, StepFigures, sequence_positions
 
 PAIR, AVOID = "pair", "avoid"
 # A pair is met when the adapter's reward margin (nats, relative to the base) reaches this.
@@ -122,6 +126,7 @@ class PreferenceItem:
     rejected: EncodedExample
     telltale: int                       # its first learned positions that give it away
     chosen: EncodedExample | None = None   # a pair's preferred answer
+    example_id: int | None = None          # the curated example it belongs to
     # The base's log-probabilities (adapter off), set by `PreferenceLoss.prepare`.
     reference_chosen: float = 0.0
     reference_rejected: float = 0.0
@@ -173,48 +178,34 @@ def encode_items(plan: ObjectivePlan, tokenizer, template: str,
         answer_ids = rejected.input_ids[len(rejected.prompt.ids):]
         items.append(PreferenceItem(
             kind, answer["id"], rejected,
-            telltale_tokens(tokenizer, answer_ids, answer["output"], chosen_text), chosen))
+            telltale_tokens(tokenizer, answer_ids, answer["output"], chosen_text), chosen,
+            example["id"] if example is not None else None))
     return items, skipped
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-@dataclass
-class Scores:
-    """Per sequence of one forward: log-probabilities (tensors, differentiable) and whether
-    its telltale is given or avoided (greedy, teacher-forced)."""
-
-    logp: object           # [n] summed over the learned positions
-    telltale_logp: object  # [n] summed over the first `telltale` of them
-    given: list[bool]      # every telltale token is the model's first choice
-    avoided: list[bool]    # one telltale token loses by AVOID_MARGIN or more
-
-
-def score(out, telltales: Sequence[int]) -> Scores:
-    """`Scores` of the sequences of `out` (`LossFunction.learned_logits`); `telltales[i]`:
-    how many of sequence i's first learned positions are its telltale (0: none)."""
+def span_scores(out, spans: Sequence[tuple[int, int, int | None]]):
+    """For each (sequence, first, stop) span of learned positions of `out` (`first` < 0
+    counts from the sequence's end; `stop` None: to its end): (summed log-probabilities, a
+    differentiable [n] tensor; the smallest margin of a target over the best other token
+    there, floats)."""
     import torch
 
-    logits, targets, owners = in_example_order(out)
-    count = len(telltales)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-    sizes = torch.bincount(owners, minlength=count)
-    starts = torch.cumsum(sizes, 0) - sizes
-    position = torch.arange(len(owners), device=owners.device) - starts[owners]
-    in_telltale = position < torch.tensor(list(telltales), device=owners.device)[owners]
-    zeros = torch.zeros(count, device=logp.device)
-    sums = zeros.index_add(0, owners, logp)
-    telltale_sums = zeros.index_add(0, owners, logp * in_telltale)
-    with torch.no_grad():
-        detached = logits.detach().float()
-        target_logit = detached.gather(1, targets[:, None]).squeeze(1)
-        others = detached.scatter(1, targets[:, None], float("-inf")).amax(dim=-1)
-        worst = torch.full((count,), math.inf, device=logp.device).scatter_reduce(
-            0, owners[in_telltale], (target_logit - others)[in_telltale], reduce="amin")
-    worst = worst.cpu().tolist()
-    return Scores(sums, telltale_sums, [w > 0 for w in worst],
-                  [w <= -AVOID_MARGIN for w in worst])
+    scores = out.token_scores()
+    count = int(out.owners.max()) + 1 if len(out.owners) else 0
+    position, size = sequence_positions(out, count)
+    sums, worst = [], []
+    for sequence, first, stop in spans:
+        low = size + first if first < 0 else first
+        high = size if stop is None else stop
+        mask = (out.owners == sequence) & (position >= low) & (position < high)
+        sums.append((scores.logp * mask).sum())
+        worst.append(torch.where(mask, scores.margin, math.inf).min())
+    if not spans:
+        return torch.zeros(0, device=out.owners.device), []
+    return torch.stack(sums), torch.stack(worst).cpu().tolist()
 
 
 @dataclass
@@ -224,40 +215,57 @@ class ItemScores:
     chosen: list            # per item: log π(chosen) tensor (None for AVOID)
     rejected: list          # per item: log π(rejected) tensor
     telltale: list          # per item: log π(telltale) tensor
-    given: list[bool]
-    avoided: list[bool]
-    tokens: int
+    given: list[bool]       # every telltale token is the model's first choice
+    avoided: list[bool]     # one telltale token loses by AVOID_MARGIN or more
+
+
+def read_items(out, items: Sequence[PreferenceItem],
+               rows: Sequence[tuple[int | None, int]]) -> ItemScores:
+    """`ItemScores` of `items` from `out`, where `rows[i]` = (the forward's sequence holding
+    item i's chosen answer — its final answer is its last learned positions — or None, the
+    sequence of its rejected answer)."""
+    spans = []
+    for item, (chosen, rejected) in zip(items, rows):
+        if chosen is not None:
+            spans.append((chosen, -item.chosen.num_learned, None))
+        spans += [(rejected, 0, None), (rejected, 0, item.telltale)]
+    sums, worst = span_scores(out, spans)
+    chosen_logp, rejected_logp, telltale_logp, given, avoided = [], [], [], [], []
+    at = 0
+    for chosen, _rejected in rows:
+        chosen_logp.append(sums[at] if chosen is not None else None)
+        at += chosen is not None
+        rejected_logp.append(sums[at])
+        telltale_logp.append(sums[at + 1])
+        given.append(worst[at + 1] > 0)
+        avoided.append(worst[at + 1] <= -AVOID_MARGIN)
+        at += 2
+    return ItemScores(chosen_logp, rejected_logp, telltale_logp, given, avoided)
+
+
+def item_sequences(items: Sequence[PreferenceItem]):
+    """(the sequences of a forward over `items` alone, their `read_items` rows)."""
+    sequences, rows = [], []
+    for item in items:
+        chosen = None
+        if item.chosen is not None:
+            chosen = len(sequences)
+            sequences.append(item.chosen)
+        rows.append((chosen, len(sequences)))
+        sequences.append(item.rejected)
+    return sequences, rows
 
 
 def score_items(loss_function, items: Sequence[PreferenceItem]) -> ItemScores:
-    """One forward over `items`' sequences (each pair's chosen answer, then every rejected)."""
-    chosen = [item.chosen for item in items if item.chosen is not None]
-    out = loss_function.learned_logits(chosen + [item.rejected for item in items])
-    scores = score(out, [0] * len(chosen) + [item.telltale for item in items])
-    per_chosen, next_chosen = [], 0
-    for item in items:
-        per_chosen.append(scores.logp[next_chosen] if item.chosen is not None else None)
-        next_chosen += item.chosen is not None
-    offset = len(chosen)
-    return ItemScores(per_chosen, [scores.logp[offset + i] for i in range(len(items))],
-                      [scores.telltale_logp[offset + i] for i in range(len(items))],
-                      scores.given[offset:], scores.avoided[offset:], out.tokens)
+    """One forward over `items`' sequences (each pair's chosen answer and every rejected)."""
+    sequences, rows = item_sequences(items)
+    return read_items(loss_function.learned_logits(sequences), items, rows)
 
 
 # --------------------------------------------------------------------------- the loss
 
 
-@dataclass
-class PreferenceStep:
-    """One step's items: those this rank computes, and how many the step has (over every
-    rank: the loss's normaliser)."""
-
-    indices: list[int]
-    count: int
-    every: list[int]      # the step's items on every rank
-
-
-class PreferenceLoss:
+class PreferenceLoss(LossTerm):
     """The preference term of each optimizer step (see the module docstring)."""
 
     def __init__(self, items: Sequence[PreferenceItem], beta: float, weight: float,
@@ -266,36 +274,77 @@ class PreferenceLoss:
         self.beta = beta
         self.weight = weight
         self.batch_size = max(1, batch_size)
-        self.per_step = len(self.items)
+        self.riding: dict[int, list[int]] = {}   # example index -> its pairs' item indices
+        self.loose = list(range(len(self.items)))  # the items with a cycle of their own
+        self.per_step = len(self.loose)
         self.cursor = 0
+        self._pool: list[tuple[int, str]] = []
+
+    def ride_with(self, encoded: Sequence[EncodedExample], example_ids: Sequence[int]) -> None:
+        """Let each pair ride in its curated example's pass where that example's sequence is
+        the pair's chosen one (the same tokens)."""
+        index = {example_id: i for i, example_id in enumerate(example_ids)}
+        self.riding, self.loose = {}, []
+        for number, item in enumerate(self.items):
+            example = index.get(item.example_id)
+            if item.kind == PAIR and example is not None and \
+                    encoded[example].input_ids == item.chosen.input_ids:
+                self.riding.setdefault(example, []).append(number)
+            else:
+                self.loose.append(number)
+        self.per_step = len(self.loose)
 
     def fit(self, steps_per_epoch: int) -> None:
-        """Every item once per epoch of the curated examples."""
-        self.per_step = max(1, math.ceil(len(self.items) / max(1, steps_per_epoch)))
+        """Every loose item once per epoch of the curated examples."""
+        self.per_step = max(1, math.ceil(len(self.loose) / max(1, steps_per_epoch)))
 
-    def prepare(self, loss_function, model) -> None:
-        """The base's log-probabilities (adapter off), once."""
-        import torch
+    def next_loose(self, ranks: Ranks = SINGLE) -> tuple[list[int], list[int]]:
+        """The step's loose items: (this rank's, every rank's)."""
+        if not self.loose:
+            return [], []
+        count = min(self.per_step, len(self.loose))
+        every = [self.loose[(self.cursor + i) % len(self.loose)] for i in range(count)]
+        self.cursor = (self.cursor + count) % len(self.loose)
+        return ranks.deal(every), every
 
-        with torch.no_grad(), model.disable_adapter():
-            for start in range(0, len(self.items), EVAL_BATCH):
-                chunk = self.items[start:start + EVAL_BATCH]
-                scores = score_items(loss_function, chunk)
-                for item, chosen, rejected, told in zip(chunk, scores.chosen, scores.rejected,
-                                                        scores.telltale):
-                    item.reference_chosen = float(chosen) if chosen is not None else 0.0
-                    item.reference_rejected = float(rejected)
-                    item.reference_telltale = float(told)
+    def loose_reads(self, indices: Sequence[int], normaliser: float):
+        """(sequences, `Read`) of each micro-batch of the loose `indices`."""
+        for start in range(0, len(indices), self.batch_size):
+            chunk = list(indices[start:start + self.batch_size])
+            sequences, rows = item_sequences([self.items[i] for i in chunk])
+            yield sequences, Read(self, [(i, *row) for i, row in zip(chunk, rows)], normaliser)
 
-    def next_step(self, ranks: Ranks = SINGLE) -> PreferenceStep:
-        count = min(self.per_step, len(self.items))
-        indices = [(self.cursor + i) % len(self.items) for i in range(count)]
-        self.cursor = (self.cursor + count) % len(self.items)
-        return PreferenceStep(ranks.deal(indices), count, indices)
+    # -- references: the base's log-probabilities, in the run's adapter-off pass
 
-    def batches(self, step: PreferenceStep) -> list[list[int]]:
-        return [step.indices[i:i + self.batch_size]
-                for i in range(0, len(step.indices), self.batch_size)]
+    def reference_pool(self):
+        pool, self._pool = [], []
+        for number, item in enumerate(self.items):
+            if item.chosen is not None:
+                pool.append(item.chosen)
+                self._pool.append((number, "chosen"))
+            pool.append(item.rejected)
+            self._pool.append((number, "rejected"))
+        return pool
+
+    def take_reference(self, start: int, out) -> None:
+        count = int(out.owners.max()) + 1 if len(out.owners) else 0
+        roles = self._pool[start:start + count]
+        spans = []
+        for sequence, (number, role) in enumerate(roles):
+            item = self.items[number]
+            if role == "chosen":
+                spans.append((sequence, -item.chosen.num_learned, None))
+            else:
+                spans += [(sequence, 0, None), (sequence, 0, item.telltale)]
+        sums = iter(float(value) for value in span_scores(out, spans)[0])
+        for number, role in roles:
+            item = self.items[number]
+            if role == "chosen":
+                item.reference_chosen = next(sums)
+            else:
+                item.reference_rejected, item.reference_telltale = next(sums), next(sums)
+
+    # -- the loss
 
     def _item_losses(self, items, scores: ItemScores) -> list:
         import torch.nn.functional as F
@@ -320,15 +369,19 @@ class PreferenceLoss:
             (float(rejected.detach()) - item.reference_rejected)
         return reward >= PREFERENCE_MARGIN
 
-    def batch_loss(self, loss_function, indices: Sequence[int], count: int):
-        """The weighted loss of `indices` (a micro-batch of a step of `count` items): (the
-        tensor to backward, its unweighted value, tokens processed, whether each is met)."""
-        items = [self.items[i] for i in indices]
-        scores = score_items(loss_function, items)
-        total = sum(self._item_losses(items, scores)) / count
-        met = [self.met(item, c, r, a) for item, c, r, a in
-               zip(items, scores.chosen, scores.rejected, scores.avoided)]
-        return self.weight * total, float(total.detach()), scores.tokens, met
+    def loss(self, out, read: Read, figures: StepFigures):
+        """`read.rows`: (item index, its chosen answer's sequence or None, its rejected's);
+        `read.normaliser`: the step's items over every rank."""
+        numbers = [row[0] for row in read.rows]
+        items = [self.items[i] for i in numbers]
+        scores = read_items(out, items, [row[1:] for row in read.rows])
+        total = sum(self._item_losses(items, scores)) / read.normaliser
+        figures.preference_loss += float(total.detach())
+        for number, item, chosen, rejected, avoided in zip(
+                numbers, items, scores.chosen, scores.rejected, scores.avoided):
+            figures.item_codes[number] = 1.0 if self.met(item, chosen, rejected, avoided) \
+                else 2.0
+        return self.weight * total
 
     def all_met(self, loss_function, ranks: Ranks = SINGLE) -> bool:
         """Every item met, in eval mode (the caller's), each rank its share."""

@@ -59,7 +59,7 @@ from sftchat.training.health import TrainingDiverged, check_drift
 from sftchat.training.loop import StopRequested, train_loop
 from sftchat.training.preference import (PAIR, ObjectivePlan, PreferenceLoss, encode_items,
                                          plan_objective)
-from sftchat.training.regularizer import PER_STEP, Regularizer
+from sftchat.training.regularizer import PER_STEP, AnchorLoss, Anchors, QuietAdapter
 from sftchat.training.schedule import Schedule, fit_schedule, plan_schedule
 from sftchat.training.snapshot import encode_all, read_snapshot, write_lines
 from sftchat.training.workspace_lock import training_lock
@@ -92,17 +92,21 @@ def _wrap_with_lora(loaded, training: TrainingSettings, source,
     adapter made trainable, or a checkpoint's LoRA (`resume_from`, a resumed run). A rank
     other than 0 makes a fresh LoRA of the adapter's shape: DDP gives it rank 0's weights
     before the first step (its machine may not hold the adapter)."""
-    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model
 
     from sftchat.adapters.loading import lora_config
 
     model = loaded.model
-    checkpointing = _use_gradient_checkpointing(training, loaded.device)
-    if loaded.quantized:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif checkpointing:
+    # The base stays exactly as it loaded — the model the chat, the review and `eval` run.
+    # PEFT's `prepare_model_for_kbit_training` would cast every norm, the embeddings and the
+    # head to float32 on a GPU: a model the chat never runs (and ~2 GB of float32 head and
+    # embeddings on a 150k-vocabulary 7B). Only the LoRA weights are float32, in training and
+    # in the chat alike (PEFT makes adapter weights float32), as AdamW's master weights.
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    if _use_gradient_checkpointing(training, loaded.device):
+        # Non-reentrant: no input that requires grad is needed, and a term's hooks see the
+        # recomputation (`terms.run_pass`).
         model.gradient_checkpointing_enable({"use_reentrant": False})
     lora_shape = lora_shape or _lora_shape(training, None)
     if resume_from is not None or source is not None:
@@ -254,7 +258,8 @@ class PreparedRun:
     plans: list
     source: object            # the --from adapter's AdapterInfo, or None (or not rank 0)
     lora_shape: dict          # rank, alpha, dropout of the adapter being trained
-    regularizer: Regularizer | None
+    anchors: Anchors | None   # the regularizer's pool (None: regularize off)
+    anchor_terms: list        # its loss terms: AnchorLoss, and QuietAdapter when weighted
     drift_anchors: list
     snapshot: list[dict]      # every record of the snapshot (`records` and the skipped ones)
     anchor_answers: list      # the base's answers to every anchor prompt (both pools)
@@ -356,10 +361,14 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
         (saved_anchors(resumed) if resumed else base_answers(loaded, template, pools),
          loaded.identity.get("fingerprint")) if ranks.is_main else None)
     _same_base(loaded, main_fingerprint)
-    regularizer = None
+    anchors, anchor_terms = None, []
     if training.regularize != "off":
-        regularizer = Regularizer(training.regularize, answers[:len(REHEARSAL_PROMPTS)],
-                                  training.rehearsal_weight, training.quiet_weight)
+        anchors = Anchors(answers[:len(REHEARSAL_PROMPTS)])
+        anchor_terms = [AnchorLoss(training.regularize, anchors, training.rehearsal_weight)]
+        if training.quiet_weight > 0:
+            anchor_terms.append(QuietAdapter(anchors, training.quiet_weight))
+    if preferences is not None:
+        preferences.ride_with(encoded, [record["id"] for record in records])
     truncated = [record["id"] for record, example in zip(records, encoded)
                  if example.prompt.truncated]
     emit(make_event(
@@ -380,43 +389,57 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                        training=training,
                        records=records, skipped=skipped, loaded=loaded, template=template,
                        encoded=encoded, schedule=schedule, plans=plans, source=source,
-                       lora_shape=shared["lora_shape"], regularizer=regularizer,
+                       lora_shape=shared["lora_shape"], anchors=anchors,
+                       anchor_terms=anchor_terms,
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):],
                        snapshot=shared["records"], anchor_answers=answers, resumed=resumed,
                        rejected=shared["rejected"], objective=objective,
                        preferences=preferences, skipped_rejected=skipped_rejected)
 
 
-def _check_gpu_memory(run: PreparedRun, training: TrainingSettings) -> int | None:
-    """On CUDA, refuse a run that cannot fit beside what the GPU already holds (the chat's
-    model included) before its first step, with what to change (`training.memory`); return
-    the bytes it estimated the run needs (None off CUDA)."""
-    if run.loaded.device != "cuda":
-        return None
-    import torch
+def estimate_memory(run: PreparedRun, training: TrainingSettings):
+    """What the run's training will take beyond the loaded model (`training.memory`), from
+    its largest pass: a micro-batch of curated examples with the rejected answers of their
+    pairs, a step's anchors, or a micro-batch of bad answers."""
+    from sftchat.training.memory import estimate
 
-    from sftchat.training.memory import check_fits, estimate
-
-    batches = [[run.encoded[i] for i in batch] for plan in run.plans
-               for batch in plan.micro_batches]
-    if run.regularizer is not None:  # a step's anchors: at most PER_STEP, the longest
-        batches.append(sorted(run.regularizer.anchors, key=lambda e: -len(e.input_ids))
+    preferences = run.preferences
+    riding = preferences.riding if preferences is not None else {}
+    batches = [[run.encoded[i] for i in batch] + [  # a pair's rejected answer rides along
+                   preferences.items[item].rejected
+                   for i in batch for item in riding.get(i, [])]
+               for plan in run.plans for batch in plan.micro_batches]
+    if run.anchors is not None:  # a step's anchors: at most PER_STEP, the longest
+        batches.append(sorted(run.anchors.examples, key=lambda e: -len(e.input_ids))
                        [:PER_STEP])
-    if run.preferences is not None:  # a micro-batch of items: both answers of each
-        sequences = [sequence for item in run.preferences.items
-                     for sequence in (item.chosen, item.rejected) if sequence is not None]
+    if preferences is not None and preferences.loose:  # a micro-batch of items
+        sequences = [sequence for i in preferences.loose
+                     for sequence in (preferences.items[i].chosen, preferences.items[i].rejected)
+                     if sequence is not None]
         batches.append(sorted(sequences, key=lambda e: -len(e.input_ids))
-                       [:2 * run.preferences.batch_size])
+                       [:2 * preferences.batch_size])
     tokens = max(len(batch) * max(len(e.input_ids) for e in batch) for batch in batches)
     learned = max(sum(e.num_learned for e in batch) for batch in batches)
-    needed = estimate(run.loaded.model.config, run.lora_shape["rank"],
-                      tokens, learned,
-                      _use_gradient_checkpointing(training, run.loaded.device))
+    cuda = run.loaded.device == "cuda"
+    return estimate(run.loaded.model.config, run.lora_shape["rank"], tokens, learned,
+                    _use_gradient_checkpointing(training, run.loaded.device),
+                    compute_bytes=2 if run.loaded.compute_dtype == "bfloat16" else 4,
+                    **({} if cuda else {"overhead_bytes": 0}))
+
+
+def _check_gpu_memory(run: PreparedRun, training: TrainingSettings, needed) -> None:
+    """On CUDA, refuse a run that cannot fit beside what the GPU already holds (the chat's
+    model included) before its first step, with what to change (`training.memory`)."""
+    if run.loaded.device != "cuda":
+        return
+    import torch
+
+    from sftchat.training.memory import check_fits
+
     problem = check_fits(needed, torch.cuda.mem_get_info(run.loaded.model.device)[0],
                          run.schedule.batch_size, training.max_length)
     if problem:
         raise TrainingError(problem)
-    return needed
 
 
 def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: threading.Event,
@@ -425,15 +448,23 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
     (rank 0) measure replay and drift: (model, metrics, evaluation)."""
     import torch
 
-    _check_gpu_memory(run, training)
+    from sftchat.training.memory import MemoryUse
+
+    needed = estimate_memory(run, training)
+    _check_gpu_memory(run, training, needed)
+    use = MemoryUse(run.loaded.device)
     try:
         with reading(run.resumed):   # a checkpoint's unreadable LoRA: CheckpointCorrupt
             model = _wrap_with_lora(run.loaded, training, run.source, run.lora_shape,
                                     run.resumed.step_dir if run.resumed else None)
+        use.start()
         metrics, loss_function = train_loop(
             model, run.encoded, run.plans, training, run.loaded.tokenizer.pad_token_id,
-            run.loaded.model.device, emit, stop, run.regularizer, ranks, checkpoints,
-            run.preferences)
+            run.loaded.model.device, emit, stop, run.anchors, run.anchor_terms, ranks,
+            checkpoints, run.preferences)
+        used = use.used_bytes()
+        metrics["memory_estimate_mb"] = round(needed.total / 2**20)
+        metrics["memory_used_mb"] = None if used is None else round(used / 2**20)
         if stop.is_set():
             raise StopRequested
         if not ranks.is_main:

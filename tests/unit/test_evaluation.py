@@ -9,6 +9,7 @@ from conftest import with_lora
 
 from sftchat.prompts import encode_example
 from sftchat.training.evaluation import curated_replay, measure_drift, replay
+from sftchat.training.head import LearnedLogits
 from sftchat.training.loss import LossFunction, per_example_errors
 
 
@@ -19,7 +20,8 @@ def test_per_example_errors_counts_misses_and_the_smallest_margin():
                            [0.0, 0.0, 1.0]])   # example 1: target 2 wins by 1
     targets = torch.tensor([0, 1, 2, 2])
     owners = torch.tensor([0, 0, 1, 1])
-    errors, margins = per_example_errors(logits, targets, owners, 2)
+    out = LearnedLogits(targets, owners, tokens=4, logits_made=logits)
+    errors, margins = per_example_errors(out, 2)
     assert errors.tolist() == [0, 1]
     assert margins.tolist() == pytest.approx([0.5, -3.0])
 

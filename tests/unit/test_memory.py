@@ -39,9 +39,12 @@ def test_the_estimate_grows_with_the_batch_and_checkpointing_saves_activations()
     assert small.total < large.total
     assert saved.activation_bytes < large.activation_bytes / 10
     assert saved.lora_bytes == large.lora_bytes == 41_943_040 * 16
-    # Logits only at learned positions, fp32 with their gradient: 8 GiB-class vocabularies
-    # make them matter.
-    assert large.logit_bytes == 8 * 128 * 128256 * 8
+    # The head in chunks (one chunk of fp32 logits and their softmax at a time, 130 of the
+    # 1,024 learned positions for a 128k vocabulary) and the hidden states at the learned
+    # positions with their gradient: not 1,024 positions of full-vocabulary logits.
+    rows = (1 << 24) // 128256
+    assert large.logit_bytes == rows * 128256 * 8 + 8 * 128 * 4096 * 2 * 2
+    assert large.logit_bytes < 8 * 128 * 128256 * 8 / 5
     assert "GiB (LoRA and optimizer" in large.describe()
 
 
@@ -64,8 +67,9 @@ def _prepared_run(device: str):
                 for _ in range(8)]
     model = SimpleNamespace(config=LLAMA_3_8B, device=device)
     return SimpleNamespace(
-        loaded=SimpleNamespace(device=device, model=model), encoded=examples,
-        plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], regularizer=None,
+        loaded=SimpleNamespace(device=device, model=model, compute_dtype="bfloat16"),
+        encoded=examples,
+        plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], anchors=None,
         preferences=None,
         schedule=SimpleNamespace(batch_size=8), source=None,
         lora_shape={"rank": 16, "alpha": 32, "dropout": 0.0})
@@ -80,13 +84,18 @@ def test_the_trainer_refuses_a_run_that_does_not_fit_beside_the_chat(monkeypatch
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"],
                                                                           80 * GIB))
     training = TrainingSettings(gradient_checkpointing="off")
+
+    def check(device):
+        run = _prepared_run(device)
+        trainer._check_gpu_memory(run, training, trainer.estimate_memory(run, training))
+
     with pytest.raises(trainer.TrainingError, match="this run needs about .* 3.0 GiB free"):
-        trainer._check_gpu_memory(_prepared_run("cuda"), training)
+        check("cuda")
     free["bytes"] = 70 * GIB  # an empty 80 GB card: it fits
-    trainer._check_gpu_memory(_prepared_run("cuda"), training)
+    check("cuda")
     # On a CPU there is nothing to check (and no CUDA call is made).
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: pytest.fail("called"))
-    trainer._check_gpu_memory(_prepared_run("cpu"), training)
+    check("cpu")
 
 
 def test_the_status_line_figure():

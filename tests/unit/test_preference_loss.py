@@ -14,12 +14,25 @@ from conftest import with_lora
 from sftchat.config import TrainingSettings
 from sftchat.training import trainer
 from sftchat.training.errors import TrainingError
-from sftchat.training.loss import LearnedLogits, LossFunction
+from sftchat.training.head import LearnedLogits
+from sftchat.training.loss import LossFunction
 from sftchat.training.preference import (AVOID, PAIR, PreferenceLoss, encode_items,
-                                         plan_objective, score, telltale_tokens)
+                                         plan_objective, span_scores, telltale_tokens)
+from sftchat.training.terms import Pass, StepFigures, pass_loss, prepare_references
 
 RECORDS = [{"id": 1, "instruction": "Capital of France?", "input": "", "output": "Paris."},
            {"id": 2, "instruction": "A color?", "input": "", "output": "Blue."}]
+
+
+def loose_loss(preferences, loss_function, indices, count, backward=False):
+    """(weighted loss, figures) of items `indices` in one pass of a step of `count` items,
+    as the training loop runs it."""
+    figures = StepFigures([], list(indices))
+    (sequences, read), = preferences.loose_reads(indices, count)
+    with pass_loss(loss_function, Pass(sequences, [read]), figures) as total:
+        if backward:
+            total.backward()
+    return total, figures
 
 
 def _rejected(rid, example_id, output, instruction="Capital of France?"):
@@ -58,24 +71,24 @@ def test_an_objective_with_nothing_to_learn_from_is_refused_in_one_sentence():
 
 
 def test_scores_sum_log_probabilities_and_read_the_telltale():
-    # Sequence 0: three learned positions; sequence 1: two. Vocabulary of 3.
+    # Sequence 0: three learned positions; sequence 1: two (example order). Vocabulary of 3.
     logits = torch.tensor([[4.0, 0.0, 0.0],     # seq 0, target 0: first choice (+4)
-                           [0.0, 0.0, 3.0],     # seq 1, target 2: first choice (+3)
                            [0.0, 2.0, 0.0],     # seq 0, target 1: first choice (+2)
-                           [0.0, 5.0, 0.0],     # seq 1, target 0: loses by 5
-                           [0.0, 0.0, 1.0]])    # seq 0, target 0: loses by 1
-    out = LearnedLogits(logits, torch.tensor([0, 2, 1, 0, 0]), torch.tensor([0, 1, 0, 1, 0]),
-                        tokens=9)
-    scores = score(out, [2, 1])
+                           [0.0, 0.0, 1.0],     # seq 0, target 0: loses by 1
+                           [0.0, 0.0, 3.0],     # seq 1, target 2: first choice (+3)
+                           [0.0, 5.0, 0.0]])    # seq 1, target 0: loses by 5
+    out = LearnedLogits(torch.tensor([0, 1, 0, 2, 0]), torch.tensor([0, 0, 0, 1, 1]),
+                        tokens=9, logits_made=logits)
     logp = torch.log_softmax(logits, dim=-1)
-    assert scores.logp.tolist() == pytest.approx(
-        [float(logp[0, 0] + logp[2, 1] + logp[4, 0]), float(logp[1, 2] + logp[3, 0])])
-    # Telltales: sequence 0's first two positions (both first choices), sequence 1's first.
-    assert scores.telltale_logp.tolist() == pytest.approx(
-        [float(logp[0, 0] + logp[2, 1]), float(logp[1, 2])])
-    assert scores.given == [True, True] and scores.avoided == [False, False]
-    scores = score(out, [3, 2])     # now each telltale reaches a position that loses
-    assert scores.given == [False, False] and scores.avoided == [True, True]
+    sums, worst = span_scores(out, [(0, 0, None), (1, 0, None), (0, 0, 2), (1, 0, 1),
+                                    (0, -1, None), (1, -2, None)])
+    assert sums.tolist() == pytest.approx(
+        [float(logp[0, 0] + logp[1, 1] + logp[2, 0]), float(logp[3, 2] + logp[4, 0]),
+         # telltales: sequence 0's first two positions, sequence 1's first
+         float(logp[0, 0] + logp[1, 1]), float(logp[3, 2]),
+         # from the end: sequence 0's last position, all of sequence 1
+         float(logp[2, 0]), float(logp[3, 2] + logp[4, 0])], rel=1e-5)
+    assert worst == pytest.approx([-1.0, -5.0, 2.0, 3.0, -1.0, -5.0])
 
 
 def test_the_telltale_is_the_first_sentence_or_up_to_where_a_replacement_differs(
@@ -98,8 +111,8 @@ def test_the_telltale_is_the_first_sentence_or_up_to_where_a_replacement_differs
 
 
 @pytest.fixture()
-def lora_model(fresh_builtin):
-    return with_lora(fresh_builtin, "train")
+def lora_model(trainable_builtin):
+    return with_lora(trainable_builtin, "train")
 
 
 def test_a_fresh_adapter_is_the_reference_so_the_losses_start_at_their_midpoints(lora_model):
@@ -116,15 +129,14 @@ def test_a_fresh_adapter_is_the_reference_so_the_losses_start_at_their_midpoints
         assert all(label == -100 for label in encoded.labels[:start])
         assert encoded.labels[start:] == encoded.input_ids[start:]
     preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
-    preferences.prepare(loss_function, model)
+    prepare_references(loss_function, model, [preferences])
     assert pair.reference_chosen < 0 and pair.reference_rejected < 0
-    weighted, value, tokens, met = preferences.batch_loss(loss_function, [0, 1], count=2)
+    weighted, figures = loose_loss(preferences, loss_function, [0, 1], 2, backward=True)
     # LoRA's B starts at zero: the adapter is the base, every reward is 0.
-    assert value == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
-    assert tokens == sum(len(s.input_ids) for s in (pair.chosen, pair.rejected,
-                                                    items[1].rejected))
-    assert met[0] is False        # a pair needs a reward margin
-    weighted.backward()
+    assert figures.preference_loss == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
+    assert figures.tokens == sum(len(s.input_ids) for s in (pair.chosen, pair.rejected,
+                                                            items[1].rejected))
+    assert figures.item_codes[0] == 2.0        # a pair needs a reward margin
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
 
@@ -134,7 +146,7 @@ def test_the_figures_say_which_rejected_answers_are_still_given(lora_model):
     plan = plan_objective("auto", RECORDS, [_rejected(10, 1, "Lyon is the capital.")])
     items, _ = encode_items(plan, loaded.tokenizer, "alpaca", 256)
     preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
-    preferences.prepare(loss_function, model)
+    prepare_references(loss_function, model, [preferences])
     model.eval()
     figures = preferences.measure(loss_function)
     assert figures["pairs"] == 1 and figures["rejected"] == 1 and figures["avoid"] == 0
@@ -161,15 +173,14 @@ def test_preference_passes_keep_a_training_model_trainable_on_every_cpu_path(cpu
                                             _rejected(11, None, "No.", "Tell me a joke.")])
     items, _ = encode_items(plan, loaded.tokenizer, "alpaca", 256)
     preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
-    preferences.prepare(loss_function, model)
+    prepare_references(loss_function, model, [preferences])
     model.eval()
     preferences.all_met(loss_function)
     figures = preferences.measure(loss_function)
     model.train()
     check_trainable(model)          # raises if a weight was packed
-    weighted, value, _, _ = preferences.batch_loss(loss_function, [0, 1], count=2)
-    weighted.backward()
-    assert value == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
+    _, step = loose_loss(preferences, loss_function, [0, 1], 2, backward=True)
+    assert step.preference_loss == pytest.approx((math.log(2) + 0.5) / 2, abs=1e-4)
     assert figures["rejected"] == 2
 
 
@@ -200,3 +211,42 @@ def test_a_conversation_is_the_prompt_of_both_answers_and_only_the_last_answer_c
     assert tokenizer.decode(pair.rejected.input_ids[len(pair.rejected.prompt.ids):],
                             skip_special_tokens=True).strip() == "Seven."
     assert "Be funny." in tokenizer.decode(bad.rejected.input_ids)
+
+
+def test_a_pair_riding_in_its_examples_pass_reads_the_chosen_answer_from_that_forward(
+        lora_model):
+    """The training loop shares the curated example's forward with DPO: the pair's loss
+    and met figure read off it equal those of a forward of the pair alone, for an example
+    whose earlier turn is learned too (only the final answer is the chosen one)."""
+    from sftchat.prompts import encode_example
+    from sftchat.training.terms import CuratedAnswers, Read
+
+    loaded, model, loss_function = lora_model
+    context = [{"instruction": "Hi.", "response": "Hello there!", "learn": True}]
+    example = {"id": 1, "instruction": "And a color?", "input": "", "output": "Blue.",
+               "context": context}
+    items, _ = encode_items(plan_objective("auto", [example], [
+        _rejected(10, 1, "Seven is a number.", "And a color?")]), loaded.tokenizer, "alpaca",
+        256)
+    curated = encode_example(loaded.tokenizer, "alpaca", example, 256)
+    preferences = PreferenceLoss(items, beta=0.1, weight=1.0, batch_size=4)
+    preferences.ride_with([curated], [1])
+    assert preferences.riding == {0: [0]} and preferences.loose == []
+    prepare_references(loss_function, model, [preferences])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    riding = StepFigures([0], [0])
+    step_pass = Pass([curated, items[0].rejected],
+                     [Read(CuratedAnswers(), [0], curated.num_learned),
+                      Read(preferences, [(0, 0, 1)], 1)])
+    with torch.no_grad(), pass_loss(loss_function, step_pass, riding):
+        pass
+    with torch.no_grad():
+        _, alone = loose_loss(preferences, loss_function, [0], 1)
+    assert riding.preference_loss == pytest.approx(alone.preference_loss, rel=1e-5)
+    assert riding.preference_loss != pytest.approx(math.log(2), abs=1e-4)  # it moved
+    assert riding.item_codes == alone.item_codes
+    assert riding.loss > 0 and riding.example_codes[0] in (1.0, 2.0)
