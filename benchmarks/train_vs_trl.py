@@ -64,7 +64,8 @@ def prepare(args, root: Path):
         model = Path(args.model)
     else:
         model = build(args.data, root / "model", dims_from_args(args))
-    records = load_alpaca(args.data, args.examples, offset=args.offset)
+    records = fitting(load_alpaca(args.data, None, offset=args.offset), model,
+                      args.max_length, args.examples)
     workspace = root / "workspace"
     workspace.mkdir()
     (root / "data.json").write_text(json.dumps(records))
@@ -81,6 +82,27 @@ def prepare(args, root: Path):
                 "prompt": render_prompt("alpaca", record["instruction"], record.get("input", "")),
                 "completion": record["output"]}) + "\n")
     return model, workspace
+
+
+def fitting(records: list[dict], model: Path, max_length: int, limit: int) -> list[dict]:
+    """The first `limit` records whose prompt and response fit whole in `max_length` under
+    the model's tokenizer: both trainers then see the same examples (neither cuts one)."""
+    from transformers import AutoTokenizer
+
+    from sftchat.prompts import ExampleTooLongError, encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    kept = []
+    for record in records:
+        try:
+            encoded = encode_example(tokenizer, "alpaca", record, max_length)
+        except ExampleTooLongError:
+            continue
+        if not encoded.prompt.truncated:
+            kept.append(record)
+        if len(kept) == limit:
+            break
+    return kept
 
 
 def real_tokens(model: Path, data: Path, max_length: int) -> int:

@@ -166,6 +166,7 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     model.train()
     check_trainable(model)
     loss_function = LossFunction(model, pad_id, device)
+    preparing = time.perf_counter()
     if resuming:  # the layout the run chose (`verify` compares two forwards: float noise)
         loss_function.packed = loss_function.packed and checkpoints.layout == "packed"
         loss_function.verified = True
@@ -176,6 +177,8 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
     for term in planner.terms:
         term.attach(model)
     prepare_references(loss_function, model, planner.terms)
+    # Where the run's time goes beside its steps (the `seconds` of its metrics).
+    seconds = {"references": time.perf_counter() - preparing, "early_stop_checks": 0.0}
     if anchors is not None:
         anchors.cursor = state.anchor_cursor
     if preferences is not None:
@@ -238,11 +241,12 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
             emit(make_event("epoch", epoch=plan.epoch + 1,
                             loss=round(sum(epoch_losses) / len(epoch_losses), 6)))
             epoch_losses.clear()
-            if training.early_stop and index < total and all(learned_now) \
-                    and all(met_now) \
-                    and all_learned(loss_function, model, encoded, ranks, preferences):
-                stopped_early = True
-                break
+            if training.early_stop and index < total and all(learned_now) and all(met_now):
+                checking = time.perf_counter()
+                stopped_early = all_learned(loss_function, model, encoded, ranks, preferences)
+                seconds["early_stop_checks"] += time.perf_counter() - checking
+                if stopped_early:
+                    break
         if checkpoints is not None:
             checkpoints.after_step()
     model.eval()
@@ -258,4 +262,6 @@ def train_loop(model, encoded, plans, training: TrainingSettings, pad_id: int, d
         "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
         "batch_layout": loss_function.layout, "ranks": ranks.world_size,
         "peak_gpu_memory_mb": peak_gpu,
+        "seconds": {**{name: round(value, 3) for name, value in seconds.items()},
+                    "steps": round(elapsed - seconds["early_stop_checks"], 3)},
     }, loss_function

@@ -36,6 +36,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -328,6 +329,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     import torch
 
     torch.manual_seed(training.seed)
+    loading = time.perf_counter()
     loaded = load_model(settings.model, settings.device, settings.quantize,
                         settings.trust_remote_code, progress=_progress_to_stderr,
                         for_training=True)
@@ -357,10 +359,13 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     # first run on this model; a resumed run's are those it started with); rank 0 answers
     # for every rank.
     pools = REHEARSAL_PROMPTS + DRIFT_PROMPTS
+    answering = time.perf_counter()
     answers, main_fingerprint = ranks.broadcast(
         (saved_anchors(resumed) if resumed else base_answers(loaded, template, pools),
          loaded.identity.get("fingerprint")) if ranks.is_main else None)
     _same_base(loaded, main_fingerprint)
+    setup_seconds = {"load": round(answering - loading, 3),
+                     "anchor_answers": round(time.perf_counter() - answering, 3)}
     anchors, anchor_terms = None, []
     if training.regularize != "off":
         anchors = Anchors(answers[:len(REHEARSAL_PROMPTS)])
@@ -383,6 +388,7 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
         avoid=sum(item.kind != PAIR for item in items),
         unused_rejected=objective.unused + len(skipped_rejected),
         lora=shared["lora_shape"], device=loaded.device, ranks=ranks.world_size,
+        seconds=setup_seconds,
         **(resume_notice(resumed, settings.data_dir, _progress_to_stderr) if resumed else {}),
     ))
     return PreparedRun(name=shared["name"], staging=staging, started_at=started_at,
@@ -469,6 +475,7 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
             raise StopRequested
         if not ranks.is_main:
             return model, metrics, None
+        evaluating = time.perf_counter()
         evaluation = {
             "replay": curated_replay(loss_function, run.encoded,
                                      [record["id"] for record in run.records],
@@ -478,6 +485,7 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
                              **run.preferences.measure(loss_function)}
                             if run.preferences else None),
         }
+        metrics["seconds"]["evaluation"] = round(time.perf_counter() - evaluating, 3)
         check_drift(evaluation["drift"], training.max_drift, training.lr)
     except StopRequested:
         if checkpoints is not None:   # the last complete step stays resumable

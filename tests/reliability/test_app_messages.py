@@ -21,7 +21,7 @@ from sftchat.tui.screens.dataset import DatasetScreen
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from tui.tui_helpers import (ask, finished_answers, make_workspace, notices, recording_app,
-                             settings_for, toasts, wait_until)
+                             settings_for, toasts, showing, wait_until)
 
 SIZE = (120, 40)
 
@@ -56,7 +56,7 @@ async def test_a_model_that_cannot_load_is_one_message_and_the_rest_still_works(
         await _wait_for_toast(pilot, "no model is loaded", what="the adapter refusal")
         # The dataset is still there to curate.
         await pilot.press("f2")
-        await wait_until(pilot, lambda: isinstance(app.screen, DatasetScreen),
+        await wait_until(pilot, lambda: showing(app, DatasetScreen),
                          what="the dataset screen")
 
 
@@ -110,7 +110,7 @@ async def test_an_empty_curated_field_is_refused_in_the_modal_and_nothing_is_sav
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
         await ask(pilot, "Anything?")
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await wait_until(pilot, lambda: showing(app, CurateModal), what="the modal")
         await pilot.press("f7", "backspace", " ", "ctrl+s")  # a response of only a space
         await _wait_for_toast(pilot, "need some text", what="the refusal")
         assert isinstance(app.screen, CurateModal)  # still open, the instruction kept

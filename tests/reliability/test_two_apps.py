@@ -22,7 +22,7 @@ from sftchat.training.workspace_lock import LOCK_FILE
 from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.status_line import StatusLine
 from tui.tui_helpers import (ENDLESS_TRAINING, ask, make_workspace, notices, recording_app,
-                             settings_for, toasts, wait_until)
+                             settings_for, toasts, showing, wait_until)
 
 SIZE = (120, 40)
 
@@ -31,7 +31,7 @@ async def _ask_and_save(pilot, question: str, response: str) -> None:
     app = pilot.app
     await ask(pilot, question)
     await pilot.press("ctrl+s")
-    await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="B's modal")
+    await wait_until(pilot, lambda: showing(app, CurateModal), what="B's modal")
     await pilot.press("f7", *response, "ctrl+s")
     await wait_until(pilot, lambda: not isinstance(app.screen, CurateModal), what="B's save")
 

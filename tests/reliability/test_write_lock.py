@@ -27,7 +27,7 @@ from sftchat.tui.screens.dataset import DatasetScreen
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from tui.tui_helpers import (DatasetHostApp, ask, dataset_table, make_workspace, recording_app,
-                             settings_for, toasts, wait_until)
+                             settings_for, toasts, showing, wait_until)
 
 SIZE = (120, 40)
 # The holder commits by itself after this long (well under the store's 30 s busy timeout).
@@ -78,7 +78,7 @@ async def test_saving_while_another_process_writes_keeps_the_chat_responsive(tmp
         holder = LockHolder(data_dir)
         try:
             await pilot.press("ctrl+s")
-            await wait_until(pilot, lambda: isinstance(app.screen, CurateModal),
+            await wait_until(pilot, lambda: showing(app, CurateModal),
                              what="the curate modal")
             await pilot.press("f7", *"A lock is held.", "ctrl+s")
             await wait_until(pilot, lambda: not isinstance(app.screen, CurateModal),
@@ -109,21 +109,21 @@ async def test_editing_and_deleting_while_another_process_writes(tmp_path):
             store.add(f"Question {number}", f"Answer {number}", source="cli")
     app = DatasetHostApp(data_dir)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, DatasetScreen)
+        await wait_until(pilot, lambda: showing(app, DatasetScreen)
                          and dataset_table(app).row_count == 3, what="the table")
         holder = LockHolder(data_dir)
         try:
             await pilot.press("e")
-            await wait_until(pilot, lambda: isinstance(app.screen, CurateModal),
+            await wait_until(pilot, lambda: showing(app, CurateModal),
                              what="the edit modal")
             await pilot.press("f7", *"Edited while locked", "ctrl+s")
-            await wait_until(pilot, lambda: isinstance(app.screen, DatasetScreen),
+            await wait_until(pilot, lambda: showing(app, DatasetScreen),
                              what="back on the table")
             await pilot.press("down", "d")
-            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+            await wait_until(pilot, lambda: showing(app, ConfirmModal),
                              what="the delete question")
             await pilot.press("y")
-            await wait_until(pilot, lambda: isinstance(app.screen, DatasetScreen),
+            await wait_until(pilot, lambda: showing(app, DatasetScreen),
                              what="back on the table")
             await pilot.press("down")
             assert dataset_table(app).cursor_row == 2

@@ -16,7 +16,7 @@ from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from tui_helpers import (ENDLESS_TRAINING, NO_REVIEW, answers, ask, decide_review,
                          finished_answers, make_long_answer_workspace, make_workspace, notices,
-                         recording_app, settings_for, toasts, wait_until)
+                         recording_app, settings_for, toasts, showing, wait_until)
 
 SIZE = (120, 40)
 
@@ -114,14 +114,14 @@ async def test_save_with_an_edit_and_cancel_a_save(tmp_path):
         original = app.screen.turns[0].response
         # Cancel: nothing is stored.
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await wait_until(pilot, lambda: showing(app, CurateModal), what="the modal")
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, CurateModal),
                          what="the modal to close")
         assert app.store.count() == 0
         # Save with an edit: focus is in the response, the cursor at the end of its text.
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await wait_until(pilot, lambda: showing(app, CurateModal), what="the modal")
         response = app.screen.query_one("#curate-response")
         assert response.has_focus and response.cursor_location == response.document.end
         assert response.text == original
@@ -144,7 +144,7 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         await _loaded(pilot)
         await ask(pilot, "What is the best editor?")
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await wait_until(pilot, lambda: showing(app, CurateModal), what="the modal")
         await pilot.press("f7", *"Use vim.", "ctrl+s")
         await wait_until(pilot, lambda: app.store.count() == 1, what="the save")
         await pilot.press("ctrl+t")
@@ -154,7 +154,7 @@ async def test_train_in_the_background_review_accept_and_the_adapter_answers(tmp
         assert app.screen.query_one("#training-panel").display
         # The chat keeps working while the trainer runs.
         await ask(pilot, "Are you still there?")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=300,
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), timeout=300,
                          what="the review")
         review = app.screen.comparison
         name = review.candidate.name
@@ -297,7 +297,7 @@ async def test_quit_while_training_asks_first(tmp_path):
         await pilot.press("ctrl+q")
         from sftchat.tui.screens.confirm import ConfirmModal
 
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+        await wait_until(pilot, lambda: showing(app, ConfirmModal),
                          what="the quit question")
         await pilot.press("n")  # keep going
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmModal),
@@ -305,7 +305,7 @@ async def test_quit_while_training_asks_first(tmp_path):
         assert app.training and app.is_running
         trainer = app.trainer
         await pilot.press("ctrl+q")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+        await wait_until(pilot, lambda: showing(app, ConfirmModal),
                          what="the quit question")
         await pilot.press("y")
         await wait_until(pilot, lambda: not app.is_running, what="the app to quit")
@@ -410,7 +410,7 @@ async def test_quitting_after_training_ended_under_the_question_does_not_crash(t
     async with app.run_test(size=SIZE) as pilot:
         await _start_training(pilot, app)
         await pilot.press("ctrl+q")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
+        await wait_until(pilot, lambda: showing(app, ConfirmModal), what="the question")
         await wait_until(pilot, lambda: app.trainer is None, timeout=300,
                          what="the run to end while the question is open")
         await pilot.press("y")
@@ -431,7 +431,7 @@ async def test_save_while_an_answer_streams_says_why_and_then_saves_one_example(
         await pilot.press("escape")
         await wait_until(pilot, lambda: finished_answers(app), what="the stop")
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), what="the modal")
+        await wait_until(pilot, lambda: showing(app, CurateModal), what="the modal")
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: app.store.count() == 1, what="the save")
         await wait_until(pilot, lambda: any("the dataset has 1 example." in t

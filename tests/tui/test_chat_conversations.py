@@ -21,7 +21,7 @@ from sftchat.tui.screens.compare import CompareScreen
 from sftchat.tui.screens.curate import CurateModal
 from sftchat.tui.widgets.status_line import StatusLine, model_label, short_model_name
 from tui_helpers import (answers, ask, make_workspace, notices, recording_app, settings_for,
-                         toasts, wait_until)
+                         toasts, showing, wait_until)
 
 SIZE = (120, 40)
 SYSTEM = "You are terse."
@@ -256,7 +256,7 @@ async def test_a_swap_keeps_the_conversation_and_pins_bad_answers_and_compare_ke
 
         # Compare answers the same turn after the same context, under the same system.
         await pilot.press("ctrl+y")
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen),
+        await wait_until(pilot, lambda: showing(app, CompareScreen),
                          what="the compare screen")
         await wait_until(pilot, lambda: all(app.screen.done), timeout=120,
                          what="every compared answer")
@@ -350,7 +350,7 @@ async def test_the_palette_offers_the_system_prompt_and_sampling(tmp_path):
         for title, filled in (("Set the system prompt", f"/system {SYSTEM}"),
                               ("Sampling: temperature", "/set ")):
             await pilot.press("ctrl+p")
-            await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette),
+            await wait_until(pilot, lambda: showing(app, CommandPalette),
                              what="the palette")
             await pilot.press(*title)
             await wait_until(pilot, lambda: app.screen.query_one(OptionList).option_count,

@@ -15,7 +15,7 @@ from sftchat.tui.widgets.chat_log import ChatLog
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
 from tui_helpers import (NO_REVIEW, answers, finished_answers, make_long_answer_workspace,
-                         make_workspace, settings_for, steady_cursors, wait_until)
+                         make_workspace, settings_for, steady_cursors, showing, wait_until)
 
 SIZE = (120, 40)
 HOSTILE = "[bold]x[/bold] [link=http://e.vil]y[/link] \x1b[31mred\x1b]0;pwned\x07 done"
@@ -96,7 +96,7 @@ async def test_command_palette_opens_the_dataset(tmp_path):
         from textual.command import CommandPalette
         from textual.widgets import OptionList
 
-        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette),
+        await wait_until(pilot, lambda: showing(app, CommandPalette),
                          what="the palette")
         await pilot.press(*"Browse dataset")
         # The palette searches asynchronously: wait for its hit before choosing it.
@@ -105,7 +105,7 @@ async def test_command_palette_opens_the_dataset(tmp_path):
         await pilot.press("enter")
         from sftchat.tui.screens.dataset import DatasetScreen
 
-        await wait_until(pilot, lambda: isinstance(app.screen, DatasetScreen),
+        await wait_until(pilot, lambda: showing(app, DatasetScreen),
                          what="the dataset screen")
 
 

@@ -26,7 +26,7 @@ from sftchat.tui.screens.dataset import (
     MatchesCounted,
 )
 from tui_helpers import DatasetHostApp as HostApp
-from tui_helpers import Gate, repaint, wait_until
+from tui_helpers import Gate, repaint, showing, wait_until
 from tui_helpers import dataset_table as table
 
 SIZE = (120, 40)
@@ -309,7 +309,7 @@ async def test_the_example_to_edit_is_read_off_the_event_loop(small_dataset, mon
             assert not gate.timed_out, "the event loop was blocked until the read gave up"
         finally:
             gate.release.set()
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal), timeout=10,
+        await wait_until(pilot, lambda: showing(app, CurateModal), timeout=10,
                          what="the edit modal")
         assert str(app.screen.query_one("#curate-title", Label).content) == "Edit example #2"
 
@@ -385,7 +385,7 @@ async def test_edit_saves_through_the_curate_modal(small_dataset):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
         await pilot.press("down", "e")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        await wait_until(pilot, lambda: showing(app, CurateModal))
         modal = app.screen
         assert str(modal.query_one("#curate-title", Label).content) == "Edit example #2"
         response = modal.query_one("#curate-response", TextArea)
@@ -417,7 +417,7 @@ async def test_edit_a_conversation_shows_and_saves_its_system_prompt_and_turns(d
         await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 1)
         assert str(table(app).get_row_at(0)[1]).startswith("[3 turns, system] Where is it?")
         await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        await wait_until(pilot, lambda: showing(app, CurateModal))
         modal = app.screen
         assert modal.query_one("#curate-system", TextArea).text == "Be brief."
         assert modal.query_one("#curate-answer-0", TextArea).text == "The Nile."
@@ -428,7 +428,7 @@ async def test_edit_a_conversation_shows_and_saves_its_system_prompt_and_turns(d
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: "Example #1 is unchanged." in app.notes)
         await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        await wait_until(pilot, lambda: showing(app, CurateModal))
         modal = app.screen
         modal.query_one("#curate-answer-0", TextArea).focus()
         await pilot.press("f7", *"The Amazon.")
@@ -449,7 +449,7 @@ async def test_enter_edits_and_escape_cancels(small_dataset):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
         await pilot.press("down", "down", "enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, CurateModal))
+        await wait_until(pilot, lambda: showing(app, CurateModal))
         assert str(app.screen.query_one("#curate-title", Label).content) == "Edit example #3"
         await pilot.press("f7", *"thrown away", "escape")
         await wait_until(pilot, lambda: on_dataset(app))
@@ -464,7 +464,7 @@ async def test_delete_confirmed_removes_the_example(small_dataset):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
         await pilot.press("down", "d")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await wait_until(pilot, lambda: showing(app, ConfirmModal))
         assert str(app.screen.query_one("#confirm-question", Label).content) == \
             "Delete example #2?"
         await pilot.press("y")
@@ -482,7 +482,7 @@ async def test_delete_declined_keeps_the_example(small_dataset):
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: on_dataset(app) and table(app).row_count == 3)
         await pilot.press("delete")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await wait_until(pilot, lambda: showing(app, ConfirmModal))
         await pilot.press("n")
         await wait_until(pilot, lambda: on_dataset(app))
         await pilot.pause()
@@ -500,7 +500,7 @@ async def test_deleting_the_last_row_of_the_last_page_steps_back(data_dir):
         await pilot.press("right_square_bracket")
         await wait_until(pilot, lambda: page_text(app) == "rows 201–201 of 201")
         await pilot.press("d")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal))
+        await wait_until(pilot, lambda: showing(app, ConfirmModal))
         await pilot.press("y")
         await wait_until(pilot, lambda: on_dataset(app) and page_text(app) == "rows 1–200 of 200")
         assert table(app).cursor_row == PAGE_SIZE - 1

@@ -22,7 +22,7 @@ from sftchat.tui.screens.confirm import ConfirmModal
 from sftchat.tui.screens.export import DONE, FORM, RUNNING, ExportScreen
 from sftchat.tui.widgets.prompt_input import PromptInput
 from sftchat.tui.widgets.status_line import StatusLine
-from tui_helpers import recording_app, settings_for, toasts, wait_until
+from tui_helpers import recording_app, settings_for, toasts, showing, wait_until
 
 SIZE = (120, 40)
 EXPORT_S = 300.0   # the longest an export may take here (about 7 s on an idle machine)
@@ -57,10 +57,10 @@ async def open_export_dialog(pilot) -> ExportScreen:
     app = pilot.app
     await wait_until(pilot, lambda: app.engine is not None, timeout=120, what="the model")
     await pilot.press("f3")
-    await wait_until(pilot, lambda: isinstance(app.screen, AdaptersScreen)
+    await wait_until(pilot, lambda: showing(app, AdaptersScreen)
                      and not app.screen.loading, what="the adapters listed")
     await pilot.press("e")
-    await wait_until(pilot, lambda: isinstance(app.screen, ExportScreen),
+    await wait_until(pilot, lambda: showing(app, ExportScreen),
                      what="the export dialog")
     await pilot.pause()
     assert app.screen.adapter == "first"
@@ -122,11 +122,11 @@ async def test_a_folder_in_use_is_replaced_only_after_a_yes(workspace):
     async with app.run_test(size=SIZE) as pilot:
         await open_export_dialog(pilot)
         await start(pilot, target)
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+        await wait_until(pilot, lambda: showing(app, ConfirmModal),
                          what="the question")
         assert str(target) in str(app.screen.query_one("#confirm-question", Label).content)
         await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, ExportScreen), what="the form")
+        await wait_until(pilot, lambda: showing(app, ExportScreen), what="the form")
         assert dialog(app).state == FORM and app.exporter is None
         assert dialog_status(app).startswith(f"Nothing was written: {target} is kept")
 
@@ -135,7 +135,7 @@ async def test_a_folder_in_use_is_replaced_only_after_a_yes(workspace):
         await wait_until(pilot, lambda: app.screen is app.get_screen("chat"), what="the chat")
         app.screen.query_one(PromptInput).text = f"/export first gguf {target}"
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+        await wait_until(pilot, lambda: showing(app, ConfirmModal),
                          what="the question")
         await pilot.press("n")
         await pilot.pause()
@@ -231,7 +231,7 @@ async def test_quitting_mid_export_asks_then_stops_it_and_leaves_nothing(workspa
         await open_export_dialog(pilot)
         await start(pilot)
         await pilot.press("h")   # hidden: the export goes on, its progress in the status line
-        await wait_until(pilot, lambda: isinstance(app.screen, AdaptersScreen),
+        await wait_until(pilot, lambda: showing(app, AdaptersScreen),
                          what="the dialog hidden")
         exporter = app.exporter
         await wait_until(pilot, lambda: staging_left(target) or not exporter.running,
@@ -239,7 +239,7 @@ async def test_quitting_mid_export_asks_then_stops_it_and_leaves_nothing(workspa
         assert exporter.running, "the export ended before it could be stopped"
         assert status_line(app).export
         await pilot.press("ctrl+q")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal),
+        await wait_until(pilot, lambda: showing(app, ConfirmModal),
                          what="the question")
         question = str(app.screen.query_one("#confirm-question", Label).content)
         assert question == "An export is running. Stop it and quit?"

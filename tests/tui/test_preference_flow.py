@@ -12,7 +12,7 @@ from sftchat.dataset.store import ExampleStore
 from sftchat.tui.screens.review import ReviewScreen
 from sftchat.tui.widgets.status_line import StatusLine
 from tui_helpers import (answers, ask, decide_review, make_workspace, recording_app,
-                         settings_for, wait_until)
+                         settings_for, showing, wait_until)
 
 SIZE = (140, 45)
 QUESTION = "Tell me a joke."
@@ -36,7 +36,7 @@ async def test_a_bad_answer_marked_in_the_chat_does_not_come_back(tmp_path):
             (QUESTION, bad, None, "bad")
 
         await pilot.press("ctrl+t")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=300,
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), timeout=300,
                          what="the review")
         review = app.screen.comparison
         name = review.candidate.name

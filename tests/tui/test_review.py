@@ -23,7 +23,7 @@ from sftchat.tui.screens.compare import CompareScreen
 from sftchat.tui.screens.review import AnswerDiffScreen, ReviewScreen
 from sftchat.tui.widgets.status_line import StatusLine
 from tui_helpers import (ask, decide_review, make_workspace, recording_app, settings_for, toasts,
-                         wait_until)
+                         showing, wait_until)
 
 SIZE = (140, 45)
 FINISHED = {"event": "finished", "name": "first", "final_loss": 0.01}
@@ -73,7 +73,7 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         assert not toasts(app)[-1].endswith("without the earlier turns of this conversation.")
 
         app.screen.post_message(TrainingEnded(FINISHED))
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=120,
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), timeout=120,
                          what="the review")
         review = app.screen.comparison
         assert (review.candidate.curated, review.candidate.examples) == (len(CURATED),
@@ -88,10 +88,10 @@ async def test_review_with_a_pin_then_reject_keeps_the_current_model(tmp_path,
         assert review.regression == changed
         # Open the pinned prompt: both answers in full, side by side.
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, AnswerDiffScreen),
+        await wait_until(pilot, lambda: showing(app, AnswerDiffScreen),
                          what="the pinned prompt's diff")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen),
+        await wait_until(pilot, lambda: showing(app, ReviewScreen),
                          what="back to the review")
 
         await decide_review(pilot, "r")
@@ -139,7 +139,7 @@ async def test_compare_pick_saves_the_example_with_the_others_rejected_and_rollb
         await ask(pilot, question)
         assert app.screen.last_exchange.response == curated
         await pilot.press("ctrl+y")
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen),
+        await wait_until(pilot, lambda: showing(app, CompareScreen),
                          what="the comparison")
         compare = app.screen
         assert compare.models == [None, "first"]
@@ -180,7 +180,7 @@ async def test_compare_with_an_adapter_deleted_meanwhile_says_so_in_its_column(
         await _loaded(pilot)
         shutil.rmtree(workspace / "adapters" / "gone")     # `sftchat adapters rm` elsewhere
         app.push_screen(CompareScreen(app.engine, question, [None, "gone", "first"]))
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen)
+        await wait_until(pilot, lambda: showing(app, CompareScreen)
                          and all(app.screen.done), what="every column")
         compare = app.screen
         assert compare.errors[1] and "no adapter named 'gone'" in compare.errors[1]
@@ -271,7 +271,7 @@ async def test_a_key_typed_as_the_review_opens_does_not_decide(monkeypatch):
     monkeypatch.setattr(review, "DECISION_PAUSE_S", 3600)   # every key is "still typing"
     app = Host()
     async with app.run_test(size=(120, 30)) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen))
+        await wait_until(pilot, lambda: showing(app, ReviewScreen))
         await pilot.press("s", "t", "a", "y", "i", "n", "g")
         await pilot.pause()
         assert app.decided == "not yet" and isinstance(app.screen, ReviewScreen)

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Label, Static
 from sftchat.dataset.store import ExampleStore
 from sftchat.tui.messages import TrainingEnded
 from sftchat.tui.screens.review import AnswerDiffScreen, ReviewScreen
-from tui_helpers import make_workspace, recording_app, settings_for, wait_until
+from tui_helpers import make_workspace, recording_app, settings_for, showing, wait_until
 
 SIZE = (140, 45)
 FINISHED = {"event": "finished", "name": "first", "final_loss": 0.01}
@@ -54,7 +54,7 @@ async def test_review_shows_bad_answers_given_again_and_eval_counts_them(tmp_pat
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.engine is not None, what="the model")
         app.screen.post_message(TrainingEnded(FINISHED))
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), timeout=120,
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), timeout=120,
                          what="the review")
         review = app.screen.comparison
         # Read from the store, each paired with its example's answer.
@@ -83,34 +83,34 @@ async def test_review_shows_bad_answers_given_again_and_eval_counts_them(tmp_pat
 
         # Enter on a bad answer: the rejected answer in full, labelled as such.
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, AnswerDiffScreen),
+        await wait_until(pilot, lambda: showing(app, AnswerDiffScreen),
                          what="the bad answer's diff")
         labels = _texts(app.screen, ".field-label")
         assert labels[0] == "Bad answer (rejected)" and "Accepted answer (pinned)" not in labels
         assert not any(label.startswith("Chosen answer") for label in labels)
         assert _texts(app.screen, ".diff-text")[0] == "Paris."
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review")
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), what="the review")
         # The edit's original: the chosen answer is shown too.
         await pilot.press("down", "enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, AnswerDiffScreen),
+        await wait_until(pilot, lambda: showing(app, AnswerDiffScreen),
                          what="the edit's diff")
         assert _texts(app.screen, ".field-label")[:2] == ["Bad answer (rejected)",
                                                           "Chosen answer (in the dataset)"]
         assert _texts(app.screen, ".diff-text")[:2] == ["Red, green and blue.",
                                                         "Red, yellow and blue."]
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review")
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), what="the review")
         # Untrusted text shows literally: markup as typed, the escape sequence gone.
         await pilot.press("down", "enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, AnswerDiffScreen),
+        await wait_until(pilot, lambda: showing(app, AnswerDiffScreen),
                          what="the third diff")
         shown = _texts(app.screen, ".diff-text")[0]
         assert shown.startswith("[red]Knock[/red] knock") and "\x1b" not in shown
         assert str(app.screen.query_one(".diff-title", Label).content) == \
             "Prompt: Tell me a joke."
         await pilot.press("escape")
-        await wait_until(pilot, lambda: isinstance(app.screen, ReviewScreen), what="the review")
+        await wait_until(pilot, lambda: showing(app, ReviewScreen), what="the review")
         await pilot.press("escape")                                         # decide later
         await wait_until(pilot, lambda: not isinstance(app.screen, ReviewScreen),
                          what="the review closed")

@@ -24,6 +24,12 @@ async def wait_until(pilot, predicate: Callable[[], bool], timeout: float = 60.0
         await pilot.pause(0.05)
 
 
+def showing(app, screen_type) -> bool:
+    """Whether the app shows a `screen_type` screen that has mounted: `push_screen` makes it
+    `app.screen` at once, before its widgets exist, so a query straight after would miss."""
+    return isinstance(app.screen, screen_type) and app.screen.is_mounted
+
+
 # A training run that goes on until it is cancelled (no early stop once the answers are learned).
 ENDLESS_TRAINING = "[training]\nepochs = 100000\nearly_stop = false\n"
 
