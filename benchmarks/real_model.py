@@ -148,6 +148,15 @@ def main() -> None:
               f"{back}/12 | "
               f"{kept}/{sum(base_right)} | {metrics['drift']['perplexity_ratio']:.3f} | "
               f"{metrics['drift']['kl_per_token']:.3f} | {base_speed:.1f} → {speed:.1f} |")
+    print("\nWhere each run's time went (seconds; metrics `seconds` of its sftchat.json):\n")
+    phases = ("load", "anchor_answers", "references", "steps", "early_stop_checks",
+              "evaluation")
+    print("| variant | " + " | ".join(phases) + " |")
+    print("|---|" + "---|" * len(phases))
+    for kind, (_, meta) in runs.items():
+        seconds = meta["metrics"].get("seconds", {})
+        print(f"| {kind} | " + " | ".join(f"{seconds.get(name, float('nan')):.1f}"
+                                          for name in phases) + " |")
     shutil.rmtree(workspace, ignore_errors=True)
 
 

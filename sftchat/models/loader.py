@@ -86,12 +86,33 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+# Forces the CPU's compute dtype (`float32` or `bfloat16`) over the detection: to compare the
+# two on one machine, or to take float32 on a CPU whose bfloat16 is native.
+CPU_DTYPE_ENV = "SFTCHAT_CPU_DTYPE"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def compute_dtype_for(device: str) -> str:
     """THE compute dtype of a model on `device`, for training and answering alike (the trainer
-    keeps the base as loaded: `trainer._wrap_with_lora`): bfloat16 on a GPU (QLoRA); float32
-    on a CPU, where bfloat16 arithmetic is emulated on most chips (no AVX-512 BF16): 4-bit
-    decoding ran 12% faster in float32 (RESULTS.md §8). LoRA weights are float32 on both."""
-    return "bfloat16" if device == "cuda" else "float32"
+    keeps the base as loaded: `trainer._wrap_with_lora`; the chat engine, reviews and `eval`
+    load it the same way): bfloat16 on a GPU (QLoRA) and on a CPU that does bfloat16
+    natively (AVX512-BF16: matrix products measured 4-7x faster than float32 there, a
+    SmolLM2 training step 1.8x; its 4-bit chat kernel computes in bfloat16 anyway); float32
+    on other CPUs, where bfloat16 arithmetic is emulated and slower (RESULTS.md §8, §18).
+    `SFTCHAT_CPU_DTYPE` overrides the CPU's choice. LoRA weights stay float32 everywhere (the
+    optimizer's updates are too small for bfloat16's 8 bits of mantissa)."""
+    if device == "cuda":
+        return "bfloat16"
+    forced = os.environ.get(CPU_DTYPE_ENV, "").strip()
+    if forced:
+        if forced not in COMPUTE_DTYPES:
+            raise ModelLoadError(f"{CPU_DTYPE_ENV}={forced!r}: use one of "
+                                 f"{', '.join(COMPUTE_DTYPES)} (or unset it to detect)")
+        return forced
+    from sftchat.models.cpu_4bit import packed_layout_supported
+
+    # The CPUs where bitsandbytes packs its 4-bit weights are those with AVX512-BF16.
+    return "bfloat16" if packed_layout_supported() else "float32"
 
 
 def resolve_device(device: str) -> str:

@@ -82,10 +82,14 @@ DRIFT_PROMPTS = (
 )
 
 
-def _cache_file(cache_dir: Path, identity: dict, template: str, prompts: tuple[str, ...],
+def _cache_file(cache_dir: Path, loaded, template: str, prompts: tuple[str, ...],
                 max_new_tokens: int) -> Path:
+    # The base's answers depend on its arithmetic too: 4-bit or not, and its compute dtype
+    # (bfloat16 or float32 by the CPU: `loader.compute_dtype_for`).
+    precision = [loaded.quantized, loaded.compute_dtype]
     key = hashlib.sha256(json.dumps(
-        [CACHE_VERSION, identity.get("fingerprint"), template, prompts, max_new_tokens],
+        [CACHE_VERSION, loaded.identity.get("fingerprint"), precision, template, prompts,
+         max_new_tokens],
         ensure_ascii=False).encode()).hexdigest()[:24]
     return cache_dir / "anchors" / f"{key}.json"
 
@@ -130,7 +134,7 @@ def base_answers(loaded, template: str, prompts: tuple[str, ...],
     learned), from the cache or generated now. Call it before any adapter is attached."""
     from sftchat.models.builtin import default_cache_dir
 
-    path = _cache_file(cache_dir or default_cache_dir(), loaded.identity, template, prompts,
+    path = _cache_file(cache_dir or default_cache_dir(), loaded, template, prompts,
                        max_new_tokens)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["answers"]

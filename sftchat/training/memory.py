@@ -10,7 +10,10 @@ chat's memory with it:
 - **activations** of the largest micro-batch, in the compute dtype: per token and layer the
   tensors a Llama-shaped block keeps for backward (norm outputs, q/k/v, attention output,
   the MLP's gate/up/act/down inputs) — with gradient checkpointing only each layer's input,
-  plus one layer recomputed at a time;
+  plus one layer recomputed at a time. Two float32 extras: with a bfloat16 base, PEFT casts
+  each LoRA layer's input to float32 (the LoRA weights' dtype), a copy its backward keeps;
+  and on the anchors, the quiet penalty keeps each LoRA layer's scaled float32 output for
+  the backward of its square (`regularizer.QuietAdapter`);
 - **the head** at the learned positions only (the loss computes no others), chunk by chunk of
   positions (`head.CHUNK_ELEMENTS` float32 logits at a time, with their softmax) and, kept
   for the backward, the hidden states there and their gradient;
@@ -70,16 +73,25 @@ def lora_parameters(config, rank: int) -> int:
 
 def estimate(config, rank: int, tokens: int, learned_tokens: int,
              gradient_checkpointing: bool, compute_bytes: int = 2,
-             overhead_bytes: int = OVERHEAD_BYTES) -> MemoryEstimate:
+             overhead_bytes: int = OVERHEAD_BYTES, quiet_tokens: int = 0) -> MemoryEstimate:
     """What a run adds once the base weights are loaded: `tokens` in its largest micro-batch,
     `learned_tokens` of them learned; `compute_bytes` per activation element (2 for bf16);
-    `overhead_bytes` for the CUDA context and allocator (0 on a CPU)."""
+    `overhead_bytes` for the CUDA context and allocator (0 on a CPU); `quiet_tokens` in the
+    largest pass that carries the quiet penalty (a step's anchors; 0 when it is off)."""
     hidden, layers, intermediate, q_width, kv_width = _dims(config)
     per_token_layer = (6 * hidden + q_width + 2 * kv_width + 4 * intermediate) * compute_bytes
-    if gradient_checkpointing:
-        activations = tokens * (layers * hidden * compute_bytes + per_token_layer)
-    else:
-        activations = tokens * layers * per_token_layer
+    if compute_bytes < 4:   # float32 copies of the inputs of q, k, v, o, gate, up and down
+        per_token_layer += (5 * hidden + q_width + intermediate) * 4
+    # The quiet penalty's scaled float32 LoRA outputs (q, k, v, o, gate, up, down).
+    quiet_per_token_layer = (q_width + 2 * kv_width + 2 * hidden + 2 * intermediate) * 4
+
+    def kept(count: int, per_layer: int) -> int:
+        if gradient_checkpointing:   # each layer's input, and one layer recomputed at a time
+            return count * (layers * hidden * compute_bytes + per_layer)
+        return count * layers * per_layer
+
+    activations = max(kept(tokens, per_token_layer),
+                      kept(quiet_tokens, per_token_layer + quiet_per_token_layer))
     return MemoryEstimate(
         lora_bytes=lora_parameters(config, rank) * 16,
         activation_bytes=activations,

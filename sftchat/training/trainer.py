@@ -37,7 +37,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sftchat import __version__
@@ -270,6 +270,7 @@ class PreparedRun:
     skipped_rejected: list[int]  # ids of rejected answers too long for max_length
     resumed: Resumable | None = None
     run_id: str | None = None  # set by run_training (rank 0): names the run's checkpoints
+    setup_seconds: dict = field(default_factory=dict)  # model load, anchor answers
 
 
 def _lora_shape(training: TrainingSettings, source) -> dict:
@@ -400,7 +401,8 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
                        drift_anchors=answers[len(REHEARSAL_PROMPTS):],
                        snapshot=shared["records"], anchor_answers=answers, resumed=resumed,
                        rejected=shared["rejected"], objective=objective,
-                       preferences=preferences, skipped_rejected=skipped_rejected)
+                       preferences=preferences, skipped_rejected=skipped_rejected,
+                       setup_seconds=setup_seconds)
 
 
 def estimate_memory(run: PreparedRun, training: TrainingSettings):
@@ -415,9 +417,12 @@ def estimate_memory(run: PreparedRun, training: TrainingSettings):
                    preferences.items[item].rejected
                    for i in batch for item in riding.get(i, [])]
                for plan in run.plans for batch in plan.micro_batches]
+    quiet_tokens = 0
     if run.anchors is not None:  # a step's anchors: at most PER_STEP, the longest
-        batches.append(sorted(run.anchors.examples, key=lambda e: -len(e.input_ids))
-                       [:PER_STEP])
+        anchors = sorted(run.anchors.examples, key=lambda e: -len(e.input_ids))[:PER_STEP]
+        batches.append(anchors)
+        if any(isinstance(term, QuietAdapter) for term in run.anchor_terms):
+            quiet_tokens = len(anchors) * max(len(e.input_ids) for e in anchors)
     if preferences is not None and preferences.loose:  # a micro-batch of items
         sequences = [sequence for i in preferences.loose
                      for sequence in (preferences.items[i].chosen, preferences.items[i].rejected)
@@ -430,7 +435,7 @@ def estimate_memory(run: PreparedRun, training: TrainingSettings):
     return estimate(run.loaded.model.config, run.lora_shape["rank"], tokens, learned,
                     _use_gradient_checkpointing(training, run.loaded.device),
                     compute_bytes=2 if run.loaded.compute_dtype == "bfloat16" else 4,
-                    **({} if cuda else {"overhead_bytes": 0}))
+                    quiet_tokens=quiet_tokens, **({} if cuda else {"overhead_bytes": 0}))
 
 
 def _check_gpu_memory(run: PreparedRun, training: TrainingSettings, needed) -> None:
@@ -485,7 +490,8 @@ def train(run: PreparedRun, training: TrainingSettings, emit: Emit, stop: thread
                              **run.preferences.measure(loss_function)}
                             if run.preferences else None),
         }
-        metrics["seconds"]["evaluation"] = round(time.perf_counter() - evaluating, 3)
+        metrics["seconds"] = {**run.setup_seconds, **metrics["seconds"],
+                              "evaluation": round(time.perf_counter() - evaluating, 3)}
         check_drift(evaluation["drift"], training.max_drift, training.lr)
     except StopRequested:
         if checkpoints is not None:   # the last complete step stays resumable

@@ -31,6 +31,19 @@ RECIPE = ("--batch-size", "2", "--grad-accum", "2", "--max-steps", "6", "--no-ea
           "--max-length", "128")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def float32_compute():
+    """Every process of this module computes in float32, whatever this CPU would take: the
+    ranks' sum must equal one process's to float32's precision (bfloat16's 8-bit mantissa
+    turns another order of additions into 1e-3 of the loss: measured on an AVX512-BF16 CPU).
+    Set in the environment, so the launched ranks inherit it."""
+    from sftchat.models.loader import CPU_DTYPE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CPU_DTYPE_ENV, "float32")
+        yield
+
+
 def _curated(workspace: Path) -> Path:
     with ExampleStore(workspace / "data") as store:
         for instruction, response in CURATED:

@@ -52,8 +52,8 @@ def _train(settings, checkpointing: str, name: str):
 
 def test_default_recipe_trains_the_same_with_gradient_checkpointing(shaped_workspace):
     defaults = TrainingSettings()
-    assert (defaults.regularize, defaults.quiet_weight, defaults.objective) == \
-        ("distill", 1e5, "auto")
+    assert (defaults.regularize, defaults.quiet_weight > 0, defaults.objective) == \
+        ("distill", True, "auto")   # the quiet penalty's hooks are on
     on, started = _train(shaped_workspace, "on", "checkpointed")
     off, _ = _train(shaped_workspace, "off", "plain")
     start = next(event for event in started if event["event"] == "started")

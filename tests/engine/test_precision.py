@@ -3,9 +3,9 @@ trained. With a GPU's compute dtype (bfloat16) the trainer once cast every norm,
 embeddings and the head to float32 (PEFT's `prepare_model_for_kbit_training`) while the chat
 ran them in bfloat16, so the review measured a model that was not the one trained.
 
-No GPU here: the GPU's dtype is given to the CPU (`compute_dtype_for` answers bfloat16, a
-fake only of the device's choice; bitsandbytes' CPU path computes in it for real), on the
-plain 4-bit path (the packed kernel is another kernel, not another precision: issue 31)."""
+No GPU here: the GPU's dtype is asked of the CPU (`SFTCHAT_CPU_DTYPE=bfloat16`, what a CPU
+with AVX512-BF16 takes by itself; bitsandbytes' CPU path computes in it for real), on the plain
+4-bit path (the packed kernel is another kernel, not another precision: issue 31)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from sftchat.training.loss import LossFunction
 def bfloat16_plain(monkeypatch, builtin_cache):
     from cpu_paths import force_cpu_path
 
-    monkeypatch.setattr(loader, "compute_dtype_for", lambda device: "bfloat16")
+    monkeypatch.setenv(loader.CPU_DTYPE_ENV, "bfloat16")
     yield from force_cpu_path("plain", monkeypatch)
 
 
@@ -89,3 +89,36 @@ def test_the_real_defaults_keep_the_compute_dtype(bfloat16_plain):
              for name, p in model.named_parameters() if "lora_" not in name}
     assert after == before and torch.float32 not in {
         d for n, d in after.items() if "norm" in n or "embed" in n}
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    """Read from the kernel's own list of the CPU's flags, not from bitsandbytes."""
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+
+
+def test_the_cpu_computes_in_bfloat16_only_where_it_is_native(monkeypatch):
+    monkeypatch.delenv(loader.CPU_DTYPE_ENV, raising=False)
+    native = _cpu_has_native_bfloat16()
+    assert loader.compute_dtype_for("cpu") == ("bfloat16" if native else "float32")
+    assert loader.compute_dtype_for("cuda") == "bfloat16"
+
+
+@pytest.mark.parametrize("forced", ["float32", "bfloat16"])
+def test_the_cpu_dtype_can_be_forced_and_a_model_loads_in_it(monkeypatch, forced,
+                                                              builtin_cache):
+    import torch
+
+    monkeypatch.setenv(loader.CPU_DTYPE_ENV, forced)
+    loaded = loader.load_model("builtin", "cpu", quantize=True)
+    assert loaded.compute_dtype == forced
+    assert loaded.model.get_input_embeddings().weight.dtype == getattr(torch, forced)
+    assert loader.compute_dtype_for("cuda") == "bfloat16"   # a GPU's is never forced
+
+
+def test_a_wrong_cpu_dtype_is_one_clear_message(monkeypatch):
+    monkeypatch.setenv(loader.CPU_DTYPE_ENV, "fp8")
+    with pytest.raises(loader.ModelLoadError, match="SFTCHAT_CPU_DTYPE='fp8'.*float32"):
+        loader.compute_dtype_for("cpu")

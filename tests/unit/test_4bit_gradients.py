@@ -27,6 +27,16 @@ import torch
 # fp32 weights, so only the order of floating-point operations differs (measured ~1e-6).
 TOLERANCE = 1e-3
 
+
+@pytest.fixture(autouse=True)
+def float32_compute(monkeypatch):
+    """Both sides in float32, whatever this CPU would take (`loader.compute_dtype_for`): this
+    checks that gradients flow through each 4-bit path, which a tight tolerance needs; that
+    training in bfloat16 is the model that answers is `tests/engine/test_precision.py`'s."""
+    from sftchat.models.loader import CPU_DTYPE_ENV
+
+    monkeypatch.setenv(CPU_DTYPE_ENV, "float32")
+
 def _examples(tokenizer):
     from sftchat.prompts import encode_example
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftchat.models.loader import ModelLoadError, load_model
+from sftchat.models.loader import ModelLoadError, compute_dtype_for, load_model
 
 
 def test_no_quantize_loads_plain_linear_layers(builtin_cache):
@@ -15,7 +15,7 @@ def test_no_quantize_loads_plain_linear_layers(builtin_cache):
     loaded = load_model("builtin", "cpu", quantize=False)
     layer = loaded.model.model.layers[0].self_attn.q_proj
     assert type(layer) is torch.nn.Linear
-    assert not loaded.quantized and loaded.compute_dtype == "float32"
+    assert not loaded.quantized and loaded.compute_dtype == compute_dtype_for("cpu")
     assert "builtin" in loaded.describe()
 
 

@@ -48,6 +48,25 @@ def test_the_estimate_grows_with_the_batch_and_checkpointing_saves_activations()
     assert "GiB (LoRA and optimizer" in large.describe()
 
 
+def test_the_float32_copies_of_a_bfloat16_run_and_the_quiet_penalty_are_counted():
+    """PEFT's float32 cast of each LoRA input (bfloat16 base only) and the quiet penalty's
+    float32 LoRA outputs on the anchors: per token and layer, in bytes."""
+    hidden, intermediate, q_width, kv_width = 4096, 14336, 4096, 1024
+    shape = dict(learned_tokens=64, gradient_checkpointing=False)
+    bf16 = estimate(LLAMA_3_8B, 16, tokens=512, compute_bytes=2, **shape)
+    fp32 = estimate(LLAMA_3_8B, 16, tokens=512, compute_bytes=4, **shape)
+    plain = (6 * hidden + q_width + 2 * kv_width + 4 * intermediate)
+    assert fp32.activation_bytes == 512 * 32 * plain * 4          # no cast: already float32
+    assert bf16.activation_bytes == 512 * 32 * (plain * 2 + (5 * hidden + q_width
+                                                             + intermediate) * 4)
+    quiet = (q_width + 2 * kv_width + 2 * hidden + 2 * intermediate) * 4
+    anchors = estimate(LLAMA_3_8B, 16, tokens=512, compute_bytes=4, quiet_tokens=512, **shape)
+    assert anchors.activation_bytes == 512 * 32 * (plain * 4 + quiet)
+    # The largest pass decides: a short anchor batch under a long curated one adds nothing.
+    assert estimate(LLAMA_3_8B, 16, tokens=512, compute_bytes=4, quiet_tokens=64,
+                    **shape).activation_bytes == fp32.activation_bytes
+
+
 def test_check_fits_says_what_to_change():
     needed = estimate(LLAMA_3_8B, 16, tokens=8 * 1024, learned_tokens=1024,
                       gradient_checkpointing=False)
@@ -70,6 +89,7 @@ def _prepared_run(device: str):
         loaded=SimpleNamespace(device=device, model=model, compute_dtype="bfloat16"),
         encoded=examples,
         plans=[StepPlan(epoch=0, micro_batches=[list(range(8))])], anchors=None,
+        anchor_terms=[],
         preferences=None,
         schedule=SimpleNamespace(batch_size=8), source=None,
         lora_shape={"rank": 16, "alpha": 32, "dropout": 0.0})
@@ -82,7 +102,7 @@ def test_the_trainer_refuses_a_run_that_does_not_fit_beside_the_chat(monkeypatch
 
     free = {"bytes": 3 * GIB}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"],
-                                                                          80 * GIB))
+                                                                          141 * GIB))
     training = TrainingSettings(gradient_checkpointing="off")
 
     def check(device):
@@ -91,7 +111,7 @@ def test_the_trainer_refuses_a_run_that_does_not_fit_beside_the_chat(monkeypatch
 
     with pytest.raises(trainer.TrainingError, match="this run needs about .* 3.0 GiB free"):
         check("cuda")
-    free["bytes"] = 70 * GIB  # an empty 80 GB card: it fits
+    free["bytes"] = 120 * GIB  # an empty H200 (141 GB): it fits
     check("cuda")
     # On a CPU there is nothing to check (and no CUDA call is made).
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: pytest.fail("called"))

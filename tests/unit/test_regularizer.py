@@ -121,7 +121,7 @@ def test_rehearsal_is_cross_entropy_on_the_base_answers_and_cycles(wrapped):
                                  rel=1e-4)
     assert float(weighted) == pytest.approx(0.5 * loss, rel=1e-5)
     assert figures.tokens == sum(len(a.input_ids) for a in answers)
-    assert anchors.cursor == 0   # three anchors, PER_STEP 4: the cycle came round
+    assert anchors.cursor == 0   # three anchors, PER_STEP 8: the cycle came round
 
 
 def test_the_quiet_penalty_is_what_the_adapter_adds_to_each_layer_relative_to_the_layer(wrapped):
