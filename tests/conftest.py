@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import sftchat
-from cpu_paths import PATHS
+from cpu_paths import PATHS, start_session_path
 
 # Under pytest-xdist each worker (and every process it starts) gets its share of the cores:
 # PyTorch threads that outnumber the cores spin against each other instead of working.
@@ -32,6 +32,15 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for variable in ("SFTCHAT_HOME", "SFTCHAT_MODEL", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
                  "SFTCHAT_TEMPLATE"):
     os.environ.pop(variable, None)
+
+# SFTCHAT_TEST_CPU_PATH puts the run, and every process it starts, on one of bitsandbytes' CPU
+# 4-bit paths (tests/cpu_paths.py); before anything imports bitsandbytes.
+SESSION_CPU_PATH = start_session_path()
+
+
+def pytest_report_header(config):
+    return f"bitsandbytes CPU 4-bit path: {SESSION_CPU_PATH} (SFTCHAT_TEST_CPU_PATH)"
+
 
 # A few short answers, unicode included, that the built-in model must learn exactly.
 CURATED = [

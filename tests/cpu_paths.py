@@ -12,16 +12,27 @@ can take:
   machine. A fake only for what this CPU cannot execute.
 
 The detection is read when a `Linear4bit` is made: models loaded inside the test take the path.
+
+A whole test run can be put on one path, every process it starts included, with
+`SFTCHAT_TEST_CPU_PATH` (`session_path`): `plain`, `packed` (the real kernel where the CPU has
+it, emulated where not), or `other` — the path this CPU does not take by itself. CI runs the
+tests that load a 4-bit model a second time with `other` (.ci/run), so a machine with the
+instruction set also checks the plain path and one without it the packed layout.
 """
 
 from __future__ import annotations
 
+import os
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 PATHS = ("plain", "packed", "packed-emulated")   # the conftest fixture's params
+SESSION_PATH_ENV = "SFTCHAT_TEST_CPU_PATH"
+SESSION_PATHS = ("native", "plain", "packed", "packed-emulated", "other")
+SITE = Path(__file__).resolve().parent / "cpu_path_site"   # its sitecustomize applies the path
 
 
 def _dequantize_packed(weight, state, dtype=torch.float32):
@@ -69,3 +80,78 @@ def force_cpu_path(path: str, monkeypatch):
     yield path
     if library is not None:
         library._destroy()
+
+
+def cpu_has_packed_kernel() -> bool:
+    """Whether this CPU executes bitsandbytes' packed kernel (AVX512-BF16), read from the
+    kernel's list of the CPU's flags rather than from bitsandbytes (which a session path
+    patches); skips the test where there is no such list."""
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+
+
+def session_path() -> str:
+    """The path `SFTCHAT_TEST_CPU_PATH` puts this test run on, resolved for this CPU:
+    `native` (nothing forced), `plain`, `packed` (the real kernel) or `packed-emulated`."""
+    asked = os.environ.get(SESSION_PATH_ENV, "native") or "native"
+    if asked not in SESSION_PATHS:
+        raise pytest.UsageError(f"{SESSION_PATH_ENV}={asked!r}: use one of "
+                                f"{', '.join(SESSION_PATHS)}")
+    native = cpu_has_packed_kernel()
+    if asked == "other":
+        asked = "plain" if native else "packed"
+    if asked == "packed" and not native:
+        return "packed-emulated"
+    if asked == "plain" and not native:
+        return "native"   # what this CPU does anyway
+    return asked
+
+
+def start_session_path() -> str:
+    """Apply `session_path()` to this process and every process it starts: the sitecustomize
+    in `SITE` goes on PYTHONPATH (and patches bitsandbytes when it is imported). Returns the
+    path, for the run's header."""
+    path = session_path()
+    if path == "native":
+        return path
+    os.environ[SESSION_PATH_ENV] = path
+    if path == "packed-emulated":
+        # A CPU with the packed kernel computes in bfloat16 (models.loader.compute_dtype_for).
+        os.environ.setdefault("SFTCHAT_CPU_DTYPE", "bfloat16")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(SITE)] + [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                       if entry and entry != str(SITE)])
+    import importlib.util
+    import sys
+
+    # This process read PYTHONPATH before the variable was set: run the hook's file here too.
+    spec = importlib.util.spec_from_file_location("sftchat_test_cpu_path_site",
+                                                  SITE / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    for name in ("bitsandbytes.functional", "bitsandbytes.nn.modules"):
+        if name in sys.modules:                # imported before the hook: patch it now
+            patch_after_import(sys.modules[name])
+    return path
+
+
+def patch_after_import(module) -> None:
+    """Put a freshly imported bitsandbytes module on the session's path (called by the
+    sitecustomize hook): the detection answers for the path; the emulated path's layers pack
+    and its packed kernel is the reference above."""
+    path = os.environ.get(SESSION_PATH_ENV)
+    if module.__name__ == "bitsandbytes.functional":
+        # plain: nothing packs, float32 compute; emulated: this CPU cannot run the C kernel,
+        # so bitsandbytes must not register it (its backends read this at import).
+        if path in ("plain", "packed-emulated"):
+            module.has_avx512bf16 = lambda: False
+    elif module.__name__ == "bitsandbytes.nn.modules" and path == "packed-emulated":
+        module.has_avx512bf16 = lambda: True   # layers pack at their first eval pass
+        global _SESSION_LIBRARY
+        _SESSION_LIBRARY = torch.library.Library("bitsandbytes", "FRAGMENT")
+        torch.library.register_kernel("bitsandbytes::gemv_4bit", "cpu", _emulated_gemv_4bit,
+                                      lib=_SESSION_LIBRARY)
+
+
+_SESSION_LIBRARY = None   # keeps the emulated kernel registered for the process's life

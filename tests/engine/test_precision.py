@@ -15,6 +15,7 @@ import re
 import pytest
 
 from conftest import CURATED
+from cpu_paths import cpu_has_packed_kernel, session_path
 
 from sftchat.adapters import registry
 from sftchat.config import TrainingSettings
@@ -91,17 +92,11 @@ def test_the_real_defaults_keep_the_compute_dtype(bfloat16_plain):
         d for n, d in after.items() if "norm" in n or "embed" in n}
 
 
-def _cpu_has_native_bfloat16() -> bool:
-    """Read from the kernel's own list of the CPU's flags, not from bitsandbytes."""
-    try:
-        return "avx512_bf16" in open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-
-
+@pytest.mark.skipif(session_path() != "native",
+                    reason="SFTCHAT_TEST_CPU_PATH pretends another CPU; this checks the real one")
 def test_the_cpu_computes_in_bfloat16_only_where_it_is_native(monkeypatch):
     monkeypatch.delenv(loader.CPU_DTYPE_ENV, raising=False)
-    native = _cpu_has_native_bfloat16()
+    native = cpu_has_packed_kernel()
     assert loader.compute_dtype_for("cpu") == ("bfloat16" if native else "float32")
     assert loader.compute_dtype_for("cuda") == "bfloat16"
 
