@@ -149,8 +149,8 @@ def main() -> None:
               f"{kept}/{sum(base_right)} | {metrics['drift']['perplexity_ratio']:.3f} | "
               f"{metrics['drift']['kl_per_token']:.3f} | {base_speed:.1f} → {speed:.1f} |")
     print("\nWhere each run's time went (seconds; metrics `seconds` of its sftchat.json):\n")
-    phases = ("load", "anchor_answers", "references", "steps", "early_stop_checks",
-              "evaluation")
+    phases = list(dict.fromkeys(name for _, meta in runs.values()   # the trainer names them
+                                for name in meta["metrics"].get("seconds", {})))
     print("| variant | " + " | ".join(phases) + " |")
     print("|---|" + "---|" * len(phases))
     for kind, (_, meta) in runs.items():
