@@ -22,11 +22,13 @@ answer is followed by the end token the model ended it with: the template's own 
 This needs a template that renders earlier turns the same way whatever follows them; one that
 does not (it trims or rewrites earlier answers) is refused for multi-turn conversations.
 
-Special tokens are the template's alone: text a user typed or a model answered that spells one
-(`<|im_end|>`, `<|im_start|>system`) stays text, in the chat's prompts and in training —
-otherwise a message could close its turn and open another (a template injection). Such a
-spelling is swapped for a placeholder before the template renders and tokenized as plain text
-(`split_special_tokens`) where the placeholder lands; text without one is tokenized as ever.
+Tokens are the template's alone: text a user typed, a dataset holds or a model answered that
+spells an added token — special (`<|im_end|>`, `<|im_start|>system`) or not (`<tool_call>`) —
+stays text, in the chat's prompts and in training, tokenized as it would be were it no token
+(otherwise a message could close its turn and open another: a template injection).
+`sftchat.plain_text` owns how (`encode_text`, re-exported here); text without such a spelling
+is tokenized as ever. ChatML is refused for a tokenizer without its two tokens: its markers
+would be text anyone can type, and nothing would end an answer as ChatML does.
 
 The system prompt: ChatML and the tokenizer's template get it as their system message (when
 it is empty, ChatML's default line and whatever default the tokenizer's template has);
@@ -42,14 +44,16 @@ tokenizer is known, and that concrete name is what an adapter records.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from sftchat.conversation import Turn, example_context, to_messages
 from sftchat.errors import SftchatError
+from sftchat.plain_text import added_token_texts, as_text, encode_text, tokenize
 
-__all__ = ["Turn"]  # re-exported: prompts took (and take) turns before the store had them
+# Re-exported: prompts took (and take) turns before the store had them; `encode_text` is how
+# the rest of sftchat counts an answer's tokens.
+__all__ = ["Turn", "encode_text"]
 
 IGNORE_INDEX = -100
 AUTO_TEMPLATE = "auto"
@@ -131,12 +135,41 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
 def resolve_template(setting: str, tokenizer: Any) -> str:
     """The concrete template for a template setting: "auto" becomes "tokenizer" when the
-    tokenizer has a chat template, else "alpaca"; any other name is checked and returned."""
+    tokenizer has a chat template, else "alpaca"; any other name is checked (for this
+    tokenizer: ChatML needs its tokens) and returned. Engine and trainer call it at model
+    load, so a template the model cannot take is refused before a chat or a run starts."""
     if setting == AUTO_TEMPLATE:
         return "tokenizer" if has_chat_template(tokenizer) else ALPACA
-    return check_template(setting)
+    name = check_template(setting)
+    if name == "tokenizer" and not has_chat_template(tokenizer):
+        raise _no_chat_template(tokenizer)
+    if name == "chatml":
+        missing = _missing_chatml_tokens(tokenizer)
+        if missing:
+            raise TemplateError(
+                "template 'chatml' needs the tokens <|im_start|> and <|im_end|>, and this "
+                f"model's tokenizer lacks {' and '.join(missing)} (a base model, not trained "
+                "on ChatML), so its markers would be plain text and no end token would teach "
+                "the model to stop; use --template alpaca or auto (template = \"alpaca\" or "
+                "\"auto\" in sftchat.toml)")
+    return name
+
+
+def _missing_chatml_tokens(tokenizer: Any) -> list[str]:
+    texts = added_token_texts(tokenizer) if tokenizer is not None else frozenset()
+    return [token for token in CHATML_TOKENS if token not in texts]
+
+
+def _no_chat_template(tokenizer: Any) -> TemplateError:
+    # ChatML is only worth suggesting to a tokenizer that has its tokens.
+    others = "alpaca" if _missing_chatml_tokens(tokenizer) else "alpaca or chatml"
+    return TemplateError("template 'tokenizer' needs a tokenizer with a chat template; "
+                         f"this model has none, use --template {others}")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -184,10 +217,7 @@ def render_prompt(
             text += f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n"
         return text + "<|im_start|>assistant\n"
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise TemplateError(
-            "template 'tokenizer' needs a tokenizer with a chat template; "
-            "this model has none, use --template alpaca or chatml"
-        )
+        raise _no_chat_template(tokenizer)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -267,7 +297,7 @@ def _chat_template_end_token(tokenizer: Any) -> int | None:
     if sentinel not in text:
         return None
     after = text.split(sentinel, 1)[1]
-    ids = _tokenize(tokenizer, after, special=False) if after else []
+    ids = tokenize(tokenizer, after, special=False) if after else []
     special = set(getattr(tokenizer, "all_special_ids", ()) or ())
     special |= {token_id for token_id, token in
                 (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
@@ -301,52 +331,9 @@ def stop_token_ids(template: str, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-# A spelling of a special token inside content, while the template renders: private-use
-# characters around the token's index in `_special_texts`.
-_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
-
-
-@functools.lru_cache(maxsize=8)
-def _special_texts(tokenizer: Any) -> tuple[str, ...]:
-    """Every special token's text, longest first (so a longer one is found whole)."""
-    texts = set(getattr(tokenizer, "all_special_tokens", ()) or ())
-    texts |= {str(token) for token in
-              (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
-              if getattr(token, "special", False)}
-    return tuple(sorted((text for text in texts if text), key=len, reverse=True))
-
-
-def _as_text(tokenizer: Any, content: str) -> str:
-    """`content` (a message, an answer) with every spelling of a special token swapped for a
-    placeholder that `_tokenize` turns into that spelling's plain-text tokens."""
-    for index, special in enumerate(_special_texts(tokenizer)):
-        if special in content:
-            content = content.replace(special, f"\ue000{index}\ue001")
-    return content
-
-
 def _turns_as_text(tokenizer: Any, history: Sequence[Turn]) -> list[Turn]:
-    return [Turn(_as_text(tokenizer, turn.instruction), _as_text(tokenizer, turn.response),
-                 _as_text(tokenizer, turn.input), turn.learn) for turn in history]
-
-
-def _tokenize(tokenizer: Any, text: str, special: bool) -> list[int]:
-    """Token ids of `text` (`special`: with the tokenizer's BOS), placeholders as plain text."""
-    if "\ue000" not in text:
-        return list(tokenizer(text, add_special_tokens=special)["input_ids"])
-    specials = _special_texts(tokenizer)
-    ids: list[int] = []
-    position = 0
-    for match in _PLACEHOLDER.finditer(text):
-        before = text[position:match.start()]
-        if before or (special and position == 0):
-            ids += tokenizer(before, add_special_tokens=special and position == 0)["input_ids"]
-        ids += tokenizer(specials[int(match.group(1))], add_special_tokens=False,
-                         split_special_tokens=True)["input_ids"]
-        position = match.end()
-    if position < len(text):
-        ids += tokenizer(text[position:], add_special_tokens=False)["input_ids"]
-    return ids
+    return [Turn(as_text(tokenizer, turn.instruction), as_text(tokenizer, turn.response),
+                 as_text(tokenizer, turn.input), turn.learn) for turn in history]
 
 
 def _end_token_text(tokenizer: Any, token_id: int) -> str:
@@ -360,13 +347,13 @@ def _encode_turns(tokenizer: Any, template: str, instruction: str, input_text: s
     """The prompt ids of a conversation, tokenized in segments (see the module docstring),
     and the (start, end) of each earlier answer with its end token."""
     history = _turns_as_text(tokenizer, history)
-    instruction, input_text = _as_text(tokenizer, instruction), _as_text(tokenizer, input_text)
-    system = _as_text(tokenizer, system)
+    instruction, input_text = as_text(tokenizer, instruction), as_text(tokenizer, input_text)
+    system = as_text(tokenizer, system)
     texts = [render_prompt(template, turn.instruction, turn.input, history[:k], tokenizer,
                            system) for k, turn in enumerate(history)]
     texts.append(render_prompt(template, instruction, input_text, history, tokenizer, system))
     # The "tokenizer" template's text already carries the BOS when the template adds one.
-    ids = _tokenize(tokenizer, texts[0], special=template != "tokenizer")
+    ids = tokenize(tokenizer, texts[0], special=template != "tokenizer")
     spans: list[tuple[int, int]] = []
     if not history:
         return ids, spans
@@ -383,12 +370,12 @@ def _encode_turns(tokenizer: Any, template: str, instruction: str, input_text: s
                     "the conversation goes on, so a multi-turn prompt cannot be a prefix of "
                     "its training text; use --template chatml or alpaca for conversations")
         start = len(ids)
-        ids += _tokenize(tokenizer, answer, special=False) + [end_id]
+        ids += tokenize(tokenizer, answer, special=False) + [end_id]
         spans.append((start, len(ids)))
         between = following[len(texts[k] + answer):]
         if end_text and between.startswith(end_text):
             between = between[len(end_text):]
-        ids += _tokenize(tokenizer, between, special=False)
+        ids += tokenize(tokenizer, between, special=False)
     return ids, spans
 
 
@@ -418,7 +405,7 @@ def encode_prompt(
     encoding = PromptEncoding(ids, dropped_turns=dropped, kept_turns=history,
                               answer_spans=spans)
     if max_tokens is not None and len(ids) > max_tokens:
-        marker = _tokenize(tokenizer, TRUNCATION_MARKER, special=False)
+        marker = tokenize(tokenizer, TRUNCATION_MARKER, special=False)
         if max_tokens < len(marker) + 8:
             raise ExampleTooLongError(
                 f"no room for the prompt: {max_tokens} tokens left for it; "
@@ -447,8 +434,7 @@ def encode_example(
     (see `encode_prompt`); the response and its end token are never cut: if they alone leave
     no room for a prompt, `ExampleTooLongError` says so.
     """
-    response_ids = _tokenize(tokenizer, _as_text(tokenizer, example_field(example, "response")),
-                             special=False)
+    response_ids = encode_text(tokenizer, example_field(example, "response"))
     response_ids.append(end_token_id(template, tokenizer))
     budget = None
     if max_length is not None:

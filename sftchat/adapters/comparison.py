@@ -49,7 +49,7 @@ from sftchat.dataset.preferences import gives, telltale
 from sftchat.dataset.store import Example, Rejected
 from sftchat.engine import Answer
 from sftchat.engine_thread import BACKGROUND, Cancel, JobCancelled, Steps
-from sftchat.prompts import ExampleTooLongError, encode_example
+from sftchat.prompts import ExampleTooLongError, encode_example, encode_text
 
 # A pinned answer is compared in full: generate a little past its length.
 PIN_EXTRA_TOKENS = 16
@@ -241,13 +241,14 @@ def evaluate_steps(engine, name: str | None, examples: Sequence[Example], pins: 
 
         pin_answers = []
         for pin in pins:
-            tokens = len(engine.tokenizer.encode(pin.response, add_special_tokens=False))
+            # Counted as the answer is trained and prompted: as plain text (prompts).
+            tokens = len(encode_text(engine.tokenizer, pin.response))
             pin_answers.append((yield from answer(pin.instruction, tokens + PIN_EXTRA_TOKENS,
                                                   pin)))
         bad_answers = []
         for rejected_answer, chosen in rejected:
-            tokens = len(engine.tokenizer.encode(telltale(rejected_answer.response, chosen),
-                                                 add_special_tokens=False))
+            tokens = len(encode_text(engine.tokenizer,
+                                     telltale(rejected_answer.response, chosen)))
             bad_answers.append((yield from answer(rejected_answer.instruction,
                                                   tokens + PIN_EXTRA_TOKENS, rejected_answer)))
         prompt_answers = []

@@ -339,8 +339,9 @@ def setup(settings: Settings, training: TrainingSettings, emit: Emit, staging: P
     if resumed is not None:
         check_base(resumed, loaded)
     # A --from adapter keeps the template it was trained with; otherwise the setting (auto:
-    # the model's chat template if it has one, else Alpaca).
-    template = shared["template"] or resolve_template(settings.template, loaded.tokenizer)
+    # the model's chat template if it has one, else Alpaca). Either is checked against this
+    # tokenizer (ChatML needs its tokens) before anything is trained.
+    template = resolve_template(shared["template"] or settings.template, loaded.tokenizer)
     records, encoded, skipped = encode_all(shared["records"], loaded.tokenizer, template,
                                             training.max_length, training.strict)
     objective = plan_objective(training.objective, records, shared["rejected"])

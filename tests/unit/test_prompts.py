@@ -170,7 +170,10 @@ def test_auto_is_the_chat_template_when_there_is_one_else_alpaca(tokenizer):
         chat_template = None
 
     assert prompts.resolve_template("auto", Base()) == "alpaca"
-    assert prompts.resolve_template("chatml", Base()) == "chatml"
+    assert prompts.resolve_template("chatml", tokenizer) == "chatml"
+    # A tokenizer without ChatML's tokens is refused it (issue 31).
+    with pytest.raises(prompts.TemplateError, match="use --template alpaca or auto"):
+        prompts.resolve_template("chatml", Base())
     with pytest.raises(prompts.TemplateError):
         prompts.resolve_template("vicuna", Base())
 
