@@ -5,8 +5,8 @@ the exact surface), resolves settings and turns every user-caused failure into o
 stderr with a non-zero exit code (a traceback only with `--debug`).
 
 Global options (`--workspace`, `--model`, `--device`, `--no-quantize`, `--template`,
-`--debug`) are accepted before or after the subcommand. Importing this module imports no
-torch or transformers: `data` and `adapters` commands answer at once.
+`--trust-remote-code`, `--debug`) are accepted before or after the subcommand. Importing
+this module imports no torch or transformers: `data` and `adapters` commands answer at once.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--template", choices=TEMPLATE_SETTINGS, **default,
                        help="prompt template (env SFTCHAT_TEMPLATE; default auto: the model's "
                             "chat template when it has one, else alpaca)")
+    group.add_argument("--trust-remote-code", metavar="MODEL", **default,
+                       help="let MODEL (the --model it names, and no other) run the Python "
+                            "code its config points to (auto_map); never read from "
+                            "sftchat.toml (env SFTCHAT_TRUST_REMOTE_CODE=MODEL)")
     group.add_argument("--debug", action="store_true", **default,
                        help="show tracebacks for errors")
 

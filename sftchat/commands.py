@@ -33,6 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         device=getattr(args, "device", None),
         no_quantize=getattr(args, "no_quantize", False),
         template=getattr(args, "template", None),
+        trust_remote_code=getattr(args, "trust_remote_code", None),
     )
 
 

@@ -12,7 +12,6 @@ keeping, only differs in a higher learning rate and no rehearsal.
     device = "auto"                 # auto | cpu | cuda
     quantize = true                 # 4-bit NF4 through bitsandbytes
     template = "auto"               # auto | alpaca | chatml | tokenizer
-    trust_remote_code = false
     review = true                   # the app reviews a new adapter before it answers
     system = ""                     # the system prompt of new conversations ("": none)
 
@@ -25,6 +24,12 @@ keeping, only differs in a higher learning rate and no rehearsal.
     epochs = "auto"
     lr = 1e-3
     rank = 16
+
+`trust_remote_code` is never read from `sftchat.toml`: the workspace defaults to the current
+directory, so a downloaded folder's own settings file would decide whether the folder's model
+code runs. Only the user turns it on, for one model they name: `--trust-remote-code MODEL`
+or `SFTCHAT_TRUST_REMOTE_CODE=MODEL`, which trusts that model and no other
+(`Settings.trusts`); `trust_remote_code = true` in the file is refused, saying so.
 
 This module imports nothing heavy: the `data` and `adapters` commands use it.
 """
@@ -48,6 +53,10 @@ else:  # Python 3.10: the same parser, from PyPI
 CONFIG_FILE = "sftchat.toml"
 BUILTIN_MODEL = "builtin"
 DEVICES = ("auto", "cpu", "cuda")
+TRUST_ENV = "SFTCHAT_TRUST_REMOTE_CODE"
+TRUST_FLAG = "--trust-remote-code"
+# What someone who thinks of trust as a switch would write; trust names a model instead.
+_SWITCH_WORDS = ("1", "0", "true", "false", "yes", "no", "on", "off")
 
 
 class ConfigError(SftchatError, ValueError):
@@ -164,7 +173,9 @@ class Settings:
     device: str = "auto"
     quantize: bool = True
     template: str = AUTO_TEMPLATE  # a setting: resolved per model (prompts.resolve_template)
-    trust_remote_code: bool = False
+    # The one model whose own code (a config's `auto_map`) may run: named by the user's flag
+    # or environment, never by the workspace's file. None: no model's.
+    trusted_model: str | None = None
     # A finished run's adapter is replayed against the one answering and shown for review
     # before it takes over (False: it is swapped in at once; `/train --auto-swap` per run).
     review: bool = True
@@ -185,6 +196,39 @@ class Settings:
     @property
     def is_builtin(self) -> bool:
         return self.model == BUILTIN_MODEL
+
+    def trusts(self, spec: str) -> bool:
+        """Whether model `spec` may run its own code: only the model the user named."""
+        return self.trusted_model is not None and same_model(self.trusted_model, spec)
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """Whether the model these settings load (`model`) may run its own code."""
+        return self.trusts(self.model)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model specs name one model: equal, or one folder or file spelt two ways
+    (paths compared resolved)."""
+    def canonical(spec: str) -> str:
+        path = Path(spec).expanduser()
+        return str(path.resolve()) if path.exists() else spec
+
+    return a == b or canonical(a) == canonical(b)
+
+
+def _trusted_model(flag: str | None) -> str | None:
+    """The model the user trusts to run its own code (flag, then environment), or None."""
+    where, value = (TRUST_FLAG, flag) if flag is not None else \
+        (TRUST_ENV, os.environ.get(TRUST_ENV))
+    if value is None or (where == TRUST_ENV and value.strip() == ""):
+        return None
+    if value.strip().lower() in _SWITCH_WORDS or not value.strip():
+        raise ConfigError(
+            f"{where} names the model whose own code may run (e.g. {where}"
+            f"{' ' if where == TRUST_FLAG else '='}org/model), not {value!r}; leave it "
+            "out to run no model's code")
+    return value.strip()
 
 
 def _accepted_types(annotation: str) -> tuple[type, ...]:
@@ -303,13 +347,23 @@ def load_settings(
     device: str | None = None,
     no_quantize: bool = False,
     template: str | None = None,
+    trust_remote_code: str | None = None,
 ) -> Settings:
-    """Resolve every setting: flag, then environment, then sftchat.toml, then default."""
+    """Resolve every setting: flag, then environment, then sftchat.toml, then default.
+
+    `trust_remote_code` is the model `--trust-remote-code` names: flag, then environment,
+    and never the file."""
     root = resolve_workspace(workspace)
     toml = read_toml(root)
     where = str(root / CONFIG_FILE)
     top_level = {"model": str, "device": str, "quantize": bool, "template": str,
                  "trust_remote_code": bool, "review": bool, "system": str}
+    if toml.get("trust_remote_code") is True:
+        raise ConfigError(
+            f"{where}: trust_remote_code is not read from the workspace's file, since a "
+            "downloaded folder could turn it on for its own code; remove it, and pass "
+            f"{TRUST_FLAG} MODEL (or set {TRUST_ENV}=MODEL) to let that one model run its "
+            "code")
     for key in toml:
         if key not in top_level and key not in ("generation", "training"):
             raise ConfigError(
@@ -353,7 +407,7 @@ def load_settings(
         device=chosen_device,
         quantize=quantize,
         template=chosen_template,
-        trust_remote_code=file_values.get("trust_remote_code", False),
+        trusted_model=_trusted_model(trust_remote_code),
         review=file_values.get("review", True),
         system=file_values.get("system", ""),
         generation=validate_generation(generation, f"{where} [generation]"),

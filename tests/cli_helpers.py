@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 SFTCHAT_ENV = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
-               "SFTCHAT_TEMPLATE")
+               "SFTCHAT_TEMPLATE", "SFTCHAT_TRUST_REMOTE_CODE")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for variable in ("SFTCHAT_HOME", "SFTCHAT_MODEL", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
-                 "SFTCHAT_TEMPLATE"):
+                 "SFTCHAT_TEMPLATE", "SFTCHAT_TRUST_REMOTE_CODE"):
     os.environ.pop(variable, None)
 
 # SFTCHAT_TEST_CPU_PATH puts the run, and every process it starts, on one of bitsandbytes' CPU

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftchat.errors import SftchatError
+from sftchat.models.identity import base_mismatch
 
 META_FILE = "sftchat.json"
 SNAPSHOT_FILE = "train.jsonl"
@@ -135,14 +136,23 @@ def resolve(adapters_dir: Path, name: str | None) -> AdapterInfo | None:
 
 def check_base(info: AdapterInfo, identity: dict) -> None:
     """An adapter only ever loads onto the base model it was trained on (GUIDE §4): compare
-    its recorded base with the loaded model's `identity` (see `models.loader`)."""
+    its recorded base with the loaded model's `identity` — its content, and its revision
+    for a hub model (`models.identity.base_mismatch`)."""
     expected = info.meta.get("base_model") or {}
-    if expected.get("fingerprint") and expected["fingerprint"] != identity["fingerprint"]:
-        raise AdapterError(
-            f"adapter {info.name!r} was trained on base model {expected.get('model')!r}, "
-            f"not on the loaded {identity['model']!r}; start sftchat with "
-            f"--model {expected.get('model')} to use it"
-        )
+    mismatch = base_mismatch(expected, identity)
+    if mismatch is None:
+        return
+    kind, why = mismatch
+    model = expected.get("model")
+    remedy = {
+        "model": f"start sftchat with --model {model} to use it",
+        "revision": "load that revision (its snapshot folder in the Hugging Face cache, "
+                    f".../snapshots/{expected.get('revision')}, works as --model) or "
+                    "retrain the adapter on this one",
+        "content": "load the model files it was trained on, or retrain the adapter on "
+                   "this model",
+    }[kind]
+    raise AdapterError(f"adapter {info.name!r} {why}; {remedy}")
 
 
 def remove(adapters_dir: Path, name: str) -> None:

@@ -127,7 +127,8 @@ class _Export:
 
         from sftchat.models.loader import ModelLoadError, model_identity, resolve_model_path
 
-        trust = self.settings.trust_remote_code
+        # The base loaded is the adapter's, whatever --model says: trusted only if named.
+        trust = self.settings.trusts(self.base_spec)
         try:
             path, gguf = resolve_model_path(self.base_spec, trust, self.progress)
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
@@ -150,7 +151,7 @@ class _Export:
                          else ""))
         try:
             loaded = load_model(self.base_spec, device=device, quantize=quantized,
-                                trust_remote_code=self.settings.trust_remote_code,
+                                trust_remote_code=self.settings.trusts(self.base_spec),
                                 progress=self.progress, for_training=True)
         except ModelLoadError as exc:
             raise ExportError(f"cannot load adapter {self.info.name!r}'s base model: {exc}") \

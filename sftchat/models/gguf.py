@@ -8,16 +8,16 @@ user's cache (`$SFTCHAT_CACHE/models/gguf-<sha256 prefix>/`), and every later st
 that folder like any other model — 4-bit NF4 included.
 
 The cached folder is keyed by the file's *content* hash, so the same file under two paths is
-converted once. Hashing a multi-gigabyte file on every start would cost seconds, so a small
-index remembers the hash of each (path, size, modification time); a changed file is hashed
-(and converted) again. The hash is what an adapter records as its base (`gguf_sha256`).
+converted once. Hashing a multi-gigabyte file on every start would cost seconds, so the model
+cache's hash index (`files.cached_sha256`, shared with `models.identity`) remembers the hash
+of each (path, size, modification time); a changed file is hashed (and converted) again.
+The hash is what an adapter records as its base (`gguf_sha256`).
 
 This module imports nothing heavy at import time.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from sftchat.errors import SftchatError
-from sftchat.files import file_sha256
+from sftchat.files import HASH_INDEX, cached_sha256, write_json_atomic
 
 GGUF_SUFFIX = ".gguf"
 INFO_FILE = "sftchat-gguf.json"
-INDEX_FILE = "gguf-index.json"
 # Bump when the conversion writes something different: cached folders are keyed by it.
 CONVERSION_VERSION = 1
 
@@ -114,37 +113,10 @@ def check_architecture(path: Path) -> str:
 # --------------------------------------------------------------------------- the cache
 
 
-def _index_key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _read_index(root: Path) -> dict:
-    try:
-        index = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return index if isinstance(index, dict) else {}
-
-
-def _write_json_atomic(target: Path, data: dict) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2, sort_keys=True)
-    os.replace(temporary, target)
-
-
 def content_hash(path: Path, root: Path) -> str:
-    """The file's sha256, from the index when the file is unchanged since it was hashed."""
-    key = _index_key(path)
-    known = _read_index(root).get(key)
-    if isinstance(known, str) and len(known) == 64:
-        return known
-    sha = file_sha256(path)
-    index = _read_index(root)  # re-read: another process may have added entries meanwhile
-    index[key] = sha
-    _write_json_atomic(root / INDEX_FILE, index)
-    return sha
+    """The file's sha256, from the hash index of the model cache `root` when the file is
+    unchanged since it was hashed."""
+    return cached_sha256(path, root / HASH_INDEX)
 
 
 def converted_folder(root: Path, sha: str) -> Path:
@@ -198,7 +170,7 @@ def ensure_converted(spec: str, source: Path, cache_dir: Path | None = None,
             except Exception as exc:  # noqa: BLE001 - one sentence for the user
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise GGUFError(f"cannot convert {spec!r} from GGUF: {first}") from exc
-            _write_json_atomic(staging / INFO_FILE, {
+            write_json_atomic(staging / INFO_FILE, {
                 "source": str(source), "sha256": sha, "architecture": architecture,
                 "conversion_version": CONVERSION_VERSION,
             })

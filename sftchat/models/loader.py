@@ -1,7 +1,8 @@
 """Model loading: a Hugging Face id, a local folder or `builtin`, in 4-bit NF4 or unquantized.
 
 `load_model(spec, device, quantize)` returns a `LoadedModel` with the model, its tokenizer and
-its identity (what an adapter records as its base and is checked against before it loads).
+its identity (what an adapter records as its base and is checked against before it loads: a
+content hash of its files, `models.identity`).
 The built-in model is only a local folder to this code: it loads exactly like a hub model,
 and so does a GGUF file once `sftchat.models.gguf` has converted it into a cached folder.
 
@@ -14,8 +15,6 @@ Every failure a user can cause becomes one `ModelLoadError` sentence.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import warnings
@@ -25,6 +24,7 @@ from typing import Any, Callable
 
 from sftchat.config import BUILTIN_MODEL
 from sftchat.errors import SftchatError
+from sftchat.models.identity import model_identity  # noqa: F401 - the loader's identities
 
 
 # QLoRA's 4-bit settings (the compute dtype depends on the device: see load_model).
@@ -159,30 +159,6 @@ def resolve_model_path(spec: str, trust_remote_code: bool = False,
             )
         return str(path.resolve()), None
     return spec, None
-
-
-def model_identity(spec: str, path: str, config: Any, gguf=None) -> dict:
-    """What makes a base model *this* base model, cheap to compute for an 8B checkpoint.
-
-    For a hub model the commit hash pins it; for a GGUF file its content hash; for every
-    model the fingerprint covers the architecture (config minus volatile fields) and the
-    weight files' names and sizes.
-    """
-    config_dict = config.to_dict()
-    for volatile in ("transformers_version", "_name_or_path", "_commit_hash",
-                     "quantization_config", "torch_dtype", "dtype", "use_cache"):
-        config_dict.pop(volatile, None)
-    digest = hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode())
-    folder = Path(path)
-    if folder.is_dir():
-        for weight in sorted(folder.glob("*.safetensors")):
-            digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
-    identity = {"model": spec, "revision": getattr(config, "_commit_hash", None)}
-    if gguf is not None:
-        digest.update(f"gguf:{gguf.sha256}".encode())
-        identity["gguf"] = {"path": str(gguf.source), "sha256": gguf.sha256}
-    identity["fingerprint"] = digest.hexdigest()
-    return identity
 
 
 def _explain(spec: str, exc: Exception) -> ModelLoadError:

@@ -84,8 +84,10 @@ DRIFT_PROMPTS = (
 
 def _cache_file(cache_dir: Path, loaded, template: str, prompts: tuple[str, ...],
                 max_new_tokens: int) -> Path:
-    # The base's answers depend on its arithmetic too: 4-bit or not, and its compute dtype
-    # (bfloat16 or float32 by the CPU: `loader.compute_dtype_for`).
+    # Keyed on the base's content fingerprint (`models.identity`): two models of one shape
+    # and file sizes but other weights never share answers. They depend on its arithmetic
+    # too: 4-bit or not, and its compute dtype (bfloat16 or float32 by the CPU:
+    # `loader.compute_dtype_for`).
     precision = [loaded.quantized, loaded.compute_dtype]
     key = hashlib.sha256(json.dumps(
         [CACHE_VERSION, loaded.identity.get("fingerprint"), precision, template, prompts,

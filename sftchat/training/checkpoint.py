@@ -60,8 +60,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sftchat.adapters import registry as adapter_registry
-from sftchat.config import ConfigError, TrainingSettings, validate_training
+from sftchat.config import ConfigError, TrainingSettings, same_model, validate_training
 from sftchat.files import file_sha256
+from sftchat.models.identity import base_mismatch
 from sftchat.training.errors import TrainingError
 from sftchat.training.workspace_lock import LOCK_FILE
 
@@ -318,7 +319,7 @@ def load_interrupted(adapters_dir: Path) -> Resumable:
 def check_base(resumed: Resumable, loaded) -> None:
     """A run resumes only on the base model it started on (quantized the same way)."""
     recorded = resumed.run.get("base_model") or {}
-    if recorded.get("fingerprint") != loaded.identity.get("fingerprint") \
+    if not recorded.get("fingerprint") or base_mismatch(recorded, loaded.identity) \
             or resumed.run.get("quantization") != loaded.quantization:
         how = "" if resumed.run.get("quantization") == loaded.quantization else \
             f" (quantized {resumed.run.get('quantization')}, not {loaded.quantization})"
@@ -332,12 +333,7 @@ def early_base_check(resumed: Resumable, model_setting: str) -> None:
     """Before loading a model (minutes for a large one): refuse one that is plainly not the
     run's. Paths are compared resolved; the fingerprint check after loading decides."""
     recorded = str((resumed.run.get("base_model") or {}).get("model") or "")
-
-    def same(spec: str) -> str:
-        path = Path(spec).expanduser()
-        return str(path.resolve()) if path.exists() else spec
-
-    if recorded and same(recorded) != same(model_setting):
+    if recorded and not same_model(recorded, model_setting):
         raise CheckpointMismatch(
             f"the interrupted run {resumed.name} was trained on base model {recorded!r}, not "
             f"on {model_setting!r}; resume it with --model {recorded}, or start a new run")

@@ -22,7 +22,8 @@ from sftchat.config import Settings
 from sftchat.dataset.store import ExampleStore
 from sftchat.training.events import TERMINAL_EVENTS
 from sftchat.tui.export_process import ExportProcess, ExportRequest, occupied
-from sftchat.tui.trainer_process import TrainerProcess, trainer_command
+from sftchat.tui.trainer_process import (
+    TrainerProcess, trainer_command, trainer_global_args)
 from sftchat.tui.messages import (
     ExportEnded, ExportProgressed, TrainingEnded, TrainingProgressed,
 )
@@ -139,11 +140,8 @@ class SftchatApp(App):
             self.notify("The dataset is empty: save an answer with ctrl+s first.",
                         severity="warning", markup=False)
             return False
-        global_args = ["--model", self.settings.model, "--device", self.settings.device,
-                       "--template", self.settings.template]
-        if not self.settings.quantize:
-            global_args.append("--no-quantize")
-        command = trainer_command(self.settings.workspace, global_args, train_args)
+        command = trainer_command(self.settings.workspace,
+                                  trainer_global_args(self.settings), train_args)
         self.trainer = TrainerProcess(command, self._on_trainer_event)
         self.screen_for_events().status.training = "starting…"
         self.run_worker(self._run_trainer(self.trainer), group="train", exit_on_error=False)
@@ -205,7 +203,8 @@ class SftchatApp(App):
             self.notify(f"An export is running already ({running.adapter} to "
                         f"{running.folder}); /export cancel stops it.", markup=False)
             return False
-        self.exporter = ExportProcess(self.settings.workspace, request, self._on_export_event)
+        self.exporter = ExportProcess(self.settings.workspace, request, self._on_export_event,
+                                      self.settings.trusted_model)
         self.screen_for_events().status.export = "starting…"
         self.run_worker(self._run_export(self.exporter), group="export", exit_on_error=False)
         return True

@@ -58,10 +58,15 @@ def occupied(folder: Path) -> bool:
     return next(folder.iterdir(), None) is not None
 
 
-def export_command(workspace: Path, request: ExportRequest) -> list[str]:
-    command = [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace), "export",
-               request.adapter, "--to", str(request.folder), "--format", request.format,
-               "--outtype", request.outtype, "--json"]
+def export_command(workspace: Path, request: ExportRequest,
+                   trusted_model: str | None = None) -> list[str]:
+    """The exporter's command line. `trusted_model`: the model the app was told to trust
+    with its own code; the exporter trusts it only if it is the adapter's base."""
+    command = [sys.executable, "-m", "sftchat.cli", "--workspace", str(workspace)]
+    if trusted_model is not None:
+        command += ["--trust-remote-code", trusted_model]
+    command += ["export", request.adapter, "--to", str(request.folder), "--format",
+                request.format, "--outtype", request.outtype, "--json"]
     return command + (["--force"] if request.force else [])
 
 
@@ -78,8 +83,9 @@ class ExportProcess(JsonLinesProcess):
     what = "the exporter"
     terminal = ("finished", "failed", "cancelled")
 
-    def __init__(self, workspace: Path, request: ExportRequest, on_event) -> None:
-        super().__init__(export_command(workspace, request), on_event)
+    def __init__(self, workspace: Path, request: ExportRequest, on_event,
+                 trusted_model: str | None = None) -> None:
+        super().__init__(export_command(workspace, request, trusted_model), on_event)
         self.request = request
         self.finished: dict | None = None   # the `finished` event, once it came
 

@@ -36,6 +36,20 @@ def trainer_command(workspace: Path, global_args: Sequence[str] = (),
             "train", "--json", *train_args]
 
 
+def trainer_global_args(settings) -> list[str]:
+    """The global options that make the trainer child load what the app loaded. Trust in the
+    model's own code goes along only when the app trusts that very model (the child, like
+    any `sftchat`, reads it from its command line or environment, never from the
+    workspace's file)."""
+    args = ["--model", settings.model, "--device", settings.device,
+            "--template", settings.template]
+    if not settings.quantize:
+        args.append("--no-quantize")
+    if settings.trust_remote_code:
+        args += ["--trust-remote-code", settings.model]
+    return args
+
+
 def trainer_environment() -> dict[str, str]:
     return child_environment()
 

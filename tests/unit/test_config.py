@@ -18,7 +18,7 @@ from sftchat.config import (
 )
 
 ENV_VARS = ("SFTCHAT_MODEL", "SFTCHAT_HOME", "SFTCHAT_DEVICE", "SFTCHAT_NO_QUANTIZE",
-            "SFTCHAT_TEMPLATE")
+            "SFTCHAT_TEMPLATE", "SFTCHAT_TRUST_REMOTE_CODE")
 REAL_MODEL = "Qwen/Qwen2.5-0.5B"
 
 
@@ -120,10 +120,14 @@ def test_empty_env_vars_fall_through_to_the_toml(monkeypatch, ws):
 
 
 def test_toml_generation_and_trust_remote_code(ws):
-    write_toml(ws, "trust_remote_code = true\n[generation]\nmax_new_tokens = 32\n"
+    # Trust in a model's code is never taken from the workspace's file (issue 31): refused,
+    # saying how to turn it on (tests/reliability/test_trust_remote_code.py).
+    write_toml(ws, "trust_remote_code = true\n")
+    assert "--trust-remote-code MODEL" in _config_error(ws)
+    write_toml(ws, "trust_remote_code = false\n[generation]\nmax_new_tokens = 32\n"
                    "temperature = 0\ntop_p = 1\nseed = 7\n")
     settings = load_settings(workspace=str(ws))
-    assert settings.trust_remote_code is True
+    assert settings.trust_remote_code is False
     assert settings.generation == GenerationSettings(max_new_tokens=32, temperature=0.0,
                                                      top_p=1.0, seed=7)
     assert isinstance(settings.generation.temperature, float)

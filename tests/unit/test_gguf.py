@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftchat.models import gguf as gguf_models
+from sftchat import files
 from sftchat.models.gguf import GGUFError, content_hash, find_gguf
 from sftchat.models.loader import ModelLoadError, load_model
 
@@ -72,8 +72,8 @@ def test_the_content_hash_is_computed_once_per_file_version(tmp_path, monkeypatc
     file = tmp_path / "m.gguf"
     write_gguf(file, "llama")
     calls = []
-    real = gguf_models.file_sha256
-    monkeypatch.setattr(gguf_models, "file_sha256", lambda path: calls.append(path) or real(path))
+    real = files.file_sha256  # the model cache's one hash index (sftchat.files)
+    monkeypatch.setattr(files, "file_sha256", lambda path: calls.append(path) or real(path))
     first = content_hash(file, tmp_path)
     assert content_hash(file, tmp_path) == first and len(calls) == 1
     write_gguf(file, "qwen2")  # a changed file is hashed again
